@@ -1,0 +1,26 @@
+package uplink
+
+import (
+	"context"
+
+	"github.com/edgegw/edgegw/uplink/spool"
+)
+
+// Queue is the per-device FIFO a session drains: the seam between the local
+// broker's sink and the cloud sessions. The durable implementation is
+// spool.Spool; spool.Mem keeps messages in memory only.
+type Queue interface {
+	// Append stores m for device and returns once it is stored (durably,
+	// for the spool). It assigns m.Seq and returns it.
+	Append(ctx context.Context, device spool.DeviceID, m spool.Message) (uint64, error)
+	// Read returns up to max messages of device with Seq > after, oldest
+	// first, without removing them.
+	Read(device spool.DeviceID, after uint64, max int) ([]spool.Message, error)
+	// Ack removes the message seq of device; it is called only when the
+	// cloud acknowledged that exact message. Acking an unknown seq is not
+	// an error (it may have been acked before a restart).
+	Ack(device spool.DeviceID, seq uint64) error
+	// Notify returns a channel that receives a value (non-blocking send,
+	// capacity 1) whenever a message is appended for device.
+	Notify(device spool.DeviceID) <-chan struct{}
+}
