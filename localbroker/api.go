@@ -1,0 +1,223 @@
+package localbroker
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/edgegw/edgegw/secrets"
+)
+
+// Admin topics. Only admin identities may use anything under AdminTopicPrefix.
+const (
+	// AdminTopicPrefix is the namespace reserved for admin identities.
+	AdminTopicPrefix = "$edgegw/admin/"
+	// AdminRequestTopic is the one topic admin identities may publish to.
+	AdminRequestTopic = "$edgegw/admin/v1/request"
+	// AdminResponseTopic is where replies go when a request names no MQTT 5
+	// Response Topic.
+	AdminResponseTopic = "$edgegw/admin/v1/response"
+)
+
+// Authentication methods reported in Identity.Method.
+const (
+	MethodSigned   = "signed"   // cloud-style signed credentials
+	MethodPassword = "password" // a local password set by the operator
+	MethodCert     = "cert"     // a TLS client certificate
+	MethodUnix     = "unix"     // a connection on the unix socket
+	MethodAdmin    = "admin"    // an admin user name and password
+)
+
+// Transports reported in ConnectRequest.Transport.
+const (
+	TransportTCP  = "tcp"
+	TransportTLS  = "tls"
+	TransportWS   = "ws"
+	TransportWSS  = "wss"
+	TransportUnix = "unix"
+)
+
+// Identity is who a connection authenticated as: a device (ProductKey and
+// DeviceName set, Admin false) or an admin (Admin true; ProductKey and
+// DeviceName are ignored).
+type Identity struct {
+	ProductKey string
+	DeviceName string
+	Admin      bool
+	Name       string // admin user name, or "unix" for the unix socket
+	Method     string // one of the Method constants
+}
+
+// String names the identity for logs: "pk/dn" or "admin:name".
+func (id Identity) String() string {
+	if id.Admin {
+		return "admin:" + id.Name
+	}
+	return id.ProductKey + "/" + id.DeviceName
+}
+
+// same reports whether a and b are the same principal (the method used to
+// authenticate does not matter).
+func (id Identity) same(o Identity) bool {
+	if id.Admin || o.Admin {
+		return id.Admin && o.Admin && id.Name == o.Name
+	}
+	return id.ProductKey == o.ProductKey && id.DeviceName == o.DeviceName
+}
+
+// UnixPeer is the process at the other end of a unix socket connection, as
+// the kernel reports it (SO_PEERCRED).
+type UnixPeer struct {
+	PID int32
+	UID uint32
+	GID uint32
+}
+
+// ConnectRequest is what a connecting client presented.
+type ConnectRequest struct {
+	ClientID        string // as sent; empty if the client asked the broker to assign one
+	Username        string
+	Password        secrets.Secret
+	ProtocolVersion byte // 3 (3.1), 4 (3.1.1) or 5
+	Keepalive       uint16
+	Listener        string // listener ID (the configured URL, or "inherited:NAME/i")
+	Transport       string // one of the Transport constants
+	// PeerCertificates is the verified client certificate chain on tls and
+	// wss listeners whose TLS config requests client certificates; nil
+	// otherwise. The handshake is complete when Authenticate is called.
+	PeerCertificates []*x509.Certificate
+	// Peer is the connecting process on unix sockets (Linux only); nil
+	// otherwise.
+	Peer   *UnixPeer
+	Remote string // remote address
+}
+
+// Authenticator decides who a connection is. It runs on the connection's
+// goroutine before the CONNACK; it must not block for long. Errors it returns
+// are logged, so they must not contain secrets.
+type Authenticator interface {
+	Authenticate(ConnectRequest) (Identity, error)
+}
+
+// MQTT 3.1.1 CONNACK return codes for Refusal.Code. MQTT 5 clients receive
+// the matching 5.0 reason code (0x84, 0x85, 0x88, 0x86, 0x87).
+const (
+	RefuseProtocolVersion    byte = 1
+	RefuseIdentifierRejected byte = 2
+	RefuseServerUnavailable  byte = 3
+	RefuseBadCredentials     byte = 4
+	RefuseNotAuthorized      byte = 5
+)
+
+// Refusal is an error an Authenticator returns (or wraps) to choose the
+// CONNACK code. Any other error refuses with RefuseNotAuthorized.
+type Refusal struct {
+	Code   byte   // an MQTT 3.1.1 CONNACK return code, 1–5
+	Reason string // logged; never sent to the client; no secrets
+}
+
+func (r *Refusal) Error() string {
+	return fmt.Sprintf("connection refused (code %d): %s", r.Code, r.Reason)
+}
+
+// Message is one publish a device made, as handed to the Sink.
+type Message struct {
+	Device   Identity
+	ClientID string
+	Topic    string
+	// Payload is the broker's own copy; the sink may keep it but must not
+	// modify it (it is also fanned out to local subscribers).
+	Payload []byte
+	QoS     byte // 0 or 1
+	// Retain is the flag the device set. The broker never retains; the
+	// uplink should forward the message as a normal one.
+	Retain   bool
+	Received time.Time
+}
+
+// Sink receives every accepted device publish. Publish is called inside
+// mochi's OnPublish hook on the device's read goroutine; the device's PUBACK
+// is written only after it returns nil. It may block (an fsync): that stalls
+// only this device's connection. An error means the publish is not
+// acknowledged (see RejectError) and not fanned out; a QoS 0 message is then
+// simply dropped. ctx is cancelled only when a shutdown runs out of time.
+type Sink interface {
+	Publish(ctx context.Context, m Message) error
+}
+
+// MQTT 5 PUBACK reason codes a Sink may return through RejectError.
+const (
+	ReasonUnspecifiedError       byte = 0x80
+	ReasonImplementationSpecific byte = 0x83
+	ReasonNotAuthorized          byte = 0x87
+	ReasonTopicNameInvalid       byte = 0x90
+	ReasonQuotaExceeded          byte = 0x97
+	ReasonPayloadFormatInvalid   byte = 0x99
+)
+
+// RejectError is an error a Sink returns (or wraps) to refuse a publish from
+// an MQTT 5 client with a PUBACK carrying Code (one of the Reason constants;
+// anything else is sent as ReasonUnspecifiedError). The client then treats
+// the message as finished and will not resend it, so use it for permanent
+// refusals such as a full spool under a reject policy. Any other sink error,
+// and every sink error towards an MQTT 3.1.1 client, suppresses the PUBACK
+// so that the client resends after reconnecting.
+type RejectError struct {
+	Code byte
+	Err  error
+}
+
+// Reject returns a *RejectError with the given MQTT 5 reason code.
+func Reject(code byte, err error) error { return &RejectError{Code: code, Err: err} }
+
+func (e *RejectError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("publish rejected (reason 0x%02x)", e.Code)
+	}
+	return fmt.Sprintf("publish rejected (reason 0x%02x): %v", e.Code, e.Err)
+}
+
+func (e *RejectError) Unwrap() error { return e.Err }
+
+// Observer is told about connections and subscriptions, e.g. to mirror a
+// device's subscriptions on its cloud session. Calls are made on broker
+// goroutines and must not block. Events about one connection arrive in order;
+// the same filter may be reported more than once (treat events as
+// idempotent). When a clean session ends, Unsubscribed for its remaining
+// filters follows Disconnected; a persistent session keeps its subscriptions
+// across disconnects until it expires, then Unsubscribed is reported.
+type Observer interface {
+	Connected(id Identity, clientID string)
+	Disconnected(id Identity, clientID string, err error)
+	Subscribed(id Identity, clientID string, filters []string)
+	Unsubscribed(id Identity, clientID string, filters []string)
+}
+
+// AdminRequest is one publish by an admin identity to AdminRequestTopic.
+type AdminRequest struct {
+	ClientID        string
+	Topic           string
+	Payload         []byte
+	ResponseTopic   string // MQTT 5 Response Topic; empty on 3.1.1; always under AdminTopicPrefix
+	CorrelationData []byte // MQTT 5 Correlation Data, echo it in the reply
+}
+
+// AdminHandler handles admin requests. HandleAdmin runs after the request's
+// PUBACK on the admin connection's read goroutine, so requests from one
+// connection are handled in order; it may block that connection only.
+// Reply with Broker.PublishAdmin.
+type AdminHandler interface {
+	HandleAdmin(id Identity, req AdminRequest)
+}
+
+// Errors returned by Deliver, PublishAdmin and Run (wrapped with context).
+var (
+	ErrNotRunning      = errors.New("broker not running")
+	ErrNotConnected    = errors.New("device has no session on the broker")
+	ErrNotSubscribed   = errors.New("no session of the device is subscribed to the topic")
+	ErrTopicNotAllowed = errors.New("topic outside the namespace")
+	ErrInflightFull    = errors.New("too many unacknowledged messages for the device")
+	ErrAlreadyStarted  = errors.New("broker already started")
+)

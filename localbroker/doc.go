@@ -1,0 +1,74 @@
+// Package localbroker is edgegw's MQTT broker for field devices, built on
+// mochi-mqtt/server v2.
+//
+// Devices connect over TCP, TLS, WebSocket or secure WebSocket; operators
+// (edgegw ctl) connect over a unix socket. Every connection is authenticated
+// by the Authenticator the caller supplies, and from then on is bound to an
+// Identity: a device (productKey, deviceName) or an admin.
+//
+// # What the broker guarantees
+//
+//   - Durable before acknowledged. Every publish a device makes that passes
+//     the ACL is handed to the Sink inside mochi's OnPublish hook, on the
+//     device's own read goroutine, before the PUBACK is written and before
+//     the message is fanned out. The device gets its PUBACK only after
+//     Sink.Publish returns nil. When it returns an error the publish is not
+//     acknowledged (MQTT 3.1.1: no PUBACK at all, the device resends after
+//     reconnecting; MQTT 5: no PUBACK, or a PUBACK carrying the reason code of
+//     a *RejectError) and not fanned out. A slow sink stalls only that
+//     device's connection: natural backpressure.
+//   - Namespaces hold. A device may publish and subscribe only where
+//     secrets.TopicAllowed says it may (its own {productKey}/{deviceName}
+//     segments, plus receiving its product's /broadcast/{productKey}/…).
+//     Only admin identities may use $edgegw/admin/: publish to
+//     AdminRequestTopic, subscribe under $edgegw/admin/. The ACL is checked on
+//     publish, on subscribe and again on every delivery.
+//   - Denials follow mochi: a denied QoS 0 publish is dropped silently; a
+//     denied QoS 1 publish disconnects an MQTT 3.1.1 client (3.1.1 has no
+//     negative PUBACK) and gets a PUBACK with reason 0x87 on MQTT 5; a denied
+//     subscription gets return code 0x80 (3.1.1) or 0x87 (5) in the SUBACK.
+//   - Downlink reaches only the addressed device: Broker.Deliver writes to the
+//     sessions of that one device whose subscriptions match, never through
+//     the broker-wide fan-out (which would also reach every other device of
+//     the product subscribed to a /broadcast/ topic).
+//
+// # Protocol choices
+//
+// QoS is capped at 1, as on both clouds. A QoS 2 PUBLISH closes the
+// connection (MQTT 5 clients are told the maximum QoS in the CONNACK and get
+// DISCONNECT 0x9B first) rather than being acknowledged with the wrong packet.
+// Retained messages are not supported, as on both clouds: a retained publish
+// is accepted, handed to the Sink with Message.Retain set (the uplink must
+// publish it as a normal message), fanned out as a normal message and never
+// stored. A CONNECT whose will topic lies outside the device's namespace is
+// refused (CONNACK 5); admin identities may not set a will at all; wills are
+// delivered locally only and are never handed to the Sink, because neither
+// cloud supports them.
+//
+// A second connection with the same client identifier takes the session over
+// and disconnects the first (mochi's behaviour), but only for the same
+// identity: a client identifier whose session belongs to a different identity
+// is refused with CONNACK 2, so no device can inherit another's subscriptions
+// or queued messages.
+//
+// Admin requests (publishes by an admin identity to AdminRequestTopic) are
+// acknowledged, never fanned out (they may carry secrets) and handed to the
+// AdminHandler after the PUBACK, on the admin connection's read goroutine. An
+// MQTT 5 Response Topic must lie under $edgegw/admin/.
+//
+// # Lifecycle
+//
+// New validates the configuration; Run binds every listener (returning the
+// first binding error, naming the listener), serves until its context ends,
+// then shuts down within Config.ShutdownTimeout: it stops accepting,
+// disconnects clients in parallel with bounded writes, closes mochi and only
+// as a last resort cancels the context given to the Sink. mochi's own Close
+// can hang while many clients disconnect; Run never waits on it unbounded.
+//
+// The broker writes its own listeners instead of mochi's: they bind in Run
+// (so errors are returned, and ":0" ports can be read back with Addrs), keep
+// accepting after temporary errors such as EMFILE, put a deadline on the TLS
+// handshake and the CONNECT packet, and create unix sockets with the
+// configured mode without a window in which they are reachable with a wider
+// one.
+package localbroker

@@ -1,0 +1,471 @@
+package localbroker
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgegw/edgegw/secrets"
+)
+
+// errRefused marks a connection the hook refused (and already logged).
+var errRefused = errors.New("connection refused")
+
+// v5ConnackCodes maps MQTT 3.1.1 CONNACK return codes to MQTT 5 reason codes.
+var v5ConnackCodes = map[byte]byte{
+	RefuseProtocolVersion:    0x84,
+	RefuseIdentifierRejected: 0x85,
+	RefuseServerUnavailable:  0x88,
+	RefuseBadCredentials:     0x86,
+	RefuseNotAuthorized:      0x87,
+}
+
+// pubackCodes are the MQTT 5 PUBACK reason codes a sink may choose.
+var pubackCodes = map[byte]packets.Code{
+	ReasonUnspecifiedError:       packets.ErrUnspecifiedError,
+	ReasonImplementationSpecific: packets.ErrImplementationSpecificError,
+	ReasonNotAuthorized:          packets.ErrNotAuthorized,
+	ReasonTopicNameInvalid:       packets.ErrTopicNameInvalid,
+	ReasonQuotaExceeded:          packets.ErrQuotaExceeded,
+	ReasonPayloadFormatInvalid:   packets.ErrPayloadFormatInvalid,
+}
+
+// maxLoggedUsername bounds how much of a client-chosen user name is logged.
+const maxLoggedUsername = 128
+
+// hook is the broker's single mochi hook: authentication, ACL, the sink,
+// admin requests and session bookkeeping.
+type hook struct {
+	mqtt.HookBase
+	b         *Broker
+	srv       *mqtt.Server
+	sinkCtx   context.Context
+	transport map[string]string // listener ID → transport; read-only once serving
+}
+
+var provided = []byte{
+	mqtt.OnConnect,
+	mqtt.OnConnectAuthenticate,
+	mqtt.OnACLCheck,
+	mqtt.OnSessionEstablished,
+	mqtt.OnDisconnect,
+	mqtt.OnPacketRead,
+	mqtt.OnPacketEncode,
+	mqtt.OnPublish,
+	mqtt.OnPublished,
+	mqtt.OnSubscribed,
+	mqtt.OnUnsubscribed,
+	mqtt.OnClientExpired,
+}
+
+// ID names the hook in mochi's logs.
+func (h *hook) ID() string { return "edgegw-localbroker" }
+
+// Provides reports the hook methods mochi should call.
+func (h *hook) Provides(b byte) bool { return bytes.IndexByte(provided, b) >= 0 }
+
+// OnConnect authenticates the connection. Authentication happens here rather
+// than in OnConnectAuthenticate because mochi answers a false from the
+// latter always with "bad user name or password"; here the hook writes the
+// CONNACK code the Authenticator chose and returns an error, which makes
+// mochi close the connection without writing anything else.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	b := h.b
+	transport := h.transport[cl.Net.Listener]
+	req := ConnectRequest{
+		ClientID:        pk.Connect.ClientIdentifier,
+		Username:        string(pk.Connect.Username),
+		Password:        secrets.NewSecret(string(pk.Connect.Password)),
+		ProtocolVersion: pk.ProtocolVersion,
+		Keepalive:       pk.Connect.Keepalive,
+		Listener:        cl.Net.Listener,
+		Transport:       transport,
+		Remote:          cl.Net.Remote,
+	}
+	switch nc := cl.Net.Conn.(type) {
+	case *tls.Conn:
+		// The CONNECT was read through the TLS connection, so the
+		// handshake is complete; make sure anyway before trusting state.
+		if !nc.ConnectionState().HandshakeComplete {
+			ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ConnectTimeout)
+			err := nc.HandshakeContext(ctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("tls handshake: %w", err)
+			}
+		}
+		req.PeerCertificates = nc.ConnectionState().PeerCertificates
+	case *wsConn:
+		req.PeerCertificates = nc.peerCerts
+	default:
+		req.Peer = unixPeer(cl.Net.Conn)
+	}
+
+	id, err := b.cfg.Auth.Authenticate(req)
+	if err != nil {
+		code, reason := RefuseNotAuthorized, err.Error()
+		var r *Refusal
+		if errors.As(err, &r) {
+			code, reason = r.Code, r.Reason
+		}
+		return h.refuse(cl, req, nil, code, reason)
+	}
+	switch {
+	case !id.Admin && (id.ProductKey == "" || id.DeviceName == ""):
+		b.log.Error("authenticator returned a device identity without productKey or deviceName",
+			"client", cl.ID, "listener", cl.Net.Listener)
+		return h.refuse(cl, req, &id, RefuseServerUnavailable, "incomplete identity from the authenticator")
+	case id.Admin && pk.Connect.WillFlag:
+		return h.refuse(cl, req, &id, RefuseNotAuthorized, "admin connections may not set a will")
+	case pk.Connect.WillFlag && !canPublish(&id, pk.Connect.WillTopic):
+		return h.refuse(cl, req, &id, RefuseNotAuthorized, "will topic outside the device namespace")
+	}
+	if existing, ok := h.srv.Clients.Get(cl.ID); ok {
+		if ec := b.connOf(existing); ec != nil && !ec.id.same(id) {
+			return h.refuse(cl, req, &id, RefuseIdentifierRejected,
+				"client identifier in use by the session of "+ec.id.String())
+		}
+	}
+	c := &conn{
+		cl:        cl,
+		nc:        cl.Net.Conn,
+		id:        id,
+		clientID:  cl.ID,
+		remote:    cl.Net.Remote,
+		listener:  cl.Net.Listener,
+		transport: transport,
+	}
+	b.conns.Store(cl, c)
+	if c.nc != nil {
+		b.netConns.Store(c.nc, c)
+	}
+	return nil
+}
+
+// refuse writes a CONNACK with the given 3.1.1 code (or its MQTT 5
+// equivalent), logs the refusal without secrets, and returns errRefused.
+func (h *hook) refuse(cl *mqtt.Client, req ConnectRequest, id *Identity, code byte, reason string) error {
+	b := h.b
+	b.stats.refused.Add(1)
+	rc := code
+	if req.ProtocolVersion == 5 {
+		var ok bool
+		if rc, ok = v5ConnackCodes[code]; !ok {
+			rc = v5ConnackCodes[RefuseNotAuthorized]
+		}
+	} else if code < RefuseProtocolVersion || code > RefuseNotAuthorized {
+		rc = RefuseNotAuthorized
+	}
+	user := req.Username
+	if len(user) > maxLoggedUsername {
+		user = user[:maxLoggedUsername] + "…"
+	}
+	args := []any{"client", cl.ID, "username", user, "remote", req.Remote, "listener", req.Listener,
+		"code", code, "reason", reason}
+	if id != nil {
+		args = append(args, "device", id.String())
+	}
+	b.logLimited("refused", slog.LevelInfo, "connection refused", args...)
+	_ = cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connack},
+		ReasonCode:  rc,
+	})
+	return errRefused
+}
+
+// OnConnectAuthenticate admits the connections OnConnect authenticated.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	_, ok := h.b.conns.Load(cl)
+	return ok
+}
+
+// OnACLCheck is called for every publish (write, concrete topic), every
+// subscription (read, filter) and every delivery (read, concrete topic). It
+// is on the hot path: a map load, a string compare for the common case of a
+// device publishing to the topic it used last, and secrets.TopicAllowed.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	v, ok := h.b.conns.Load(cl)
+	if !ok {
+		return false
+	}
+	c := v.(*conn)
+	if !write {
+		return canReceive(&c.id, topic)
+	}
+	if last := c.lastPub.Load(); last != nil && *last == topic {
+		return true
+	}
+	if canPublish(&c.id, topic) {
+		c.rememberPub(topic)
+		return true
+	}
+	h.b.stats.pubDenied.Add(1)
+	h.b.logLimited("acl-publish", slog.LevelInfo, "publish denied: topic outside the namespace",
+		"device", c.id.String(), "client", c.clientID, "topic", topic, "remote", c.remote)
+	return false
+}
+
+// OnSessionEstablished indexes the session once its CONNACK is written.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	b := h.b
+	c := b.connOf(cl)
+	if c == nil {
+		return
+	}
+	b.mu.Lock()
+	if c.removed {
+		b.mu.Unlock()
+		return
+	}
+	if old := b.byClientID[c.clientID]; old != nil && old != c {
+		// Taken over. If the old connection has not yet been through
+		// OnDisconnect, it keeps its identity until then (for its
+		// Disconnected event), but no longer receives downlink.
+		if old.disconnectSeen.Load() {
+			b.removeLocked(old)
+		} else {
+			b.unindexLocked(old)
+		}
+	}
+	b.byClientID[c.clientID] = c
+	if !c.id.Admin {
+		k := deviceKey{c.id.ProductKey, c.id.DeviceName}
+		set := b.devices[k]
+		if set == nil {
+			set = map[*conn]struct{}{}
+			b.devices[k] = set
+		}
+		set[c] = struct{}{}
+	}
+	c.established = true
+	b.mu.Unlock()
+	b.stats.connects.Add(1)
+	b.log.Debug("client connected", "device", c.id.String(), "client", c.clientID, "remote", c.remote,
+		"listener", c.listener, "method", c.id.Method)
+	if o := b.cfg.Observer; o != nil {
+		o.Connected(c.id, c.clientID)
+	}
+}
+
+// OnDisconnect ends the connection; a clean or taken-over session ends with
+// it, a persistent one stays indexed (Deliver queues QoS 1 for it) until it
+// expires.
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	b := h.b
+	c := b.connOf(cl)
+	if c == nil {
+		return
+	}
+	c.disconnectSeen.Store(true)
+	takenOver := cl.IsTakenOver()
+	var unsub []string
+	b.mu.Lock()
+	established := c.established
+	c.offline = true
+	switch {
+	case takenOver:
+		b.removeLocked(c)
+	case expire:
+		unsub = filtersOf(cl)
+		b.removeLocked(c)
+	}
+	b.mu.Unlock()
+	if !established {
+		return
+	}
+	if err == nil {
+		err = cl.StopCause()
+	}
+	b.log.Debug("client disconnected", "device", c.id.String(), "client", c.clientID, "remote", c.remote,
+		"error", err, "session_kept", !expire && !takenOver)
+	if o := b.cfg.Observer; o != nil {
+		o.Disconnected(c.id, c.clientID, err)
+		if len(unsub) > 0 {
+			o.Unsubscribed(c.id, c.clientID, unsub)
+		}
+	}
+}
+
+// OnClientExpired ends a persistent session. mochi itself leaves the
+// session's subscriptions in its topic index; they are removed here.
+func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	b := h.b
+	var unsub []string
+	c := b.connOf(cl)
+	if c != nil {
+		b.mu.Lock()
+		unsub = filtersOf(cl)
+		b.removeLocked(c)
+		b.mu.Unlock()
+	}
+	h.srv.UnsubscribeClient(cl)
+	cl.ClearInflights()
+	if c != nil && len(unsub) > 0 && b.cfg.Observer != nil {
+		b.cfg.Observer.Unsubscribed(c.id, c.clientID, unsub)
+	}
+}
+
+func filtersOf(cl *mqtt.Client) []string {
+	subs := cl.State.Subscriptions.GetAll()
+	out := make([]string, 0, len(subs))
+	for f := range subs {
+		out = append(out, f)
+	}
+	return out
+}
+
+// OnPacketRead closes connections that publish with QoS 2. mochi would
+// downgrade the message and answer the PUBREC-expecting client with a
+// PUBACK; MQTT 5 clients were told the maximum QoS in the CONNACK and get a
+// DISCONNECT 0x9B first.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos < 2 {
+		return pk, nil
+	}
+	device := ""
+	if c := h.b.connOf(cl); c != nil {
+		device = c.id.String()
+	}
+	h.b.logLimited("qos2", slog.LevelInfo, "QoS 2 publish refused; disconnecting",
+		"device", device, "client", cl.ID, "topic", pk.TopicName, "remote", cl.Net.Remote)
+	h.b.disconnect(h.srv, cl, packets.ErrQosNotSupported, h.b.cfg.WriteTimeout)
+	cl.Stop(packets.ErrQosNotSupported)
+	return pk, packets.ErrRejectPacket
+}
+
+// OnPacketEncode completes a successful MQTT 5 CONNACK with what mochi does
+// not advertise: the maximum packet size, and that retain and shared
+// subscriptions are unavailable.
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
+		pk.Properties.MaximumPacketSize = h.b.cfg.MaxPacketSize
+		pk.Properties.RetainAvailable, pk.Properties.RetainAvailableFlag = 0, true
+		pk.Properties.SharedSubAvailable, pk.Properties.SharedSubAvailableFlag = 0, true
+	}
+	return pk
+}
+
+// OnPublish hands every device publish to the sink before mochi writes the
+// PUBACK and fans the message out. Admin requests are acknowledged but not
+// fanned out (CodeSuccessIgnore) and handled in OnPublished.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil // admin replies from PublishAdmin
+	}
+	b := h.b
+	c := b.connOf(cl)
+	if c == nil {
+		return pk, packets.ErrRejectPacket
+	}
+	v5ack := cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0
+	if c.id.Admin {
+		if rt := pk.Properties.ResponseTopic; rt != "" && !adminResponseTopicOK(rt) {
+			b.logLimited("admin-response-topic", slog.LevelInfo, "admin request refused: response topic outside "+AdminTopicPrefix,
+				"admin", c.id.String(), "client", c.clientID, "response_topic", rt)
+			if v5ack {
+				return pk, packets.ErrNotAuthorized
+			}
+			return pk, packets.ErrRejectPacket
+		}
+		b.stats.adminRequests.Add(1)
+		return pk, packets.CodeSuccessIgnore
+	}
+
+	err := b.cfg.Sink.Publish(h.sinkCtx, Message{
+		Device:   c.id,
+		ClientID: c.clientID,
+		Topic:    pk.TopicName,
+		Payload:  pk.Payload,
+		QoS:      pk.FixedHeader.Qos,
+		Retain:   pk.FixedHeader.Retain,
+		Received: time.Now(),
+	})
+	if err == nil {
+		b.stats.messagesIn.Add(1)
+		return pk, nil
+	}
+	b.stats.sinkErrors.Add(1)
+	var rej *RejectError
+	isReject := errors.As(err, &rej)
+	b.logLimited("sink", slog.LevelWarn, "publish not acknowledged: sink refused it",
+		"device", c.id.String(), "client", c.clientID, "topic", pk.TopicName, "qos", pk.FixedHeader.Qos,
+		"error", err)
+	if v5ack && isReject {
+		code, ok := pubackCodes[rej.Code]
+		if !ok {
+			code = packets.ErrUnspecifiedError
+		}
+		return pk, code
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// OnPublished hands acknowledged admin requests to the AdminHandler.
+func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+	if !pk.Ignore || cl.Net.Inline || pk.TopicName != AdminRequestTopic {
+		return
+	}
+	b := h.b
+	c := b.connOf(cl)
+	if c == nil || !c.id.Admin {
+		return
+	}
+	if b.cfg.Admin == nil {
+		b.logLimited("admin-none", slog.LevelWarn, "admin request dropped: no admin handler configured",
+			"admin", c.id.String(), "client", c.clientID)
+		return
+	}
+	b.cfg.Admin.HandleAdmin(c.id, AdminRequest{
+		ClientID:        c.clientID,
+		Topic:           pk.TopicName,
+		Payload:         pk.Payload,
+		ResponseTopic:   pk.Properties.ResponseTopic,
+		CorrelationData: pk.Properties.CorrelationData,
+	})
+}
+
+// OnSubscribed reports accepted filters to the observer and logs denied ones.
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	b := h.b
+	c := b.connOf(cl)
+	if c == nil {
+		return
+	}
+	var accepted []string
+	for i, sub := range pk.Filters {
+		if i < len(reasonCodes) && reasonCodes[i] < packets.ErrUnspecifiedError.Code {
+			accepted = append(accepted, sub.Filter)
+			continue
+		}
+		b.stats.subDenied.Add(1)
+		b.logLimited("acl-subscribe", slog.LevelInfo, "subscription denied",
+			"device", c.id.String(), "client", c.clientID, "filter", sub.Filter, "remote", c.remote)
+	}
+	if len(accepted) > 0 && b.cfg.Observer != nil {
+		b.cfg.Observer.Subscribed(c.id, c.clientID, accepted)
+	}
+}
+
+// OnUnsubscribed reports removed filters to the observer.
+func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	b := h.b
+	if b.cfg.Observer == nil || len(pk.Filters) == 0 {
+		return
+	}
+	c := b.connOf(cl)
+	if c == nil {
+		return
+	}
+	filters := make([]string, len(pk.Filters))
+	for i, f := range pk.Filters {
+		filters[i] = f.Filter
+	}
+	b.cfg.Observer.Unsubscribed(c.id, c.clientID, filters)
+}
