@@ -142,9 +142,9 @@ func TestVerifyVendorClientIDs(t *testing.T) {
 	content := "clientId" + pk + "." + dn + "deviceName" + dn + "productKey" + pk + "timestamp2524608000000"
 	pw := hmacHex(secret, content)
 	for _, cid := range []string{
-		pk + "." + dn + "|timestamp=2524608000000,_ss=1,_v=sdk-c-4.1.0,securemode=2,signmethod=hmacsha256,ext=3,|",       // Link SDK 4.x (trailing extra empty)
-		pk + "." + dn + "|timestamp=2524608000000,_v=sdk-c-3.x,securemode=2,signmethod=hmacsha256,lan=C,gw=0,ext=0|",      // C v3
-		pk + "." + dn + "|securemode=2,signmethod=hmacsha256,timestamp=2524608000000,lan=NodeJS,_v=1.2.8|",                // JS order
+		pk + "." + dn + "|timestamp=2524608000000,_ss=1,_v=sdk-c-4.1.0,securemode=2,signmethod=hmacsha256,ext=3,|",         // Link SDK 4.x (trailing extra empty)
+		pk + "." + dn + "|timestamp=2524608000000,_v=sdk-c-3.x,securemode=2,signmethod=hmacsha256,lan=C,gw=0,ext=0|",       // C v3
+		pk + "." + dn + "|securemode=2,signmethod=hmacsha256,timestamp=2524608000000,lan=NodeJS,_v=1.2.8|",                 // JS order
 		pk + "." + dn + "|ext=3,_ss=1,signmethod=hmacsha256,lan=C,gw=1,securemode=3,timestamp=2524608000000,_v=sdk-c-4.1|", // shuffled
 	} {
 		t.Run(cid, func(t *testing.T) {
