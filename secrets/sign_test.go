@@ -189,6 +189,7 @@ func TestParseRejects(t *testing.T) {
 		{"empty field", Aliyun, "dev1|securemode=2,,signmethod=hmacsha1|", "dev1&pk", "x", ReasonMalformedClientID, 3},
 		{"duplicate key", Aliyun, "dev1|securemode=2,securemode=3,signmethod=hmacsha1|", "dev1&pk", "x", ReasonMalformedClientID, 3},
 		{"empty clientId", Aliyun, "|securemode=2,signmethod=hmacsha1|", "dev1&pk", "x", ReasonMalformedClientID, 3},
+		{"control character in clientId", Aliyun, "dev\x011|securemode=2,signmethod=hmacsha1|", "dev1&pk", "x", ReasonMalformedClientID, 3},
 		{"clientId over 64", Aliyun, long + "|securemode=2,signmethod=hmacsha1|", "dev1&pk", "x", ReasonClientIDTooLong, 3},
 		{"unknown signmethod", Aliyun, "dev1|securemode=2,signmethod=hmacsha512|", "dev1&pk", "x", ReasonUnknownSignMethod, 4},
 		{"plain sha256 is not Alibaba", Aliyun, "dev1|securemode=2,signmethod=sha256|", "dev1&pk", "x", ReasonUnknownSignMethod, 4},

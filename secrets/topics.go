@@ -6,41 +6,53 @@ import "strings"
 // topic: publish to it (filter == false, a concrete topic name) or subscribe
 // to it (filter == true, wildcards allowed).
 //
-// Both clouds put the device's own identity into every topic it may use, as
-// two adjacent segments {productKey}/{deviceName}: /sys/{pk}/{dn}/…,
-// /{pk}/{dn}/user/…, /ext/session/{pk}/{dn}/…, /shadow/update/{pk}/{dn},
-// /ext/rrpc/{id}/{pk}/{dn}/…. The rule is therefore: some segment equals
-// productKey exactly and the next one equals deviceName exactly. Wildcards
-// may not stand in for either segment, nor may a multi-level wildcard come
-// before them. A subscriber may additionally listen to its product's
-// broadcast topics (/broadcast/{pk}/…).
+// Both clouds put the device's own identity into every topic it may use, at
+// fixed positions:
 //
-// Topics starting with '$' (broker-internal and admin topics) are never a
-// device's.
+//	/sys/{pk}/{dn}/…            system topics (Alink, EnOS measure points)
+//	/{pk}/{dn}/…                user topics (/{pk}/{dn}/user/…, legacy /update, /get)
+//	/ext/{kind}/{pk}/{dn}/…     /ext/session/…, /ext/ntp/…, /ext/error/…
+//	/ext/rrpc/{id}/{pk}/{dn}/…  custom-topic RRPC ({id} may be '+' in a filter)
+//	/shadow/{op}/{pk}/{dn}      device shadow
+//	/broadcast/{pk}/…           product-wide broadcast, subscribe only
+//
+// The identity segments must match exactly (no wildcard may stand in for
+// them), and a productKey that is itself one of the reserved first segments
+// (sys, ext, shadow, broadcast) never matches the user-topic form, so no
+// device can reach into another's namespace by its choice of names. Topics
+// starting with '$' (broker-internal and admin topics) are never a device's.
 func TopicAllowed(productKey, deviceName, topic string, filter bool) bool {
-	if productKey == "" || deviceName == "" || topic == "" || topic[0] == '$' {
-		return false
-	}
-	if !filter && strings.ContainsAny(topic, "+#") {
+	if productKey == "" || deviceName == "" || topic == "" || topic[0] != '/' {
 		return false
 	}
 	if len(topic) > 65535 || strings.ContainsRune(topic, 0) {
 		return false
 	}
+	if !filter && strings.ContainsAny(topic, "+#") {
+		return false
+	}
 	segs := strings.Split(topic, "/")
-	for i := 0; i+1 < len(segs); i++ {
-		if segs[i] == "#" {
-			return false // '#' before the identity could match anything
-		}
-		if segs[i] == productKey && segs[i+1] == deviceName {
-			return validWildcards(segs)
-		}
+	at := func(pkIdx int) bool {
+		return len(segs) > pkIdx+1 && segs[pkIdx] == productKey && segs[pkIdx+1] == deviceName
 	}
-	// Product-wide broadcast: /broadcast/{pk}/... (receive only).
-	if filter && len(segs) >= 4 && segs[0] == "" && segs[1] == "broadcast" && segs[2] == productKey {
-		return validWildcards(segs)
+	ok := false
+	switch segs[1] {
+	case "sys":
+		ok = at(2)
+	case "ext":
+		if len(segs) > 2 && segs[2] == "rrpc" {
+			ok = len(segs) > 3 && segs[3] != "#" && at(4)
+		} else {
+			ok = len(segs) > 2 && segs[2] != "+" && segs[2] != "#" && at(3)
+		}
+	case "shadow":
+		ok = len(segs) > 2 && segs[2] != "+" && segs[2] != "#" && at(3)
+	case "broadcast":
+		ok = filter && len(segs) > 3 && segs[2] == productKey
+	default:
+		ok = at(1)
 	}
-	return false
+	return ok && validWildcards(segs)
 }
 
 // validWildcards checks MQTT filter syntax: '+' and '#' occupy a whole

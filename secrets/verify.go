@@ -111,6 +111,9 @@ func ParseConnect(d Dialect, clientID, username string, password Secret) (*Prese
 	if p.ClientID == "" {
 		return nil, refuse(ReasonMalformedClientID, "empty clientId before '|'")
 	}
+	if err := checkBareClientID(p.ClientID); err != nil {
+		return nil, refuse(ReasonMalformedClientID, "%v", err)
+	}
 	block := clientID[bar+1:]
 	if !strings.HasSuffix(block, "|") {
 		return nil, refuse(ReasonMalformedClientID, "parameter block not closed with '|'")
