@@ -1,0 +1,60 @@
+// Package cloudsim is a simulated cloud IoT platform (Alibaba Cloud IoT
+// Platform or EnOS IoT Hub) built on the mochi MQTT broker. It is as strict
+// as the real clouds, so that a gateway which passes against it means
+// something:
+//
+//   - CONNECT credentials are parsed and verified with package secrets,
+//     for both dialects and every sign method. CONNACK return codes are the
+//     clouds' 3.1.1 codes: 3 for a malformed clientId, an out-of-range
+//     keepalive or a securemode that does not fit the transport, 4 for
+//     malformed credential fields (for example an unknown signmethod), 5
+//     for a wrong signature or an unknown device.
+//   - Only MQTT 3.1 and 3.1.1 are accepted; a 5.0 CONNECT is refused with
+//     reason 0x84 (unsupported protocol version). Persistent sessions are
+//     not simulated: a clean-session=0 CONNECT is accepted with session
+//     present 0 and nothing is kept after the connection ends. Like the
+//     clouds, the simulator never sends a DISCONNECT packet (3.1.1 has
+//     none from server to client): it closes the connection.
+//   - A second CONNECT for the same device (productKey, deviceName), even
+//     with another clientId, kicks the first session (a takeover).
+//   - A device may only use its own topics (secrets.TopicAllowed). A
+//     forbidden PUBLISH closes the connection, at QoS 0 and 1 alike; a
+//     forbidden SUBSCRIBE filter is answered with 0x80. QoS 2 is not
+//     supported: a QoS 2 PUBLISH closes the connection and subscriptions are
+//     granted at most QoS 1.
+//   - Will messages are not supported (Alibaba documents this for 3.1.1):
+//     a CONNECT carrying a will is refused with return code 3. Refusing,
+//     rather than silently ignoring it, surfaces a gateway that sets a will
+//     although protocol.md says never to. Retained messages are not
+//     supported either: the retain flag of every PUBLISH is cleared and
+//     nothing is stored.
+//   - Alink request topics under /sys/{pk}/{dn}/ (property and event posts,
+//     EnOS measurepoint posts, …) are answered on "<topic>_reply" when the
+//     device subscribed to that topic, unless the request says sys.ack=0.
+//     Malformed JSON is answered with the cloud's error code (Alibaba 460,
+//     EnOS 1220).
+//   - Dynamic activation: EnOS securemode=3 (productSecret) for a
+//     registered device without a secret publishes a fresh deviceSecret on
+//     /ext/session/{pk}/{dk}/thing/activate/info right after the CONNACK;
+//     the device counts as activated from then on and a second securemode=3
+//     login is refused with 5. Alibaba authType=register (TLS or wss only)
+//     publishes {"productKey","deviceName","deviceSecret"} on /ext/register
+//     and closes the connection shortly after; registering again before the
+//     first normal login issues a new secret, afterwards it is refused with
+//     5. EnOS devices are pushed their downstream command topics
+//     (thing/service/#, rrpc/request/+, …) without a SUBSCRIBE, as EnOS
+//     does; Alibaba devices must subscribe.
+//   - A per-device upstream rate limit (token bucket; Alibaba default 30
+//     messages/s) acknowledges excess messages but drops and counts them.
+//
+// An observer account (Config.ObserverUser) may subscribe to anything
+// (e.g. '#') and publish to any device's topics; it is how tests and people
+// watch and drive the "cloud". It is not a device: its messages are not
+// recorded, and the Refuse and Drop knobs leave it alone (Down does not).
+// Every accepted device message is recorded (Messages, WaitFor) and
+// counted (Stats); counters are updated before the client can observe the
+// effect (CONNACK, PUBACK, reply), so a test may check them right after. Fault knobs (Refuse, Drop,
+// Stall, Delay, Down, Up) are available on the Sim and over a small HTTP
+// JSON API (ControlHandler), which the "edgegw cloudsim" subcommand (Main)
+// serves on -control.
+package cloudsim
