@@ -1,0 +1,462 @@
+package spool
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Spool is the durable queue: one bbolt file holding a FIFO per device.
+//
+// Append hands the message to a single writer goroutine that commits
+// everything waiting (appends of all devices, acknowledgements, purges) in
+// one transaction, so that one fsync covers a group of publishers, and
+// returns once that commit is on disk. Per device, Seq order is the order
+// of the Append calls. Seqs come from one counter for the whole spool, so
+// a device's seqs increase but are not consecutive. Ack marks a message
+// for deletion at once (Read no longer returns it) and the writer deletes
+// it in a following commit; an acknowledgement lost in a crash only
+// causes a duplicate, never a loss.
+//
+// Measured on a 2-vCPU VM with a noisy virtio disk (200-byte payloads;
+// bbolt fdatasyncs twice per commit): one appender 1,300-2,900 commits/s;
+// 128 concurrent devices 10,000-66,000 msgs/s at ~70 msgs/commit; 1,000
+// devices buffering 1,000,000 messages 13,000-150,000 msgs/s; reopening
+// that file (verification, check, rebuild) 0.75-1.2 s; draining it
+// (read + ack) 39,000-48,000 msgs/s.
+//
+// A Spool is safe for concurrent use.
+type Spool struct {
+	path string
+	opts Options
+	log  *slog.Logger
+	db   *bolt.DB
+
+	// mu guards the ledger, the pending acknowledgements and the
+	// statistics. The writer holds it while it builds a transaction (not
+	// while it commits); Read holds it shared for its whole read
+	// transaction, which is what makes an acknowledged message invisible
+	// to Read from Ack on (see clearAcks).
+	mu         sync.RWMutex
+	led        *ledger
+	pending    map[DeviceID]map[uint64]uint64 // acknowledged, not yet deleted: seq → ack number
+	npending   int
+	acks       uint64 // Ack calls so far (ack numbers)
+	lastAck    map[DeviceID]time.Time
+	closed     bool // no new requests
+	dbClosed   bool
+	commits    uint64
+	commitErrs uint64
+	hist       latencyHist
+	lastErr    string
+	fullUntil  time.Time // appends fail fast until then (wall clock)
+	reserved   bool      // the reserve bucket exists
+	compaction *Compaction
+
+	fixMu       sync.Mutex
+	corrupt     map[corruptRef]struct{} // damaged records to delete
+	badKeys     [][]byte                // damaged message records to delete
+	badDeadKeys [][]byte                // damaged dead-letter keys to delete
+
+	// Owned by the writer goroutine.
+	enforce      bool          // drop to the budgets in the next commit
+	redirty      []*devState   // device records changed outside a transaction
+	retryAt      time.Time     // after a failed commit, background work waits until then
+	limit        int           // deletions per transaction for background work (shrinks on a full disk)
+	reserveTried time.Time     // last attempt to make the reserve
+	lastCommit   time.Duration // duration of the last transaction
+	lastFullLog  time.Time
+
+	notify     notifier
+	reqs       chan *request
+	kick       chan struct{}
+	closing    chan struct{}
+	writerDone chan struct{}
+	senders    sync.WaitGroup
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+type corruptRef struct {
+	dev DeviceID
+	seq uint64
+}
+
+type opKind uint8
+
+const (
+	opAppend opKind = iota
+	opPurge
+	opRemove
+	opDeadLetter
+	opClearDeadLetters
+	opSync
+)
+
+func (o opKind) String() string {
+	return [...]string{"append", "purge", "remove", "dead-letter", "clear dead letters", "sync"}[o]
+}
+
+// request is one operation for the writer.
+type request struct {
+	op       opKind
+	device   DeviceID
+	val      []byte // append: encoded record; dead-letter: reason
+	size     int64
+	received time.Time
+	seq      uint64 // dead-letter: the message; purge/remove: the last seq to drop; sync: the last ack number
+	started  bool   // purge/remove: seq is set
+	n        int    // purge/remove: messages dropped so far
+	done     chan result
+}
+
+type result struct {
+	seq uint64
+	n   int
+	err error
+}
+
+// Path returns the spool file's path.
+func (s *Spool) Path() string { return s.path }
+
+// Append stores m for device and returns its Seq once the commit holding
+// it is on disk. It fails with ErrFull or ErrTooLarge when the message
+// does not fit (see Options.Overflow), with ErrDiskFull when the disk has
+// no room, with ErrClosed after Close. If ctx ends first the error wraps
+// ctx.Err() and the message may still be stored.
+func (s *Spool) Append(ctx context.Context, device DeviceID, m Message) (uint64, error) {
+	if err := validateDevice(device); err != nil {
+		return 0, fmt.Errorf("append: %w", err)
+	}
+	if err := validateMessage(device, &m); err != nil {
+		return 0, err
+	}
+	if m.Received.IsZero() {
+		m.Received = s.opts.Now()
+	}
+	r := &request{op: opAppend, device: device, val: encodeMessage(device.String(), &m), size: Size(m), received: m.Received}
+	res, err := s.do(ctx, r)
+	if err != nil {
+		return 0, err
+	}
+	return res.seq, res.err
+}
+
+// do hands r to the writer and waits for its result.
+func (s *Spool) do(ctx context.Context, r *request) (result, error) {
+	r.done = make(chan result, 1)
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return result{}, fmt.Errorf("%s for %s: %w", r.op, r.device, ErrClosed)
+	}
+	s.senders.Add(1)
+	s.mu.RUnlock()
+	select {
+	case s.reqs <- r:
+		s.senders.Done()
+	case <-ctx.Done():
+		s.senders.Done()
+		return result{}, fmt.Errorf("%s for %s: %w", r.op, r.device, ctx.Err())
+	case <-s.writerDone:
+		s.senders.Done()
+		return result{}, fmt.Errorf("%s for %s: %w", r.op, r.device, ErrClosed)
+	}
+	select {
+	case res := <-r.done:
+		return res, nil
+	case <-ctx.Done():
+		return result{}, fmt.Errorf("%s for %s: %w (it may still be committed)", r.op, r.device, ctx.Err())
+	case <-s.writerDone:
+		select {
+		case res := <-r.done:
+			return res, nil
+		default:
+			return result{}, fmt.Errorf("%s for %s: %w", r.op, r.device, ErrClosed)
+		}
+	}
+}
+
+// Read returns up to max messages of device with Seq > after, oldest
+// first, without removing them. Acknowledged and expired messages are not
+// returned; a damaged record is skipped, logged and deleted (counted as
+// ReasonCorrupt).
+func (s *Spool) Read(device DeviceID, after uint64, max int) ([]Message, error) {
+	if max <= 0 {
+		return nil, nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.dbClosed {
+		return nil, fmt.Errorf("read %s: %w", device, ErrClosed)
+	}
+	d := s.led.devs[device]
+	if d == nil || d.q.len() == 0 {
+		return nil, nil
+	}
+	live := d.q.live()
+	pend := s.pending[device]
+	now := s.opts.Now()
+	var (
+		out     []Message
+		expired bool
+		bad     []uint64
+	)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMessages)
+		for i := d.q.search(after + 1); i < len(live) && len(out) < max; i++ {
+			seq := live[i]
+			if _, ok := pend[seq]; ok {
+				continue
+			}
+			v := b.Get(seqKey(seq))
+			if v == nil {
+				// Indexed by a transaction not yet committed.
+				continue
+			}
+			m, err := decodeMessage(seq, v)
+			if err != nil {
+				bad = append(bad, seq)
+				continue
+			}
+			if s.led.expired(m.Received, now) {
+				expired = true
+				continue
+			}
+			out = append(out, m)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read %s from spool %s: %w", device, s.path, err)
+	}
+	if len(bad) > 0 {
+		s.log.Error("spool records fail their checksum; deleting them", "device", device.String(), "seqs", bad)
+		s.fixMu.Lock()
+		for _, seq := range bad {
+			s.corrupt[corruptRef{device, seq}] = struct{}{}
+		}
+		s.fixMu.Unlock()
+	}
+	if expired || len(bad) > 0 {
+		s.poke()
+	}
+	return out, nil
+}
+
+// Ack removes message seq of device. It takes effect at once for Read and
+// is committed with the writer's next transaction. Unknown seqs are
+// ignored.
+func (s *Spool) Ack(device DeviceID, seq uint64) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return fmt.Errorf("ack %s seq %d: %w", device, seq, ErrClosed)
+	}
+	d := s.led.devs[device]
+	if d == nil || !d.q.contains(seq) {
+		// Acknowledged before (a restart, a duplicate PUBACK), dropped,
+		// or not this device's.
+		s.mu.Unlock()
+		return nil
+	}
+	p := s.pending[device]
+	if p == nil {
+		p = make(map[uint64]uint64)
+		s.pending[device] = p
+	}
+	if _, ok := p[seq]; !ok {
+		s.acks++
+		p[seq] = s.acks
+		s.npending++
+	}
+	s.lastAck[device] = s.opts.Now()
+	s.mu.Unlock()
+	s.poke()
+	return nil
+}
+
+// poke wakes the writer for background work.
+func (s *Spool) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Notify returns the channel signalled (capacity 1, never blocking) when
+// a message for device is committed.
+func (s *Spool) Notify(device DeviceID) <-chan struct{} { return s.notify.get(device) }
+
+// Purge drops all queued messages of device (counted as ReasonPurge) and
+// returns how many. Dead letters stay. Large queues are deleted over
+// several commits.
+func (s *Spool) Purge(device DeviceID) (int, error) {
+	res, err := s.do(context.Background(), &request{op: opPurge, device: device})
+	if err != nil {
+		return 0, err
+	}
+	return res.n, res.err
+}
+
+// Remove drops device's queue (counted as ReasonPurge in Totals), its
+// dead letters and its counters. Seqs are never reused: a device that
+// comes back continues above every Seq assigned before.
+func (s *Spool) Remove(device DeviceID) error {
+	_, err := s.do(context.Background(), &request{op: opRemove, device: device})
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// DeadLetter moves message m.Seq of device to the dead letters with
+// reason (truncated to 256 bytes): it is counted as ReasonDeadLetter and
+// no longer blocks the queue. The stored copy is moved, not m. If the
+// message is no longer queued nothing happens. Dead letters are bounded
+// by Options.DeadLetterMax and DeadLetterBudget; the oldest (lowest Seq)
+// are evicted.
+func (s *Spool) DeadLetter(device DeviceID, m Message, reason string) error {
+	res, err := s.do(context.Background(), &request{op: opDeadLetter, device: device, seq: m.Seq, val: []byte(truncate(reason))})
+	if err != nil {
+		return err
+	}
+	return res.err
+}
+
+// DeadLetters returns device's dead letters in Seq order.
+func (s *Spool) DeadLetters(device DeviceID) ([]DeadLetter, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.dbClosed {
+		return nil, fmt.Errorf("dead letters of %s: %w", device, ErrClosed)
+	}
+	d := s.led.devs[device]
+	if d == nil {
+		return nil, nil
+	}
+	var out []DeadLetter
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketDead).Cursor()
+		for k, v := c.Seek(d.prefix); k != nil && isDevKey(k, d.prefix); k, v = c.Next() {
+			dl, err := decodeDeadLetter(keySeq(k), v)
+			if err != nil {
+				s.log.Error("spool dead letter damaged; skipped", "device", device.String(), "key", k, "err", err)
+				continue
+			}
+			out = append(out, dl)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dead letters of %s in spool %s: %w", device, s.path, err)
+	}
+	return out, nil
+}
+
+// ClearDeadLetters deletes device's dead letters and returns how many.
+func (s *Spool) ClearDeadLetters(device DeviceID) (int, error) {
+	res, err := s.do(context.Background(), &request{op: opClearDeadLetters, device: device})
+	if err != nil {
+		return 0, err
+	}
+	return res.n, res.err
+}
+
+// Sync waits until everything requested before it, acknowledgements
+// included, is committed.
+func (s *Spool) Sync(ctx context.Context) error {
+	s.mu.RLock()
+	upTo := s.acks
+	s.mu.RUnlock()
+	res, err := s.do(ctx, &request{op: opSync, seq: upTo})
+	if err != nil {
+		return err
+	}
+	return res.err
+}
+
+// Stats returns device's queue statistics (zero for an unknown device).
+func (s *Spool) Stats(device DeviceID) DeviceStats {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	d := s.led.devs[device]
+	if d == nil {
+		return DeviceStats{Device: device, Dropped: reasonMap([numReasons]uint64{})}
+	}
+	return s.statsLocked(d, s.opts.Now())
+}
+
+func (s *Spool) statsLocked(d *devState, now time.Time) DeviceStats {
+	st := s.led.deviceStats(d, now)
+	st.PendingAcks = len(s.pending[d.id])
+	st.LastAck = s.lastAck[d.id]
+	return st
+}
+
+// Devices returns the statistics of every known device, sorted by id.
+func (s *Spool) Devices() []DeviceStats {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	now := s.opts.Now()
+	ds := s.led.sorted()
+	out := make([]DeviceStats, len(ds))
+	for i, d := range ds {
+		out[i] = s.statsLocked(d, now)
+	}
+	return out
+}
+
+// Totals returns spool-wide statistics.
+func (s *Spool) Totals() Totals {
+	s.mu.RLock()
+	t := s.led.totals()
+	t.Commits = s.commits
+	t.CommitErrors = s.commitErrs
+	t.Commit = s.hist.snapshot()
+	t.LastError = s.lastErr
+	t.DiskFull = time.Now().Before(s.fullUntil)
+	t.Reserve = s.reserved
+	if s.compaction != nil {
+		c := *s.compaction
+		t.Compaction = &c
+	}
+	s.mu.RUnlock()
+	if fi, err := os.Stat(s.path); err == nil {
+		t.FileSize = fi.Size()
+	}
+	return t
+}
+
+// Close stops accepting requests, lets the writer commit what it already
+// accepted (acknowledgements included) for at most Options.CloseTimeout,
+// and closes the file. Later calls return the first call's result.
+func (s *Spool) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		close(s.closing)
+		t := time.NewTimer(s.opts.CloseTimeout)
+		defer t.Stop()
+		select {
+		case <-s.writerDone:
+		case <-t.C:
+			s.closeErr = fmt.Errorf("close spool %s: writer still committing after %v; file left open", s.path, s.opts.CloseTimeout)
+			return
+		}
+		s.mu.Lock()
+		s.dbClosed = true
+		s.led.drops.flush(s.opts.Now(), true)
+		s.mu.Unlock()
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("close spool %s: %w", s.path, err)
+		}
+	})
+	return s.closeErr
+}
