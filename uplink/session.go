@@ -1,0 +1,401 @@
+package uplink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/edgegw/edgegw/secrets"
+	"github.com/edgegw/edgegw/uplink/spool"
+)
+
+// slot is everything the manager keeps for one identity. Its sessions are
+// strictly sequential: a new one starts only after the previous one's
+// goroutine has returned (and with it its paho client and socket).
+type slot struct {
+	id spool.DeviceID
+
+	mu         sync.Mutex // serialises Add, Update, Remove and Subscribe for this identity
+	dead       bool       // removed: whoever locks it must look the identity up again
+	registered bool
+	dev        Device
+	ep         *endpoint
+	lim        DialectLimits
+	sess       *session
+
+	// State that outlives one session; only the running session uses it.
+	attempts     attemptLog
+	rate         *bucket
+	maxPublished uint64 // highest Seq ever handed to paho: a lower one is a resend
+
+	subsMu sync.Mutex
+	subs   map[string]byte // the device's local subscriptions, mirrored to the cloud
+
+	statMu sync.Mutex
+	st     SessionStatus
+}
+
+// session is one run of a device's connection loop.
+type session struct {
+	m           *Manager
+	sl          *slot
+	dev         Device
+	ep          *endpoint
+	lim         DialectLimits
+	log         *slog.Logger
+	ctx         context.Context
+	cancel      context.CancelFunc
+	done        chan struct{}
+	subsChanged chan struct{} // capacity 1
+	notify      <-chan struct{}
+	failures    int // consecutive failed attempts or short-lived connections
+	attempt     uint64
+}
+
+func newSession(m *Manager, sl *slot, parent context.Context) *session {
+	ctx, cancel := context.WithCancel(parent)
+	return &session{
+		m: m, sl: sl, dev: sl.dev, ep: sl.ep, lim: sl.lim,
+		log:         m.log.With("device", sl.id.String()),
+		ctx:         ctx,
+		cancel:      cancel,
+		done:        make(chan struct{}),
+		subsChanged: make(chan struct{}, 1),
+		notify:      m.cfg.Queue.Notify(sl.id),
+	}
+}
+
+// stop cancels the session and waits until its paho client is closed.
+func (s *session) stop() {
+	s.cancel()
+	<-s.done
+}
+
+// secureMode is the CONNECT's securemode: on Alibaba it states the
+// transport (2 encrypted, 3 plain); on EnOS 2 means "signed with the
+// deviceSecret" on every transport (3 would mean the productSecret).
+func (s *session) secureMode() int {
+	if s.dev.Dialect == secrets.Aliyun && !s.ep.encrypted() {
+		return 3
+	}
+	return 2
+}
+
+func (s *session) run() {
+	defer close(s.done)
+	defer s.setState(StateStopped, nil, time.Time{})
+	ctx, clk := s.ctx, s.m.clk
+	var delay time.Duration
+	for {
+		if sleep(ctx, clk, delay) != nil {
+			return
+		}
+		if w := s.sl.attempts.wait(s.lim.ConnectWindow, clk.Now()); w > 0 {
+			s.setState(StateBackoff, nil, clk.Now().Add(w))
+			s.log.Debug("waiting for the per-device connect window", "delay", w)
+			if sleep(ctx, clk, w) != nil {
+				return
+			}
+		}
+		s.setState(StateConnecting, nil, time.Time{})
+		if s.m.connectBudget.wait(ctx, clk, 1) != nil {
+			return
+		}
+		s.sl.attempts.record(s.lim.ConnectWindow, clk.Now())
+		s.attempt++
+		c, err := s.connect(ctx)
+		if ctx.Err() != nil {
+			if c != nil {
+				s.closeConn(c)
+			}
+			return
+		}
+		if err != nil {
+			delay = s.failed(err)
+			continue
+		}
+		err = s.serve(ctx, c)
+		good := c.acked.Load() || clk.Now().Sub(c.connectedAt) >= s.m.cfg.ResetAfter
+		s.closeConn(c)
+		if ctx.Err() != nil {
+			return
+		}
+		if good {
+			s.failures = 0
+		} else {
+			s.failures++
+		}
+		delay = s.lim.Backoff.Delay(s.failures, s.m.rnd())
+		s.log.Warn("cloud connection ended", "attempt", s.attempt, "err", err, "retry_in", delay)
+		s.setState(StateBackoff, err, clk.Now().Add(delay))
+	}
+}
+
+// failed classifies a failed attempt, sets the state and returns the wait
+// before the next one.
+func (s *session) failed(err error) time.Duration {
+	s.failures++
+	now := s.m.clk.Now()
+	var ce *ConnectError
+	isCE := errors.As(err, &ce)
+	switch {
+	case isCE && ce.Refused():
+		d := s.m.cfg.AuthRetry.Delay(s.m.rnd())
+		s.log.Error("cloud refused the login; retrying slowly", "attempt", s.attempt, "rc", ce.Code, "err", err, "retry_in", d)
+		s.setState(StateAuthFailed, err, now.Add(d))
+		return d
+	case isCE && ce.Unavailable():
+		d := max(s.lim.Backoff.Delay(s.failures, s.m.rnd()), s.m.cfg.UnavailableRetry.Delay(s.m.rnd()))
+		s.log.Warn("cloud answered server unavailable", "attempt", s.attempt, "rc", ce.Code, "retry_in", d)
+		s.setState(StateBackoff, err, now.Add(d))
+		return d
+	default:
+		d := s.lim.Backoff.Delay(s.failures, s.m.rnd())
+		s.log.Warn("cloud connection attempt failed", "attempt", s.attempt, "err", err, "retry_in", d)
+		s.setState(StateBackoff, err, now.Add(d))
+		return d
+	}
+}
+
+// conn is one connection attempt: a fresh paho client and the socket it
+// dialled through us.
+type conn struct {
+	client      mqtt.Client
+	connectedAt time.Time
+	acked       atomic.Bool // a PUBACK arrived on this connection
+
+	mu     sync.Mutex
+	nc     net.Conn
+	closed bool
+
+	lostOnce sync.Once
+	lost     chan struct{}
+	lostErr  error
+}
+
+func (c *conn) setLost(err error) {
+	c.lostOnce.Do(func() {
+		if err == nil {
+			err = errors.New("connection lost")
+		}
+		c.lostErr = fmt.Errorf("connection lost: %w", err)
+		close(c.lost)
+	})
+}
+
+func (c *conn) isLost() bool {
+	select {
+	case <-c.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// closeNet closes the socket (and any socket a still running dial
+// produces later). After it returns, nothing of this attempt talks to the
+// cloud any more.
+func (c *conn) closeNet() {
+	c.mu.Lock()
+	c.closed = true
+	nc := c.nc
+	c.mu.Unlock()
+	if nc != nil {
+		_ = nc.Close()
+	}
+}
+
+// dialFor returns paho's custom open-connection function for attempt c.
+func (s *session) dialFor(ctx context.Context, c *conn) mqtt.OpenConnectionFunc {
+	tlsCfg := s.ep.tlsFor(s.dev.ClientCert)
+	return func(uri *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
+		nc, err := dial(ctx, uri, tlsCfg, s.m.cfg.ConnectTimeout)
+		if err != nil {
+			return nil, err
+		}
+		if s.m.connHook != nil {
+			nc = s.m.connHook(s.dev.ID, nc)
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.closed {
+			_ = nc.Close()
+			return nil, errors.New("connection attempt aborted")
+		}
+		c.nc = nc
+		return nc, nil
+	}
+}
+
+// connect makes one attempt with fresh credentials and a new paho client.
+func (s *session) connect(ctx context.Context) (*conn, error) {
+	cfg := &s.m.cfg
+	now := s.m.clk.Now()
+	creds, err := secrets.Sign(secrets.SignParams{
+		Dialect:    s.dev.Dialect,
+		ProductKey: s.dev.ID.ProductKey,
+		DeviceName: s.dev.ID.DeviceName,
+		ClientID:   s.dev.clientID(),
+		Timestamp:  strconv.FormatInt(now.UnixMilli(), 10),
+		SignMethod: s.dev.SignMethod,
+		SecureMode: s.secureMode(),
+		Extra:      s.dev.Extra,
+	}, s.dev.Secret)
+	if err != nil {
+		return nil, &ConnectError{Err: fmt.Errorf("sign credentials: %w", err)}
+	}
+	u, err := s.ep.url(s.dev.ID.ProductKey)
+	if err != nil {
+		return nil, &ConnectError{Err: err}
+	}
+	s.updateStatus(func(st *SessionStatus) {
+		st.Attempts++
+		st.ClientID = creds.ClientID
+	})
+	c := &conn{lost: make(chan struct{})}
+	opts := mqtt.NewClientOptions()
+	opts.AddBroker(u.String())
+	opts.SetClientID(creds.ClientID)
+	opts.SetUsername(creds.Username)
+	opts.SetPassword(creds.Password.Reveal())
+	opts.SetProtocolVersion(4)
+	opts.SetCleanSession(true)
+	opts.SetAutoReconnect(false)
+	opts.SetConnectRetry(false)
+	opts.SetResumeSubs(false)
+	opts.SetOrderMatters(false)
+	opts.SetKeepAlive(s.lim.KeepAlive)
+	opts.SetPingTimeout(20 * time.Second)
+	opts.SetConnectTimeout(cfg.ConnectTimeout)
+	opts.SetWriteTimeout(cfg.WriteTimeout)
+	opts.SetCustomOpenConnectionFn(s.dialFor(ctx, c))
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.setLost(err) })
+	opts.SetDefaultPublishHandler(s.onMessage)
+	c.client = s.m.newClient(opts)
+
+	s.log.Debug("connecting", "attempt", s.attempt, "url", u.Redacted(), "client_id", creds.ClientID)
+	tok := c.client.Connect()
+	// paho bounds the attempt by ConnectTimeout itself; this is the backstop.
+	t := time.NewTimer(cfg.ConnectTimeout + 5*time.Second)
+	defer t.Stop()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		s.abort(c, tok)
+		return nil, ctx.Err()
+	case <-t.C:
+		s.abort(c, tok)
+		return nil, &ConnectError{Err: fmt.Errorf("no CONNACK within %v", cfg.ConnectTimeout)}
+	}
+	if err := tok.Error(); err != nil {
+		c.closeNet()
+		var rc byte
+		if ct, ok := tok.(*mqtt.ConnectToken); ok {
+			rc = ct.ReturnCode()
+		}
+		if rc == packets.ErrNetworkError {
+			rc = 0
+		}
+		return nil, &ConnectError{Code: rc, Err: err}
+	}
+	c.connectedAt = s.m.clk.Now()
+	return c, nil
+}
+
+// abort ends an attempt that is still in progress.
+func (s *session) abort(c *conn, tok mqtt.Token) {
+	c.closeNet()
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-tok.Done():
+		if tok.Error() == nil {
+			c.client.Disconnect(0)
+		}
+	case <-t.C:
+		c.client.Disconnect(0)
+	}
+	c.closeNet()
+}
+
+// closeConn ends a connection: DISCONNECT within Quiesce, then the socket
+// is closed for certain, so the next attempt never overlaps this one.
+func (s *session) closeConn(c *conn) {
+	c.client.Disconnect(uint(s.m.cfg.Quiesce.Milliseconds()))
+	c.closeNet()
+	s.updateStatus(func(st *SessionStatus) { st.InFlight = 0 })
+}
+
+// serve runs a connected session until it fails or ctx ends.
+func (s *session) serve(ctx context.Context, c *conn) error {
+	s.updateStatus(func(st *SessionStatus) {
+		st.Connects++
+		st.LastConnect = c.connectedAt
+	})
+	s.setState(StateConnected, nil, time.Time{})
+	s.log.Info("cloud session up", "attempt", s.attempt)
+	subs := newSubSync()
+	if err := s.initialSubscribe(ctx, c, subs); err != nil {
+		return err
+	}
+	return s.drain(ctx, c, subs)
+}
+
+func (s *session) onMessage(_ mqtt.Client, msg mqtt.Message) {
+	if f := s.m.cfg.Downlink; f != nil {
+		f(s.dev.ID, msg.Topic(), msg.Payload(), msg.Qos())
+	}
+}
+
+// setState records a state change (err, when not nil, becomes LastError)
+// and reports it to OnState.
+func (s *session) setState(state State, err error, next time.Time) {
+	var snap SessionStatus
+	s.updateStatus(func(st *SessionStatus) {
+		st.State = state
+		if err != nil {
+			st.LastError = err.Error()
+		}
+		st.NextAttempt = next
+		if state == StateStopped {
+			st.InFlight = 0
+		}
+		snap = *st
+	})
+	if f := s.m.cfg.OnState; f != nil {
+		snap.Subscriptions = s.sl.subCount()
+		f(snap)
+	}
+}
+
+func (s *session) updateStatus(f func(*SessionStatus)) {
+	s.sl.statMu.Lock()
+	f(&s.sl.st)
+	s.sl.statMu.Unlock()
+}
+
+func (sl *slot) subCount() int {
+	sl.subsMu.Lock()
+	defer sl.subsMu.Unlock()
+	return len(sl.subs)
+}
+
+func (sl *slot) subsSnapshot() map[string]byte {
+	sl.subsMu.Lock()
+	defer sl.subsMu.Unlock()
+	m := make(map[string]byte, len(sl.subs))
+	for f, q := range sl.subs {
+		m[f] = q
+	}
+	return m
+}
