@@ -96,8 +96,6 @@ type CloudConfig struct {
 	Endpoint string `toml:"endpoint"`
 	// CAFile adds trusted roots (PEM) for the cloud's server certificate.
 	CAFile string `toml:"ca_file"`
-	// InsecureSkipVerify disables server certificate verification (testing only).
-	InsecureSkipVerify bool `toml:"insecure_skip_verify"`
 	// ClientCert and ClientKey are a gateway-wide client certificate (PEM)
 	// for two-way TLS.
 	ClientCert string `toml:"client_cert"`

@@ -1,0 +1,152 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/edgegw/edgegw/localbroker"
+	"github.com/edgegw/edgegw/secrets"
+)
+
+// adminUser is an admin identity for network listeners.
+type adminUser struct {
+	name     string
+	password secrets.Secret
+}
+
+// authenticator decides who a local connection is, from the registry. It
+// implements localbroker.Authenticator.
+type authenticator struct {
+	reg    *secrets.Registry
+	modes  map[string]bool
+	admins []adminUser
+	log    *slog.Logger
+}
+
+func refusal(code byte, format string, args ...any) error {
+	return &localbroker.Refusal{Code: code, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Authenticate implements localbroker.Authenticator. Order: the unix socket
+// is the admin; a configured admin user name is the admin; a username
+// deviceName&productKey with a signed clientId is a device using its cloud
+// credentials, otherwise a device using its local password; no username
+// but a verified client certificate is a device named by the CN.
+func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.Identity, error) {
+	if r.Transport == localbroker.TransportUnix {
+		return localbroker.Identity{Admin: true, Name: "unix", Method: localbroker.MethodUnix}, nil
+	}
+	for _, u := range a.admins {
+		if r.Username == u.name {
+			if !r.Password.IsZero() && r.Password.Equal(u.password) {
+				return localbroker.Identity{Admin: true, Name: u.name, Method: localbroker.MethodAdmin}, nil
+			}
+			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "admin %q: wrong password", u.name)
+		}
+	}
+	if r.Username == "" {
+		if len(r.PeerCertificates) > 0 && a.modes[AuthCert] {
+			return a.byCertificate(r)
+		}
+		return localbroker.Identity{}, refusal(localbroker.RefuseBadCredentials, "no username (want deviceName&productKey)")
+	}
+	dn, pk, ok := strings.Cut(r.Username, "&")
+	if !ok || dn == "" || pk == "" {
+		return localbroker.Identity{}, refusal(localbroker.RefuseBadCredentials, "username %q is not deviceName&productKey", clip(r.Username))
+	}
+	dev, prod, err := a.device(pk, dn)
+	if err != nil {
+		return localbroker.Identity{}, err
+	}
+	id := localbroker.Identity{ProductKey: pk, DeviceName: dn}
+	if strings.Contains(r.ClientID, "|") {
+		if !a.modes[AuthSigned] {
+			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: signed credentials are not enabled (broker.auth)", dev.ID())
+		}
+		p, err := secrets.ParseConnect(prod.Dialect, r.ClientID, r.Username, r.Password)
+		if err != nil {
+			return localbroker.Identity{}, verifyRefusal(dev.ID(), err)
+		}
+		if p.UsesProductSecret() {
+			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized,
+				"%s: product-secret logins (activation, registration) are done by the gateway itself, not by devices", dev.ID())
+		}
+		if dev.DeviceSecret.IsZero() {
+			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: no deviceSecret yet (%s); use a local password", dev.ID(), dev.State)
+		}
+		if err := p.Verify(dev.DeviceSecret, secrets.VerifyOptions{}); err != nil {
+			return localbroker.Identity{}, verifyRefusal(dev.ID(), err)
+		}
+		id.Method = localbroker.MethodSigned
+		return id, nil
+	}
+	if !a.modes[AuthPassword] {
+		return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: local passwords are not enabled (broker.auth)", dev.ID())
+	}
+	if r.Password.IsZero() {
+		return localbroker.Identity{}, refusal(localbroker.RefuseBadCredentials, "%s: no password", dev.ID())
+	}
+	ok, err = a.reg.CheckLocalPassword(pk, dn, r.Password)
+	if err != nil {
+		return localbroker.Identity{}, refusal(localbroker.RefuseServerUnavailable, "%s: check local password: %v", dev.ID(), err)
+	}
+	if !ok {
+		return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: wrong local password (or none set)", dev.ID())
+	}
+	id.Method = localbroker.MethodPassword
+	return id, nil
+}
+
+// byCertificate maps a verified client certificate to a device: the CN is
+// "productKey/deviceName" or "deviceName&productKey".
+func (a *authenticator) byCertificate(r localbroker.ConnectRequest) (localbroker.Identity, error) {
+	cn := r.PeerCertificates[0].Subject.CommonName
+	pk, dn, ok := strings.Cut(cn, "/")
+	if !ok {
+		dn, pk, ok = strings.Cut(cn, "&")
+	}
+	if !ok || pk == "" || dn == "" {
+		return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "client certificate CN %q names no device (want productKey/deviceName)", clip(cn))
+	}
+	if _, _, err := a.device(pk, dn); err != nil {
+		return localbroker.Identity{}, err
+	}
+	return localbroker.Identity{ProductKey: pk, DeviceName: dn, Method: localbroker.MethodCert}, nil
+}
+
+// device loads an enabled device and its product.
+func (a *authenticator) device(pk, dn string) (secrets.Device, secrets.Product, error) {
+	dev, err := a.reg.GetDevice(pk, dn)
+	if errors.Is(err, secrets.ErrNotFound) {
+		return dev, secrets.Product{}, refusal(localbroker.RefuseNotAuthorized, "unknown device %s", clip(secrets.DeviceID(pk, dn)))
+	}
+	if err != nil {
+		return dev, secrets.Product{}, refusal(localbroker.RefuseServerUnavailable, "look up device: %v", err)
+	}
+	if dev.Disabled {
+		return dev, secrets.Product{}, refusal(localbroker.RefuseNotAuthorized, "%s is disabled", dev.ID())
+	}
+	prod, err := a.reg.GetProduct(pk)
+	if err != nil {
+		return dev, prod, refusal(localbroker.RefuseServerUnavailable, "look up product of %s: %v", dev.ID(), err)
+	}
+	return dev, prod, nil
+}
+
+func verifyRefusal(id string, err error) error {
+	var ve *secrets.VerifyError
+	if errors.As(err, &ve) {
+		return refusal(ve.ConnackCode(), "%s: %v", id, ve)
+	}
+	return refusal(localbroker.RefuseNotAuthorized, "%s: %v", id, err)
+}
+
+// clip keeps client-supplied text in log lines short.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
+}

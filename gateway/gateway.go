@@ -1,0 +1,445 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgegw/edgegw/localbroker"
+	"github.com/edgegw/edgegw/secrets"
+	"github.com/edgegw/edgegw/uplink"
+	"github.com/edgegw/edgegw/uplink/spool"
+)
+
+// Queue is what the gateway needs of the store-and-forward buffer: the
+// uplink's Queue plus housekeeping and visibility. spool.Spool (durable) and
+// spool.Mem implement it.
+type Queue interface {
+	uplink.Queue
+	Purge(device spool.DeviceID) (int, error)
+	Remove(device spool.DeviceID) error
+	DeadLetter(device spool.DeviceID, m spool.Message, reason string) error
+	Stats(device spool.DeviceID) spool.DeviceStats
+	Totals() spool.Totals
+	Close() error
+}
+
+// Options are the parts of a gateway that do not come from the config file.
+type Options struct {
+	// Logger receives every log line (default: discard).
+	Logger *slog.Logger
+	// Inherited are socket-activated listeners by name (systemd).
+	Inherited map[string][]net.Listener
+	// Clock drives the cloud sessions (default: the system clock).
+	Clock uplink.Clock
+}
+
+// Gateway is one edgegw instance: registry, local broker, spool and cloud
+// sessions, wired together. Create it with New and run it with Run.
+type Gateway struct {
+	cfg     *Config
+	log     *slog.Logger
+	opts    Options
+	started time.Time
+
+	ready     chan struct{}
+	mu        sync.Mutex
+	reg       *secrets.Registry
+	queue     Queue
+	broker    *localbroker.Broker
+	mgr       *uplink.Manager
+	subs      *subscriptions
+	downDrops int64
+}
+
+// New checks cfg and prepares a gateway; it opens nothing yet.
+func New(cfg *Config, opts Options) (*Gateway, error) {
+	if cfg == nil {
+		return nil, errors.New("gateway: no configuration")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Gateway{cfg: cfg, log: opts.Logger, opts: opts, ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once the registry is open, the spool is open and every
+// local listener is bound: the gateway serves devices from then on, whether
+// or not the cloud answers.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
+
+// Addrs returns the local broker's bound addresses by listener ID (after
+// Ready).
+func (g *Gateway) Addrs() map[string]net.Addr {
+	g.mu.Lock()
+	b := g.broker
+	g.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	return b.Addrs()
+}
+
+// Registry returns the open registry (after Ready), for tools running in
+// the same process.
+func (g *Gateway) Registry() *secrets.Registry {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.reg
+}
+
+// Run opens the state, starts the local broker and the cloud sessions and
+// blocks until ctx ends; then it stops in order — local broker first (no new
+// publishes, in-flight commits finish), then the cloud sessions, then the
+// spool and the registry — within the configured shutdown timeout.
+// Undelivered messages stay in the spool.
+func (g *Gateway) Run(ctx context.Context) (err error) {
+	g.started = time.Now()
+	var cleanups []func() error
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			err = errors.Join(err, cleanups[i]())
+		}
+	}()
+
+	if err := os.MkdirAll(g.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	key, _, err := secrets.LoadOrCreateKey(g.cfg.EffectiveKeyFile(), g.log)
+	if err != nil {
+		return err
+	}
+	reg, err := secrets.OpenRegistry(g.cfg.RegistryPath(), key, &secrets.RegistryOptions{Logger: g.log.With("part", "registry")})
+	clear(key)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, reg.Close)
+
+	q, err := g.openQueue()
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, q.Close)
+
+	mgr, err := g.newManager(q)
+	if err != nil {
+		return err
+	}
+	g.subs = newSubscriptions(mgr)
+	broker, err := g.newBroker(reg, q, mgr)
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	g.reg, g.queue, g.mgr, g.broker = reg, q, mgr, broker
+	g.mu.Unlock()
+
+	n, err := g.loadDevices()
+	if err != nil {
+		return err
+	}
+
+	mgrCtx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopMgr()
+	mgrDone := make(chan error, 1)
+	go func() { mgrDone <- mgr.Run(mgrCtx) }()
+	brokerDone := make(chan error, 1)
+	go func() { brokerDone <- broker.Run(ctx) }()
+
+	select {
+	case <-broker.Ready():
+		g.log.Info("edgegw ready", "devices", n, "listeners", addrList(broker.Addrs()),
+			"cloud", g.cfg.Cloud.EffectiveEndpoint(), "durable", g.cfg.Spool.Durable)
+		close(g.ready)
+	case err := <-brokerDone:
+		stopMgr()
+		<-mgrDone
+		return fmt.Errorf("local broker: %w", err)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		runErr = <-brokerDone
+	case runErr = <-brokerDone:
+	case err := <-mgrDone:
+		// The manager only ends early on a fatal error: stop the broker too.
+		<-brokerDone
+		return fmt.Errorf("uplink manager: %w", err)
+	}
+	stopMgr()
+	select {
+	case err := <-mgrDone:
+		runErr = errors.Join(runErr, err)
+	case <-time.After(g.cfg.Shutdown.Timeout.Std()):
+		runErr = errors.Join(runErr, errors.New("uplink manager did not stop within the shutdown timeout"))
+	}
+	if runErr != nil && ctx.Err() == nil {
+		return fmt.Errorf("local broker: %w", runErr)
+	}
+	if errors.Is(runErr, context.Canceled) {
+		runErr = nil
+	}
+	return runErr
+}
+
+func addrList(m map[string]net.Addr) string {
+	var s []string
+	for id, a := range m {
+		if a != nil && !strings.HasPrefix(id, "unix") {
+			s = append(s, a.String())
+		} else {
+			s = append(s, id)
+		}
+	}
+	return strings.Join(s, " ")
+}
+
+func (g *Gateway) openQueue() (Queue, error) {
+	overflow, err := spool.ParseOverflow(g.cfg.Spool.Overflow)
+	if err != nil {
+		return nil, err
+	}
+	opts := spool.Options{
+		Budget:       int64(g.cfg.Spool.Budget),
+		DeviceBudget: int64(g.cfg.Spool.DeviceBudget),
+		Overflow:     overflow,
+		TTL:          g.cfg.Spool.TTL.Std(),
+		Logger:       g.log.With("part", "spool"),
+	}
+	if !g.cfg.Spool.Durable {
+		return spool.NewMem(opts)
+	}
+	path := g.cfg.EffectiveSpoolPath()
+	s, err := spool.Open(path, opts)
+	if errors.Is(err, spool.ErrCorrupt) {
+		// A damaged spool must not keep the plant's devices offline: keep
+		// the file for recovery (bbolt surgery), start an empty one, and
+		// say so loudly.
+		aside, merr := spool.MoveAside(path, time.Now())
+		if merr != nil {
+			return nil, errors.Join(err, merr)
+		}
+		g.log.Error("spool file is corrupt: moved aside, starting with an empty spool; undelivered messages in it are not forwarded",
+			"err", err, "moved_to", aside)
+		return spool.Open(path, opts)
+	}
+	return s, err
+}
+
+func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
+	c := &g.cfg.Cloud
+	ep := uplink.Endpoint{URL: c.EffectiveEndpoint(), CAFile: c.CAFile}
+	limits := map[secrets.Dialect]uplink.DialectLimits{}
+	for _, d := range []secrets.Dialect{secrets.Aliyun, secrets.EnOS} {
+		l := uplink.DefaultLimits(d)
+		if d == c.Dialect {
+			l.KeepAlive = c.Keepalive.Std()
+			l.MaxPayload = int(c.EffectiveMaxPayload())
+			if r := c.EffectiveDeviceRate(); r > 0 {
+				l.MessageRate = uplink.Rate{PerSecond: r, Burst: 1}
+			} else {
+				l.MessageRate = uplink.Rate{}
+			}
+			if c.BackoffMin > 0 {
+				l.Backoff.Initial = c.BackoffMin.Std()
+			}
+			if c.BackoffMax > 0 {
+				l.Backoff.Max = c.BackoffMax.Std()
+			}
+		}
+		limits[d] = l
+	}
+	mc := uplink.ManagerConfig{
+		Endpoint:     ep,
+		Queue:        q,
+		Logger:       g.log.With("part", "uplink"),
+		Clock:        g.opts.Clock,
+		Limits:       limits,
+		ConnectRate:  uplink.Rate{PerSecond: c.ConnectRate, Burst: c.ConnectBurst},
+		Window:       c.Inflight,
+		GatewayRate:  uplink.Rate{PerSecond: c.GatewayRate, Burst: max(1, int(c.GatewayRate))},
+		StallTimeout: c.AckTimeout.Std(),
+		StopTimeout:  g.cfg.Shutdown.Timeout.Std() / 2,
+		Downlink:     g.downlink,
+		DeadLetter: func(id spool.DeviceID, m spool.Message, reason string) {
+			if err := q.DeadLetter(id, m, reason); err != nil {
+				g.log.Error("dead-letter a message", "device", id.String(), "topic", m.Topic, "err", err)
+			}
+		},
+	}
+	if c.GatewayRate == 0 {
+		mc.GatewayRate = uplink.Rate{}
+	}
+	if c.GatewayBandwidth > 0 {
+		mc.GatewayByteRate = uplink.Rate{PerSecond: float64(c.GatewayBandwidth), Burst: int(c.GatewayBandwidth)}
+	}
+	if c.AuthRetry > 0 {
+		mc.AuthRetry = uplink.RetryWindow{Min: c.AuthRetry.Std() / 2, Max: c.AuthRetry.Std() * 3 / 2}
+	}
+	return uplink.NewManager(mc)
+}
+
+func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager) (*localbroker.Broker, error) {
+	b := &g.cfg.Broker
+	auth := &authenticator{reg: reg, modes: map[string]bool{}, log: g.log}
+	for _, m := range b.Auth {
+		auth.modes[m] = true
+	}
+	for _, u := range b.Admin {
+		pw, err := os.ReadFile(u.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin user %q: read password file: %w", u.User, err)
+		}
+		line, _, _ := strings.Cut(string(pw), "\n")
+		if strings.TrimSpace(line) == "" {
+			return nil, fmt.Errorf("admin user %q: password file %s is empty", u.User, u.PasswordFile)
+		}
+		auth.admins = append(auth.admins, adminUser{name: u.User, password: secrets.NewSecret(strings.TrimSpace(line))})
+	}
+	tlsCfg, err := g.brokerTLS()
+	if err != nil {
+		return nil, err
+	}
+	return localbroker.New(localbroker.Config{
+		Listeners:      b.Listeners,
+		TLS:            tlsCfg,
+		Inherited:      g.opts.Inherited,
+		UnixSocketMode: os.FileMode(b.UnixSocketMode),
+		MaxPacketSize:  uint32(b.MaxPacketSize),
+		MaxClients:     int64(b.MaxClients),
+		WritesPending:  b.WritesPending,
+		Logger:         g.log.With("part", "broker"),
+		Auth:           auth,
+		Sink:           &sink{q: q, mgr: mgr, qos0: g.cfg.Spool.QoS0, log: g.log},
+		Observer:       g.subs,
+	})
+}
+
+func (g *Gateway) brokerTLS() (*tls.Config, error) {
+	b := &g.cfg.Broker
+	if b.TLSCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(b.TLSCert, b.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("broker TLS certificate: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if b.ClientCA != "" {
+		pool, err := loadCertPool(b.ClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("broker client CA: %w", err)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return cfg, nil
+}
+
+// loadDevices starts a cloud session for every enabled device that has a
+// deviceSecret.
+func (g *Gateway) loadDevices() (int, error) {
+	devs, err := g.reg.Devices(secrets.DeviceFilter{})
+	if err != nil {
+		return 0, fmt.Errorf("list devices: %w", err)
+	}
+	n := 0
+	for _, d := range devs {
+		ud, ok, err := g.uplinkDevice(d)
+		if err != nil {
+			g.log.Error("device not started", "device", d.ID(), "err", err)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if err := g.mgr.Add(ud); err != nil {
+			g.log.Error("device not started", "device", d.ID(), "err", err)
+			continue
+		}
+		n++
+	}
+	return n, nil
+}
+
+// uplinkDevice turns a registry record into a session description; ok is
+// false for devices that get no session (disabled, or without a secret yet).
+func (g *Gateway) uplinkDevice(d secrets.Device) (uplink.Device, bool, error) {
+	if d.Disabled || d.DeviceSecret.IsZero() {
+		return uplink.Device{}, false, nil
+	}
+	p, err := g.reg.GetProduct(d.ProductKey)
+	if err != nil {
+		return uplink.Device{}, false, err
+	}
+	cid := d.ClientID
+	if cid == "" {
+		r := strings.NewReplacer("{productKey}", d.ProductKey, "{deviceName}", d.DeviceName)
+		cid = r.Replace(g.cfg.Cloud.ClientID)
+	}
+	sm := secrets.SignMethod("")
+	if p.Dialect == g.cfg.Cloud.Dialect {
+		sm = g.cfg.Cloud.EffectiveSignMethod()
+	}
+	return uplink.Device{
+		ID:         spool.DeviceID{ProductKey: d.ProductKey, DeviceName: d.DeviceName},
+		Dialect:    p.Dialect,
+		Secret:     d.DeviceSecret,
+		ClientID:   cid,
+		SignMethod: sm,
+	}, true, nil
+}
+
+// downlink hands a cloud message to the device on the local broker.
+func (g *Gateway) downlink(id spool.DeviceID, topic string, payload []byte, qos byte) {
+	err := g.broker.Deliver(localbroker.Identity{ProductKey: id.ProductKey, DeviceName: id.DeviceName}, topic, payload, qos)
+	if err != nil {
+		g.mu.Lock()
+		g.downDrops++
+		g.mu.Unlock()
+		g.log.Debug("downlink not delivered", "device", id.String(), "topic", topic, "err", err)
+	}
+}
+
+// Snapshot is a point-in-time summary for status lines and the demo.
+type Snapshot struct {
+	Uptime         time.Duration
+	LocalClients   int
+	Sessions       map[uplink.State]int
+	Sent           uint64
+	Spool          spool.Totals
+	DownlinkDrops  int64
+	BrokerMessages uint64
+}
+
+// Snapshot returns the current summary (zero before Ready).
+func (g *Gateway) Snapshot() Snapshot {
+	g.mu.Lock()
+	b, m, q, drops := g.broker, g.mgr, g.queue, g.downDrops
+	g.mu.Unlock()
+	s := Snapshot{Uptime: time.Since(g.started), Sessions: map[uplink.State]int{}, DownlinkDrops: drops}
+	if b == nil {
+		return s
+	}
+	bs := b.Stats()
+	s.LocalClients = int(bs.ClientsConnected)
+	s.BrokerMessages = bs.MessagesIn
+	for _, st := range m.Statuses() {
+		s.Sessions[st.State]++
+		s.Sent += st.Sent
+	}
+	s.Spool = q.Totals()
+	return s
+}

@@ -1,0 +1,59 @@
+package gateway
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/edgegw/edgegw/localbroker"
+	"github.com/edgegw/edgegw/uplink"
+	"github.com/edgegw/edgegw/uplink/spool"
+)
+
+// sink puts every accepted device publish into the queue before the device
+// gets its PUBACK (localbroker calls Publish inside mochi's OnPublish hook).
+type sink struct {
+	q    Queue
+	mgr  *uplink.Manager
+	qos0 bool // spool QoS 0 publishes even while the device's cloud session is down
+	log  *slog.Logger
+}
+
+// errQoS0Offline drops a QoS 0 publish when spooling of QoS 0 is off and the
+// cloud session is not up: QoS 0 is fire-and-forget, not buffered.
+var errQoS0Offline = errors.New("QoS 0 publish dropped: cloud session down and spool.qos0 = false")
+
+func (s *sink) Publish(ctx context.Context, m localbroker.Message) error {
+	id := spool.DeviceID{ProductKey: m.Device.ProductKey, DeviceName: m.Device.DeviceName}
+	if m.QoS == 0 && !s.qos0 {
+		if st, ok := s.mgr.Status(id); !ok || st.State != uplink.StateConnected {
+			return errQoS0Offline
+		}
+	}
+	_, err := s.q.Append(ctx, id, spool.Message{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Received: m.Received})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, spool.ErrFull), errors.Is(err, spool.ErrTooLarge):
+		// reject-new policy: an MQTT 5 device gets "quota exceeded"; a 3.1.1
+		// device gets no PUBACK and resends later.
+		return localbroker.Reject(localbroker.ReasonQuotaExceeded, err)
+	}
+	return fmt.Errorf("spool %s: %w", id, err)
+}
+
+// loadCertPool reads PEM certificates from path.
+func loadCertPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate found", path)
+	}
+	return pool, nil
+}
