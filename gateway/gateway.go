@@ -150,6 +150,14 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		return err
 	}
 
+	// Liveness, and the metrics and health server: it reads the parts
+	// above, so it stops (deferred here) before they are closed.
+	stopObserver, err := g.startObserver(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopObserver()
+
 	mgrCtx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopMgr()
 	mgrDone := make(chan error, 1)
