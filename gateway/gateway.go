@@ -332,6 +332,7 @@ func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager)
 		Auth:           auth,
 		Sink:           &sink{q: q, mgr: mgr, qos0: g.cfg.Spool.QoS0, log: g.log},
 		Observer:       g.subs,
+		Admin:          newAdmin(g),
 	})
 }
 

@@ -1,0 +1,314 @@
+package main
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/edgegw/edgegw/gateway"
+)
+
+// The batch-export columns of both clouds' consoles (any order, any case;
+// other columns are ignored).
+var importColumns = []string{"ProductKey", "DeviceName", "DeviceSecret"}
+
+// importRow is one device line of an import file.
+type importRow struct {
+	line                           int
+	productKey, deviceName, secret string
+}
+
+// wire is the row as device.import takes it.
+func (r importRow) wire() gateway.AdminImportRow {
+	return gateway.AdminImportRow{Line: r.line, ProductKey: r.productKey, DeviceName: r.deviceName, DeviceSecret: r.secret}
+}
+
+// Field limits checked before sending: nothing longer is valid, and a
+// huge field must not make a request exceed the broker's packet limit.
+const (
+	importIdentMax  = 128
+	importSecretMax = 512
+)
+
+// ImportSummary is the outcome of 'edgegw ctl import' (its -json output).
+type ImportSummary struct {
+	File          string                  `json:"file"`
+	Rows          int                     `json:"rows"`
+	Added         int                     `json:"added"`
+	Unchanged     int                     `json:"unchanged"`
+	Updated       int                     `json:"updated"`
+	Failed        int                     `json:"failed"`
+	Errors        []gateway.AdminRowError `json:"errors,omitempty"`
+	ProductsAdded []string                `json:"productsAdded,omitempty"`
+	Seconds       float64                 `json:"seconds"`
+}
+
+// importFailed is the error of an import in which rows failed.
+type importFailed struct{ failed, rows int }
+
+func (e *importFailed) Error() string { return fmt.Sprintf("%d of %d rows failed", e.failed, e.rows) }
+
+// importCmd implements 'edgegw ctl import FILE.csv'.
+func (c *ctl) importCmd(args []string) error {
+	fs := c.flags("import")
+	dialect := fs.String("dialect", "", "`dialect` of products the file introduces: aliyun or enos (default: the gateway's)")
+	disabled := fs.Bool("disabled", false, "add new devices disabled (staged: no cloud session, no local login until enabled)")
+	batch := fs.Int("batch", 500, "rows per request (1-1000)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return c.usageErr("import: want one CSV file (\"-\" for standard input)")
+	}
+	if *batch < 1 || *batch > gateway.AdminImportMax {
+		return c.usageErr("import: -batch %d: want 1-%d", *batch, gateway.AdminImportMax)
+	}
+	name := pos[0]
+	var r io.Reader = c.stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return fmt.Errorf("import: %w", err)
+		}
+		defer f.Close()
+		r = f
+	} else {
+		name = "standard input"
+	}
+	rows, problems, err := readDevicesCSV(r, name)
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+
+	start := time.Now()
+	sum := ImportSummary{File: name, Rows: len(rows) + len(problems), Errors: problems, Failed: len(problems)}
+	var progress func(done int)
+	if f, ok := c.stderr.(*os.File); ok && isTerminal(f) && len(rows) > 0 {
+		progress = func(done int) {
+			fmt.Fprintf(c.stderr, "\rimporting %s: %d/%d rows (%d%%)", name, done, len(rows), done*100/len(rows))
+		}
+		progress(0)
+	}
+	for i := 0; i < len(rows); {
+		chunk := nextBatch(rows[i:], *batch)
+		req := make([]gateway.AdminImportRow, len(chunk))
+		for j, row := range chunk {
+			req[j] = row.wire()
+		}
+		params := map[string]any{"rows": req}
+		if *dialect != "" {
+			params["dialect"] = *dialect
+		}
+		if *disabled {
+			params["disabled"] = true
+		}
+		var res gateway.AdminImportResult
+		err := c.callQuiet(gateway.MethodDeviceImport, params, &res)
+		var re *replyError
+		switch {
+		case errors.As(err, &re):
+			// The whole batch was refused (e.g. a bad -dialect): every row
+			// of it failed, the other batches still run.
+			for _, row := range chunk {
+				sum.Errors = append(sum.Errors, gateway.AdminRowError{Line: row.line, Device: row.productKey + "/" + row.deviceName,
+					Code: re.Code, Message: re.Message})
+			}
+			sum.Failed += len(chunk)
+		case err != nil:
+			if progress != nil {
+				fmt.Fprintln(c.stderr)
+			}
+			return fmt.Errorf("import %s: stopped after %d of %d rows (%d added, %d updated so far): %w",
+				name, i, len(rows), sum.Added, sum.Updated, err)
+		default:
+			sum.Added += res.Added
+			sum.Unchanged += res.Unchanged
+			sum.Updated += res.Updated
+			sum.Failed += res.Failed
+			sum.Errors = append(sum.Errors, res.Errors...)
+			sum.ProductsAdded = append(sum.ProductsAdded, res.ProductsAdded...)
+		}
+		i += len(chunk)
+		if progress != nil {
+			progress(i)
+		}
+	}
+	if progress != nil {
+		fmt.Fprintln(c.stderr)
+	}
+	sortRowErrors(sum.Errors)
+	sum.Seconds = time.Since(start).Round(time.Millisecond).Seconds()
+
+	if c.json {
+		if err := c.printJSON(sum); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(c.stdout, "%s: %d rows in %s: %d added, %d unchanged, %d updated, %d failed\n", name, sum.Rows,
+			time.Since(start).Round(time.Millisecond), sum.Added, sum.Unchanged, sum.Updated, sum.Failed)
+		if len(sum.ProductsAdded) > 0 {
+			fmt.Fprintf(c.stdout, "products added: %s\n", strings.Join(sum.ProductsAdded, ", "))
+		}
+		for _, e := range sum.Errors {
+			dev := ""
+			if e.Device != "" {
+				dev = e.Device + ": "
+			}
+			fmt.Fprintf(c.stdout, "%s:%d: %s%d %s\n", name, e.Line, dev, e.Code, e.Message)
+		}
+	}
+	if sum.Failed > 0 {
+		return &importFailed{failed: sum.Failed, rows: sum.Rows}
+	}
+	return nil
+}
+
+// importBatchBytes bounds the JSON of one device.import request well below
+// the local broker's default packet limit (256 KiB).
+const importBatchBytes = 128 << 10
+
+// nextBatch returns the first rows of rows: at most n, and no more than fit
+// in importBatchBytes (at least one).
+func nextBatch(rows []importRow, n int) []importRow {
+	size := 0
+	for i, r := range rows {
+		b, _ := json.Marshal(r.wire()) // strings and an int: cannot fail
+		size += len(b) + 1
+		if i == n || (i > 0 && size > importBatchBytes) {
+			return rows[:i]
+		}
+	}
+	return rows
+}
+
+func sortRowErrors(es []gateway.AdminRowError) {
+	for i := 1; i < len(es); i++ {
+		for j := i; j > 0 && es[j].Line < es[j-1].Line; j-- {
+			es[j], es[j-1] = es[j-1], es[j]
+		}
+	}
+}
+
+// readDevicesCSV reads a device list in the consoles' batch-export form: a
+// required header naming ProductKey, DeviceName and DeviceSecret (any
+// order, case-insensitive, other columns ignored), then one device per
+// line. A UTF-8 byte order mark and CRLF line ends are tolerated and blank
+// lines skipped. An empty DeviceSecret means the device is to obtain one by
+// dynamic activation. A line that cannot be read (wrong number of fields, a
+// stray quote) or that repeats a device is returned as a problem and the
+// others are still read; only a missing or incomplete header is an error.
+// Problems never quote a secret.
+func readDevicesCSV(r io.Reader, name string) ([]importRow, []gateway.AdminRowError, error) {
+	cr := csv.NewReader(r)
+	cr.FieldsPerRecord = 0
+	header, err := cr.Read()
+	if errors.Is(err, io.EOF) {
+		return nil, nil, fmt.Errorf("%s:1: missing header (want %s)", name, strings.Join(importColumns, ","))
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s:1: header: %w", name, csvCause(err))
+	}
+	header[0] = strings.TrimPrefix(header[0], "\uFEFF")
+	col := map[string]int{}
+	for i, h := range header {
+		key := strings.ToLower(strings.TrimSpace(h))
+		if key == "" {
+			continue
+		}
+		if _, dup := col[key]; dup {
+			return nil, nil, fmt.Errorf("%s:1: header names column %q twice", name, strings.TrimSpace(h))
+		}
+		col[key] = i
+	}
+	for _, want := range importColumns {
+		if _, ok := col[strings.ToLower(want)]; !ok {
+			return nil, nil, fmt.Errorf("%s:1: header lacks column %s (want %s)", name, want, strings.Join(importColumns, ","))
+		}
+	}
+	cPK, cDN, cDS := col["productkey"], col["devicename"], col["devicesecret"]
+
+	var rows []importRow
+	var problems []gateway.AdminRowError
+	seen := map[string]int{}
+	lastErrLine := -1
+	for {
+		rec, err := cr.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			var pe *csv.ParseError
+			line := 0
+			if errors.As(err, &pe) {
+				line = pe.StartLine
+			}
+			if line == lastErrLine {
+				// The reader did not move on: give up on the rest.
+				return rows, append(problems, gateway.AdminRowError{Line: line, Code: 400, Message: "unreadable CSV; stopped reading here"}), nil
+			}
+			lastErrLine = line
+			problems = append(problems, gateway.AdminRowError{Line: line, Code: 400, Message: csvCause(err).Error()})
+			continue
+		}
+		line, _ := cr.FieldPos(0)
+		if allBlank(rec) {
+			continue
+		}
+		row := importRow{line: line, productKey: strings.TrimSpace(rec[cPK]), deviceName: strings.TrimSpace(rec[cDN]),
+			secret: strings.TrimSpace(rec[cDS])}
+		id := row.productKey + "/" + row.deviceName
+		if tooLong := fieldTooLong(row); tooLong != "" {
+			problems = append(problems, gateway.AdminRowError{Line: line, Code: 400, Message: tooLong})
+			continue
+		}
+		if first, dup := seen[id]; dup {
+			problems = append(problems, gateway.AdminRowError{Line: line, Device: id, Code: 400,
+				Message: fmt.Sprintf("device listed twice (first on line %d)", first)})
+			continue
+		}
+		seen[id] = line
+		rows = append(rows, row)
+	}
+	return rows, problems, nil
+}
+
+// fieldTooLong names a field longer than any valid value ("" if none).
+func fieldTooLong(r importRow) string {
+	switch {
+	case len(r.productKey) > importIdentMax:
+		return fmt.Sprintf("ProductKey: is %d bytes, at most %d allowed", len(r.productKey), importIdentMax)
+	case len(r.deviceName) > importIdentMax:
+		return fmt.Sprintf("DeviceName: is %d bytes, at most %d allowed", len(r.deviceName), importIdentMax)
+	case len(r.secret) > importSecretMax:
+		return fmt.Sprintf("DeviceSecret: is %d bytes, at most %d allowed", len(r.secret), importSecretMax)
+	}
+	return ""
+}
+
+// csvCause strips the position from a csv.ParseError (lines are reported
+// separately) and keeps its cause, which never quotes field contents.
+func csvCause(err error) error {
+	var pe *csv.ParseError
+	if errors.As(err, &pe) {
+		if errors.Is(pe.Err, csv.ErrFieldCount) {
+			return errors.New("wrong number of fields (the header has a different count)")
+		}
+		return pe.Err
+	}
+	return err
+}
+
+func allBlank(rec []string) bool {
+	for _, f := range rec {
+		if strings.TrimSpace(f) != "" {
+			return false
+		}
+	}
+	return true
+}
