@@ -358,7 +358,7 @@ func (g *Gateway) brokerTLS() (*tls.Config, error) {
 }
 
 // loadDevices starts a cloud session for every enabled device that has a
-// deviceSecret.
+// deviceSecret or is awaiting activation (see uplinkDevice).
 func (g *Gateway) loadDevices() (int, error) {
 	devs, err := g.reg.Devices(secrets.DeviceFilter{})
 	if err != nil {
@@ -384,14 +384,25 @@ func (g *Gateway) loadDevices() (int, error) {
 }
 
 // uplinkDevice turns a registry record into a session description; ok is
-// false for devices that get no session (disabled, or without a secret yet).
+// false for devices that get no session: disabled ones, and ones without a
+// deviceSecret that are not awaiting activation (activation-failed waits
+// for an operator). A device awaiting activation gets a session that first
+// obtains its deviceSecret with the productSecret (see registryActivation).
 func (g *Gateway) uplinkDevice(d secrets.Device) (uplink.Device, bool, error) {
-	if d.Disabled || d.DeviceSecret.IsZero() {
+	if d.Disabled || (d.DeviceSecret.IsZero() && d.State != secrets.StateAwaitingActivation) {
 		return uplink.Device{}, false, nil
 	}
 	p, err := g.reg.GetProduct(d.ProductKey)
 	if err != nil {
 		return uplink.Device{}, false, err
+	}
+	var productSecret secrets.Secret
+	var activation uplink.ActivationStore
+	if d.DeviceSecret.IsZero() {
+		if p.ProductSecret.IsZero() {
+			return uplink.Device{}, false, nil
+		}
+		productSecret, activation = p.ProductSecret, g.activationStore()
 	}
 	cid := d.ClientID
 	if cid == "" {
@@ -403,11 +414,13 @@ func (g *Gateway) uplinkDevice(d secrets.Device) (uplink.Device, bool, error) {
 		sm = g.cfg.Cloud.EffectiveSignMethod()
 	}
 	return uplink.Device{
-		ID:         spool.DeviceID{ProductKey: d.ProductKey, DeviceName: d.DeviceName},
-		Dialect:    p.Dialect,
-		Secret:     d.DeviceSecret,
-		ClientID:   cid,
-		SignMethod: sm,
+		ID:            spool.DeviceID{ProductKey: d.ProductKey, DeviceName: d.DeviceName},
+		Dialect:       p.Dialect,
+		Secret:        d.DeviceSecret,
+		ClientID:      cid,
+		SignMethod:    sm,
+		ProductSecret: productSecret,
+		Activation:    activation,
 	}, true, nil
 }
 

@@ -30,6 +30,14 @@ type Device struct {
 	// Extra are extension parameters appended to the clientId's |…| block
 	// (e.g. _v, lan, ext on Alibaba). They are not signed.
 	Extra []secrets.Param
+	// ProductSecret, for a device without Secret, is used to obtain the
+	// deviceSecret first: EnOS dynamic activation (securemode=3) or Alibaba
+	// MQTT dynamic registration (authType=register, TLS only). See
+	// ActivationStore.
+	ProductSecret secrets.Secret
+	// Activation stores what the activation obtains; required when Secret
+	// is empty.
+	Activation ActivationStore
 }
 
 func (d Device) clientID() string {
@@ -51,13 +59,20 @@ func (d Device) validate() error {
 	if d.Dialect != secrets.Aliyun && d.Dialect != secrets.EnOS {
 		return fmt.Errorf("unknown dialect %q", d.Dialect)
 	}
-	if d.Secret.IsZero() {
-		return errors.New("the device secret is empty")
+	signWith := d.Secret
+	if signWith.IsZero() {
+		if d.ProductSecret.IsZero() {
+			return errors.New("the device secret is empty, and there is no productSecret to obtain one with")
+		}
+		if d.Activation == nil {
+			return errors.New("a device without secret needs an activation store")
+		}
+		signWith = d.ProductSecret
 	}
 	_, err := secrets.Sign(secrets.SignParams{
 		Dialect: d.Dialect, ProductKey: d.ID.ProductKey, DeviceName: d.ID.DeviceName,
 		ClientID: d.clientID(), Timestamp: "0", SignMethod: d.SignMethod, Extra: d.Extra,
-	}, d.Secret)
+	}, signWith)
 	return err
 }
 

@@ -383,7 +383,7 @@ func (m *Manager) startLocked(sl *slot) {
 	go func() {
 		defer m.wg.Done()
 		defer m.live.Add(-1)
-		s.run()
+		s.runWithActivation()
 	}()
 }
 
