@@ -29,6 +29,10 @@ Usage:
   edgegw demo     [-devices N] [-state DIR]     gateway + built-in cloud simulator + simulated devices
   edgegw cloudsim -listen ADDR -dialect aliyun|enos -devices FILE.csv …   a strict simulated IoT platform
   edgegw sign     -dialect aliyun|enos -product-key PK -device-name DN -device-secret S …   CONNECT credentials
+  edgegw ctl      [-socket PATH] status | device list|show|add|rm|update | product add|rm | queue stats|purge | import FILE.csv
+  edgegw health   [-url http://127.0.0.1:9464/healthz]   exit 0 when the daemon is healthy (container HEALTHCHECK)
+  edgegw bench    forward|replay|sessions|storm …       benchmarks on loopback
+  edgegw keygen   -out FILE                      create the registry key if missing (systemd runs it)
   edgegw version
 
 Run 'edgegw COMMAND -h' for a command's flags.

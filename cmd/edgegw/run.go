@@ -2,16 +2,31 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/secrets"
+	"github.com/edgegw/edgegw/systemd"
 )
 
-func init() { commands["run"] = runDaemon }
+func init() {
+	commands["run"] = runDaemon
+	commands["keygen"] = runKeygen
+}
 
-// runDaemon implements 'edgegw run -config FILE'.
+// runDaemon implements 'edgegw run -config FILE': the daemon, with systemd
+// integration when systemd is there (socket activation, READY/STATUS/
+// STOPPING notifications, a watchdog tied to the gateway's liveness check)
+// and none of it otherwise.
 func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edgegw run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -33,11 +48,101 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 	}
 	log := loggerFor(stderr, lvl, cfg.LogFormat)
 	log.Info("edgegw starting", "version", Version(), "config", *cfgPath)
-	g, err := gateway.New(cfg, gateway.Options{Logger: log})
+
+	notify := systemd.NewNotifier(log)
+	inherited, err := systemd.Listeners()
+	if err != nil {
+		// Usable listeners are still returned; a bad fd is named in err.
+		log.Error("socket activation", "err", err)
+	}
+	g, err := gateway.New(cfg, gateway.Options{Logger: log, Inherited: inherited})
 	if err != nil {
 		return err
 	}
-	return g.Run(ctx)
+	check := g.Alive
+	if os.Getenv("EDGEGW_DEBUG_HANG") == "1" {
+		check = debugHangCheck(log, check)
+	}
+
+	runErr := make(chan error, 1)
+	go func() { runErr <- g.Run(ctx) }()
+	select {
+	case <-g.Ready():
+	case err := <-runErr:
+		return err
+	}
+	status := func() string {
+		s := g.Snapshot()
+		return fmt.Sprintf("%d local clients, %d/%d cloud sessions up, spool %d messages",
+			s.LocalClients, s.Sessions["connected"], sessionTotal(s), s.Spool.Depth)
+	}
+	_ = notify.Ready(status())
+	wdCtx, stopWatchdog := context.WithCancel(context.Background())
+	defer stopWatchdog()
+	go func() { _ = notify.RunWatchdog(wdCtx, check) }()
+
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			_ = notify.Stopping()
+			stopWatchdog()
+			return <-runErr
+		case err := <-runErr:
+			return err
+		case <-tick.C:
+			_ = notify.Status(status())
+		}
+	}
+}
+
+func sessionTotal(s gateway.Snapshot) int {
+	n := 0
+	for _, c := range s.Sessions {
+		n += c
+	}
+	return n
+}
+
+// debugHangCheck, enabled only by EDGEGW_DEBUG_HANG=1 in the environment,
+// makes the liveness check fail after SIGUSR2: the system test uses it to
+// prove that systemd's watchdog restarts a daemon whose loops stop.
+func debugHangCheck(log *slog.Logger, check func() error) func() error {
+	var hung atomic.Bool
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	go func() {
+		<-usr2
+		log.Warn("debug: hang requested with SIGUSR2 (EDGEGW_DEBUG_HANG=1); watchdog pings stop")
+		hung.Store(true)
+	}()
+	return func() error {
+		if hung.Load() {
+			return errors.New("debug hang requested")
+		}
+		return check()
+	}
+}
+
+// runKeygen implements 'edgegw keygen -out FILE': create the registry key
+// (32 random bytes, mode 0600) if the file is missing; check it otherwise.
+// The key is never printed. systemd's edgegw-keygen.service runs it before
+// the daemon, whose LoadCredential= needs the file to exist.
+func runKeygen(_ context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+	fs := flag.NewFlagSet("edgegw keygen", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("out", "", "key `file` to create if absent (e.g. /etc/edgegw/edgegw.key)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *out == "" {
+		fmt.Fprintln(stderr, "edgegw keygen: -out FILE is required")
+		return errUsage
+	}
+	key, _, err := secrets.LoadOrCreateKey(*out, slog.New(slog.NewTextHandler(stderr, nil)))
+	clear(key)
+	return err
 }
 
 // loggerFor builds the process logger on w.

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestRunNotifiesSystemd runs the daemon as systemd would start it, with a
+// notification socket and a watchdog: READY=1 with a STATUS line comes once
+// the listeners are bound even though the cloud is unreachable (the plant
+// works offline), WATCHDOG=1 pings follow, and STOPPING=1 on shutdown.
+func TestRunNotifiesSystemd(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var mu sync.Mutex
+	var got []string
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			got = append(got, string(buf[:n]))
+			mu.Unlock()
+		}
+	}()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "200000")
+	t.Setenv("WATCHDOG_PID", fmt.Sprint(os.Getpid()))
+
+	conf := filepath.Join(dir, "edgegw.toml")
+	err = os.WriteFile(conf, fmt.Appendf(nil, `state_dir = %q
+log_format = "text"
+[broker]
+listeners = ["tcp://127.0.0.1:0"]
+[cloud]
+endpoint = "tcp://127.0.0.1:1"
+[metrics]
+listen = ""
+`, filepath.Join(dir, "state")), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var stderr bytes.Buffer
+	go func() { done <- runDaemon(ctx, []string{"-config", conf}, nil, nil, &lockedBuf{b: &stderr}) }()
+
+	has := func(prefix string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, m := range got {
+			if strings.Contains(m, prefix) {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !(has("READY=1") && has("WATCHDOG=1")) {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no READY and WATCHDOG within 20 s; got %q", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	ready := ""
+	for _, m := range got {
+		if strings.Contains(m, "READY=1") {
+			ready = m
+		}
+	}
+	mu.Unlock()
+	if !strings.Contains(ready, "STATUS=") || !strings.Contains(ready, "cloud sessions up") {
+		t.Errorf("READY datagram %q has no STATUS line", ready)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon did not stop within 30 s")
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for !has("STOPPING=1") {
+		if time.Now().After(deadline) {
+			mu.Lock()
+			t.Fatalf("no STOPPING=1; got %q", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func TestKeygen(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "edgegw.key")
+	if code, _, errOut := runCmd(t, "", "keygen", "-out", p); code != 0 {
+		t.Fatalf("keygen: %d %s", code, errOut)
+	}
+	st, err := os.Stat(p)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", st, err)
+	}
+	key, _ := os.ReadFile(p)
+	if code, out, errOut := runCmd(t, "", "keygen", "-out", p); code != 0 || strings.Contains(out+errOut, string(key)) {
+		t.Fatalf("second keygen: exit %d, output %q", code, out+errOut)
+	}
+	if again, _ := os.ReadFile(p); !bytes.Equal(again, key) {
+		t.Error("keygen replaced an existing key")
+	}
+	if err := os.WriteFile(p, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCmd(t, "", "keygen", "-out", p); code == 0 || !strings.Contains(errOut, p) {
+		t.Errorf("malformed key accepted: exit %d, %q", code, errOut)
+	}
+}
