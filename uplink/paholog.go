@@ -16,8 +16,9 @@ var pahoLogOnce sync.Once
 // RoutePahoLogs sends paho.mqtt.golang's package-global loggers to l, once
 // per process (later calls do nothing: the loggers are global). paho's
 // lines carry no client id and repeat what the sessions log with the
-// device, so they are demoted: CRITICAL at Error, ERROR at Warn and WARN at
-// Debug, and at most pahoLogBurst lines per level and minute pass (the
+// device, so they are demoted: CRITICAL at Warn, ERROR and WARN at Debug
+// (paho logs every failed dial and lost connection at ERROR; the session
+// logs the same event with its device), and at most pahoLogBurst lines per level and minute pass (the
 // number suppressed is reported with the next line that passes). DEBUG
 // stays discarded.
 func RoutePahoLogs(l *slog.Logger) {
@@ -25,8 +26,8 @@ func RoutePahoLogs(l *slog.Logger) {
 		return
 	}
 	pahoLogOnce.Do(func() {
-		mqtt.CRITICAL = log.New(&pahoWriter{l: l, level: slog.LevelError}, "", 0)
-		mqtt.ERROR = log.New(&pahoWriter{l: l, level: slog.LevelWarn}, "", 0)
+		mqtt.CRITICAL = log.New(&pahoWriter{l: l, level: slog.LevelWarn}, "", 0)
+		mqtt.ERROR = log.New(&pahoWriter{l: l, level: slog.LevelDebug}, "", 0)
 		mqtt.WARN = log.New(&pahoWriter{l: l, level: slog.LevelDebug}, "", 0)
 	})
 }
