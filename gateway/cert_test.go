@@ -120,8 +120,8 @@ func TestClientCertificateAuth(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		o := mqtt.NewClientOptions().AddBroker("tls://"+tlsAddr).SetClientID("cert-"+strings.ReplaceAll(cn, "/", "-")).
-			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5*time.Second).
+		o := mqtt.NewClientOptions().AddBroker("tls://" + tlsAddr).SetClientID("cert-" + strings.ReplaceAll(cn, "/", "-")).
+			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).
 			SetTLSConfig(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})
 		c := mqtt.NewClient(o)
 		tok := c.Connect()
