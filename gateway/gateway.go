@@ -279,6 +279,7 @@ func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
 		Window:       c.Inflight,
 		GatewayRate:  uplink.Rate{PerSecond: c.GatewayRate, Burst: max(1, int(c.GatewayRate))},
 		StallTimeout: c.AckTimeout.Std(),
+		LiveFirst:    g.cfg.Spool.LiveFirst,
 		StopTimeout:  g.cfg.Shutdown.Timeout.Std() / 2,
 		Downlink:     g.downlink,
 		DeadLetter: func(id spool.DeviceID, m spool.Message, reason string) {

@@ -224,6 +224,13 @@ type ManagerConfig struct {
 	// for this long is torn down and reconnected (default 30 s). It must
 	// exceed the time the slowest link needs to carry Window messages.
 	StallTimeout time.Duration
+	// LiveFirst sends each device's fresh messages ahead of its backlog,
+	// each lane in its original order. Fresh means appended after the
+	// device's current cloud connection came up (see livefirst.go); when
+	// both lanes have messages waiting, at least one in 8 is taken from the
+	// backlog, so a device whose live traffic fills its rate still drains
+	// it. Queue must implement LiveQueue.
+	LiveFirst bool
 	// Quiesce bounds the wait for in-flight PUBACKs and for the DISCONNECT
 	// when a session stops (default 250 ms).
 	Quiesce time.Duration
@@ -315,6 +322,9 @@ func (c ManagerConfig) withDefaults() (ManagerConfig, error) {
 	}
 	if c.Window < 1 || c.Window > 65000 {
 		return c, fmt.Errorf("window %d: want 1 to 65000", c.Window)
+	}
+	if _, ok := c.Queue.(LiveQueue); c.LiveFirst && !ok {
+		return c, fmt.Errorf("live-first: the queue (%T) has no Watermark", c.Queue)
 	}
 	if err := c.GatewayRate.Validate(); err != nil {
 		return c, fmt.Errorf("gateway %w", err)

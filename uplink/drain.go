@@ -111,7 +111,8 @@ const readRetry = time.Second
 // drain publishes the device's queue in order over c until the connection
 // fails, stalls or ctx ends. Every message on c is published at most once
 // and acknowledged to the queue only on its token's success; the next
-// connection starts again from the oldest unacknowledged message.
+// connection starts again from the oldest unacknowledged message. With
+// LiveFirst the queue is drained as two lanes (see lanes), each in order.
 func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 	var (
 		q      = s.m.cfg.Queue
@@ -120,14 +121,12 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 		window = s.m.cfg.Window
 		stall  = s.m.cfg.StallTimeout
 
-		inflight  = make([]*flight, 0, window) // oldest first
-		buf       []spool.Message              // read, not yet published
-		cursor    uint64                       // Seq of the last message taken from buf
-		exhausted bool                         // the queue had nothing more at the last Read
-		readErr   bool                         // the last Read failed; retry on readTimer
-		reserved  bool                         // rate tokens for buf[0] are held
-		readyAt   time.Time                    // when buf[0] may be published
-		lastAck   time.Time                    // last progress: a PUBACK, or the window opening
+		ls       = s.newLanes()
+		inflight = make([]*flight, 0, window) // oldest first
+		pinned   *lane                        // the lane whose head holds rate tokens
+		readErr  bool                         // the last Read failed; retry on readTimer
+		readyAt  time.Time                    // when pinned's head may be published
+		lastAck  time.Time                    // last progress: a PUBACK, or the window opening
 
 		rateTimer, stallTimer, readTimer lazyTimer
 	)
@@ -155,50 +154,46 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 
 		// 2. Fill the window as far as the queue and the rates allow.
 		for len(inflight) < window && !c.isLost() {
-			if len(buf) == 0 {
-				if exhausted || readErr {
+			l := pinned
+			if l == nil {
+				if readErr {
 					break
 				}
-				n := window - len(inflight)
-				msgs, err := q.Read(id, cursor, n)
-				if err != nil {
+				var err error
+				if l, err = ls.next(q, id, window-len(inflight)); err != nil {
 					s.log.Error("read queue", "err", err)
 					readErr = true
 					readTimer.arm(clk, readRetry)
 					break
 				}
-				buf, exhausted = msgs, len(msgs) < n
-				if len(buf) == 0 {
+				if l == nil {
 					break
 				}
 			}
-			m := buf[0]
+			m := l.buf[0]
 			if reason := s.rejects(m); reason != "" {
-				buf[0] = spool.Message{}
-				buf = buf[1:]
-				cursor = m.Seq
+				l.take()
 				s.deadLetter(m, reason)
 				continue
 			}
 			now := clk.Now()
-			if !reserved {
-				readyAt, reserved = now.Add(s.reserve(now, m)), true
+			if pinned == nil {
+				readyAt, pinned = now.Add(s.reserve(now, m)), l
 			}
 			if now.Before(readyAt) {
 				rateTimer.arm(clk, readyAt.Sub(now))
 				break
 			}
-			reserved = false
-			buf[0] = spool.Message{}
-			buf = buf[1:]
-			cursor = m.Seq
+			pinned = nil
+			resent := ls.resent(l, m.Seq, &s.sl.maxPublished)
+			l.take()
 			f := &flight{seq: m.Seq, topic: m.Topic, qos: min(m.QoS, 1), payload: m.Payload, ready: make(chan struct{})}
 			pub.reqs <- f // never blocks: at most window flights exist
 			if len(inflight) == 0 {
 				lastAck = now
 			}
 			inflight = append(inflight, f)
-			s.published(m.Seq, len(inflight))
+			s.published(resent, len(inflight))
 		}
 
 		// 3. Wait for something to do.
@@ -213,7 +208,9 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 		} else if stallTimer.armed {
 			stallTimer.disarm()
 		}
-		if len(buf) == 0 && exhausted {
+		if ls.fresh.exhausted {
+			// Also while the backlog lane still has messages: a fresh
+			// message must be seen at once, not after the backlog.
 			notifyC = s.notify
 		}
 		select {
@@ -224,11 +221,11 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 			return c.lostErr
 		case <-doneC:
 		case <-notifyC:
-			exhausted = false
+			ls.fresh.exhausted = false
 		case <-rateTimer.c():
 			rateTimer.armed = false
 		case <-readTimer.c():
-			readTimer.armed, readErr, exhausted = false, false, false
+			readTimer.armed, readErr, ls.fresh.exhausted = false, false, false
 		case <-stallC:
 			stallTimer.armed = false
 			if len(inflight) > 0 && !clk.Now().Before(lastAck.Add(stall)) {
@@ -302,12 +299,9 @@ func (s *session) deadLetter(m spool.Message, reason string) {
 	s.updateStatus(func(st *SessionStatus) { st.DeadLettered++ })
 }
 
-// published records that seq was handed to paho.
-func (s *session) published(seq uint64, inflight int) {
-	resent := seq <= s.sl.maxPublished
-	if !resent {
-		s.sl.maxPublished = seq
-	}
+// published records that a message was handed to paho; resent says it
+// had been handed to paho on an earlier connection.
+func (s *session) published(resent bool, inflight int) {
 	s.updateStatus(func(st *SessionStatus) {
 		st.InFlight = inflight
 		if resent {

@@ -24,3 +24,15 @@ type Queue interface {
 	// capacity 1) whenever a message is appended for device.
 	Notify(device spool.DeviceID) <-chan struct{}
 }
+
+// LiveQueue is a Queue that can tell the messages already queued from those
+// appended later, which ManagerConfig.LiveFirst needs. spool.Spool and
+// spool.Mem implement it.
+type LiveQueue interface {
+	Queue
+	// Watermark returns a Seq w such that every message of device queued
+	// when Watermark is called (its Append returned) has Seq <= w and is
+	// visible to Read, and every message appended after Watermark returns
+	// gets a Seq > w.
+	Watermark(device spool.DeviceID) (uint64, error)
+}

@@ -213,6 +213,18 @@ func (m *Mem) Read(device DeviceID, after uint64, max int) ([]Message, error) {
 	return out, nil
 }
 
+// Watermark returns the highest Seq assigned so far: every message of
+// device already appended has a Seq no larger, every message appended
+// later gets a larger one (seqs come from one counter for all devices).
+func (m *Mem) Watermark(device DeviceID) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return 0, fmt.Errorf("watermark of %s: %w", device, ErrClosed)
+	}
+	return m.led.seq, nil
+}
+
 // Ack removes message seq of device. Unknown seqs are ignored.
 func (m *Mem) Ack(device DeviceID, seq uint64) error {
 	now, err := m.lock("ack", device)

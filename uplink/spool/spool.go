@@ -281,6 +281,24 @@ func (s *Spool) Ack(device DeviceID, seq uint64) error {
 	return nil
 }
 
+// Watermark returns the highest Seq of a committed message: every message
+// of device whose Append returned has a Seq no larger and is visible to
+// Read, and every message appended after Watermark returns gets a larger
+// Seq (seqs come from one counter for the whole spool, so w is the same
+// for every device). A transaction that is built but not yet committed
+// does not count: its messages are not visible to Read yet.
+func (s *Spool) Watermark(device DeviceID) (uint64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.dbClosed {
+		return 0, fmt.Errorf("watermark of %s: %w", device, ErrClosed)
+	}
+	if u := s.led.undo; u != nil {
+		return u.seq, nil
+	}
+	return s.led.seq, nil
+}
+
 // poke wakes the writer for background work.
 func (s *Spool) poke() {
 	select {
