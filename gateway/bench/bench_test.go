@@ -1,0 +1,332 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// buildEdgegw compiles cmd/edgegw once per test binary (without the race
+// detector: it is the system under measurement, not under test here).
+var buildEdgegw = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "edgegw-bench-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "edgegw")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/edgegw/edgegw/cmd/edgegw").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v: %s", err, out)
+	}
+	return bin, nil
+})
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bin, err := buildEdgegw(); err == nil {
+		os.RemoveAll(filepath.Dir(bin))
+	}
+	os.Exit(code)
+}
+
+// needMosquitto skips (or, with EDGEGW_REQUIRE_PEERS=1, fails) when
+// Debian's mosquitto is not installed.
+func needMosquitto(t *testing.T) {
+	t.Helper()
+	if _, err := FindMosquitto(""); err != nil {
+		if os.Getenv("EDGEGW_REQUIRE_PEERS") == "1" {
+			t.Fatalf("%v and EDGEGW_REQUIRE_PEERS=1", err)
+		}
+		t.Skipf("%v (set EDGEGW_REQUIRE_PEERS=1 to make this a failure)", err)
+	}
+}
+
+// TestScenariosQuick runs every scenario in quick mode through the same
+// entry point as "edgegw bench", and checks the figures are complete and
+// the guarantees held: nothing acknowledged was lost or reordered, the
+// connect budget was respected.
+func TestScenariosQuick(t *testing.T) {
+	bin, err := buildEdgegw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		mosquitto bool
+		opts      Options
+		check     func(t *testing.T, r *Report)
+	}{
+		{"forward", true, Options{Duration: time.Second}, checkForward},
+		{"replay", false, Options{}, checkReplay},
+		{"sessions", false, Options{Idle: 500 * time.Millisecond}, checkSessions},
+		{"storm", false, Options{Devices: 100, ConnectRate: 40, ConnectBurst: 5}, checkStorm},
+	}
+	if got := len(Scenarios()); got != len(tests) {
+		t.Fatalf("%d scenarios, %d tested", got, len(tests))
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.mosquitto {
+				needMosquitto(t)
+			}
+			var progress bytes.Buffer
+			o := tt.opts
+			o.Executable, o.Quick, o.WorkDir, o.Progress = bin, true, t.TempDir(), &lockedBuffer{b: &progress}
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			r, err := Run(ctx, tt.name, o)
+			if err != nil {
+				t.Fatalf("%v\nprogress:\n%s", err, progress.String())
+			}
+			if !strings.HasPrefix(r.Command, "edgegw bench "+tt.name+" ") || !strings.HasSuffix(r.Command, " -quick") {
+				t.Errorf("command %q", r.Command)
+			}
+			if r.Machine.CPUs < 1 || r.Machine.MemoryGiB <= 0 {
+				t.Errorf("machine %+v", r.Machine)
+			}
+			var md bytes.Buffer
+			if err := r.WriteMarkdown(&md); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(md.String(), "| metric |") || !strings.Contains(md.String(), r.Command) {
+				t.Errorf("markdown:\n%s", md.String())
+			}
+			js, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var back map[string]any
+			if err := json.Unmarshal(js, &back); err != nil || back["result"] == nil {
+				t.Errorf("JSON report %s: %v", js, err)
+			}
+			tt.check(t, r)
+			t.Logf("\n%s", md.String())
+		})
+	}
+}
+
+func checkForward(t *testing.T, r *Report) {
+	res := r.Result.(*ForwardResult)
+	if len(res.Paths) != 3 {
+		t.Fatalf("paths %+v", res.Paths)
+	}
+	for _, p := range res.Paths {
+		if p.DeliveredPerSecond <= 0 || p.WindowPerSecond <= 0 || p.AckedPerSecond <= 0 || p.Samples == 0 || p.LatencyP50MS <= 0 || p.LatencyP99MS < p.LatencyP50MS {
+			t.Errorf("%s: incomplete figures %+v", p.Path, p)
+		}
+		if p.Undelivered != 0 || p.Reordered != 0 {
+			t.Errorf("%s: %d acknowledged messages undelivered, %d reordered", p.Path, p.Undelivered, p.Reordered)
+		}
+		if (p.Path == "edgegw") != (p.SpoolCommits > 0 && p.MessagesPerCommit >= 1) {
+			t.Errorf("%s: spool commits %d (%.1f messages each)", p.Path, p.SpoolCommits, p.MessagesPerCommit)
+		}
+		if (p.Path == "direct") != (p.BrokerPeakRSSMiB == 0) {
+			t.Errorf("%s: broker RSS %.1f MiB", p.Path, p.BrokerPeakRSSMiB)
+		}
+	}
+}
+
+func checkReplay(t *testing.T, r *Report) {
+	res := r.Result.(*ReplayResult)
+	if len(res.Runs) != 2 || res.FillPerSecond <= 0 || res.SpoolMiB <= 0 {
+		t.Fatalf("result %+v", res)
+	}
+	want := int64(res.Devices * res.Messages)
+	for _, x := range res.Runs {
+		if x.Delivered != want || x.Missing != 0 || x.Reordered != 0 || x.RateDropped != 0 || x.RecordMisses != 0 {
+			t.Errorf("%s: %+v", x.Name, x)
+		}
+		if x.ReadySeconds <= 0 || x.DrainSeconds <= 0 || x.FinishMax < x.FinishMin || x.StopError != "" {
+			t.Errorf("%s: %+v", x.Name, x)
+		}
+	}
+	if c := res.Runs[1]; c.DeviceRate <= 0 || c.DrainSeconds < c.MinDrainSeconds*0.9 {
+		t.Errorf("capped run drained faster than its cap allows: %+v", c)
+	}
+}
+
+func checkSessions(t *testing.T, r *Report) {
+	res := r.Result.(*SessionsResult)
+	if len(res.Fleets) != 1 || res.BaselineGoroutines <= 0 || res.BaselineRSSMiB <= 0 {
+		t.Fatalf("result %+v", res)
+	}
+	f := res.Fleets[0]
+	// Every device holds at least its local connection's and its cloud
+	// session's goroutines.
+	if f.Goroutines <= res.BaselineGoroutines+2*f.Devices || f.RSSMiB <= res.BaselineRSSMiB || f.UpSeconds <= 0 || f.Threads <= 0 {
+		t.Errorf("fleet %+v", f)
+	}
+}
+
+func checkStorm(t *testing.T, r *Report) {
+	res := r.Result.(*StormResult)
+	if res.Dropped < res.Devices || res.Connects < int64(res.Devices) || res.RecoverySeconds <= 0 {
+		t.Errorf("result %+v", res)
+	}
+	// The connect budget holds across the storm: at most a burst plus one
+	// second's rate within any second. The cloud may see CONNECTs bunched
+	// by its own queueing, hence the margin; a gateway without a budget
+	// would show all of them at once.
+	if limit := (float64(res.ConnectBurst)+res.ConnectRate)*1.25 + 2; res.PeakConnectsPerSecond > limit {
+		t.Errorf("peak %.0f CONNECT/s exceeds the budget (%g/s, burst %d)", res.PeakConnectsPerSecond, res.ConnectRate, res.ConnectBurst)
+	}
+	if min := float64(res.Devices-res.ConnectBurst) / res.ConnectRate; res.RecoverySeconds < min*0.9 {
+		t.Errorf("sessions back after %.2f s, faster than the budget allows (%.2f s)", res.RecoverySeconds, min)
+	}
+}
+
+func TestRunRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"nope", Options{Executable: "/bin/true"}, "unknown scenario"},
+		{"forward", Options{}, "no edgegw executable"},
+		{"forward", Options{Executable: "/bin/true", Devices: 20000}, "devices 20000"},
+		{"sessions", Options{Executable: "/bin/true", Sessions: []int{0}}, "sessions 0"},
+		{"replay", Options{Executable: "/bin/true", Messages: -1}, "negative"},
+	}
+	for _, tt := range tests {
+		_, err := Run(t.Context(), tt.name, tt.opts)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s %+v: err %v, want %q", tt.name, tt.opts, err, tt.want)
+		}
+	}
+}
+
+func TestPayloadRoundTrip(t *testing.T) {
+	for _, size := range []int{0, 50, 200, 1000} {
+		p := appendPayload(nil, 12345, 1700000000123456789, size)
+		if size >= 150 && len(p) != size {
+			t.Errorf("size %d: payload is %d bytes", size, len(p))
+		}
+		var v map[string]any
+		if err := json.Unmarshal(p, &v); err != nil {
+			t.Errorf("size %d: not JSON: %v: %s", size, err, p)
+		}
+		seq, at, ok := parsePayload(p)
+		if !ok || seq != 12345 || at != 1700000000123456789 {
+			t.Errorf("size %d: parsed %d %d %v", size, seq, at, ok)
+		}
+	}
+	if _, _, ok := parsePayload([]byte(`{"params":{"temp":1}}`)); ok {
+		t.Error("a payload without seq parsed")
+	}
+}
+
+func TestTapCountsDuplicatesAndReorders(t *testing.T) {
+	tp := &tap{devs: map[string]*tapDevice{}}
+	now := time.Now()
+	tp.window(now.Add(-time.Second), now.Add(time.Second))
+	topic := []byte("/sys/" + benchPK + "/dev-1/thing/event/property/post")
+	for _, seq := range []int64{1, 2, 2, 4, 3, 5, 200} {
+		tp.observe(now, topic, appendPayload(nil, seq, now.Add(-time.Millisecond).UnixNano(), 200))
+	}
+	tp.observe(now, []byte("/other"), []byte("x"))
+	st := tp.stats()
+	if st.Total != 7 || st.Unique != 6 || st.Dups != 1 || st.Reordered != 1 || st.Foreign != 1 || st.WindowCount != 6 {
+		t.Errorf("stats %+v", st)
+	}
+	if !tp.lastArrival().Equal(now) {
+		t.Errorf("last arrival %v, want %v", tp.lastArrival(), now)
+	}
+	if lat := tp.latencies(); len(lat) != 6 || lat[0] != int64(time.Millisecond) {
+		t.Errorf("latencies %v", lat)
+	}
+	// After the window: latency still recorded, not counted in the window.
+	tp.observe(now.Add(2*time.Second), topic, appendPayload(nil, 201, now.UnixNano(), 200))
+	if st := tp.stats(); st.WindowCount != 6 || len(tp.latencies()) != 7 {
+		t.Errorf("after the window: %+v, %d latencies", st, len(tp.latencies()))
+	}
+}
+
+func TestPeakCount(t *testing.T) {
+	t0 := time.Now()
+	var s []connectSample
+	// Counter +10 every 100 ms for 3 s, each read taking 10 ms; then +50
+	// within 100 ms.
+	for i := range 30 {
+		at := t0.Add(time.Duration(i) * 100 * time.Millisecond)
+		s = append(s, connectSample{at, at.Add(10 * time.Millisecond), int64(10 * i)})
+	}
+	end := t0.Add(3000 * time.Millisecond)
+	s = append(s, connectSample{end, end.Add(10 * time.Millisecond), 340})
+	// From the request at 2.1 s to the reply at 3.01 s: 340 − 210.
+	if got := peakCount(s, time.Second); got != 130 {
+		t.Errorf("peak %d, want 130", got)
+	}
+	// A slow reply must not shrink the window: the same counts read with
+	// 500 ms replies only count what certainly fell within one second.
+	for i := range s {
+		s[i].after = s[i].before.Add(500 * time.Millisecond)
+	}
+	if got := peakCount(s, time.Second); got != 90 { // request at 2.5 s, reply at 3.5 s
+		t.Errorf("peak with slow replies %d, want 90", got)
+	}
+	if got := peakCount(s[:1], time.Second); got != 0 {
+		t.Errorf("one sample: peak %d", got)
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	v := make([]int64, 1000)
+	for i := range v {
+		v[i] = int64(i + 1)
+	}
+	for _, tt := range []struct {
+		q    float64
+		want float64
+	}{{0.5, 500}, {0.99, 990}, {0.999, 999}, {1, 1000}} {
+		if got := percentile(v, tt.q); got != tt.want {
+			t.Errorf("q%.3f = %v, want %v", tt.q, got, tt.want)
+		}
+	}
+	if percentile(nil, 0.5) != 0 {
+		t.Error("empty")
+	}
+}
+
+func TestProcReaders(t *testing.T) {
+	m, err := procStatus(os.Getpid())
+	if err != nil || m.RSS <= 0 || m.HWM < m.RSS || m.Threads < 1 {
+		t.Errorf("status %+v %v", m, err)
+	}
+	if _, err := procCPU(os.Getpid()); err != nil {
+		t.Error(err)
+	}
+	if _, err := procCPU(-1); err == nil {
+		t.Error("no error for a missing process")
+	}
+}
+
+func TestGoroutineDumpCounting(t *testing.T) {
+	l := &lineLog{}
+	l.resetGoroutines()
+	dump := "SIGQUIT: quit\nPC=0x1 m=0 sigcode=0\n\ngoroutine 1 [running]:\nmain.main()\n\t/x.go:1 +0x1\n\n" +
+		"goroutine 7 gp=0xc000 m=nil [select, 2 minutes]:\nfoo(...)\n\t/y.go:2\ncreated by bar in goroutine 1\n\t/z.go:3 +0x4\n"
+	l.Write([]byte(dump[:40]))
+	l.Write([]byte(dump[40:]))
+	if got := l.goroutineCount(); got != 2 {
+		t.Errorf("counted %d goroutines, want 2", got)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
