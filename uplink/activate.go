@@ -412,30 +412,9 @@ func (s *session) dialActivation(ctx context.Context, req activationRequest, got
 	c.client = s.m.newClient(opts)
 
 	s.log.Debug("connecting to activate", "attempt", s.attempt, "url", u.Redacted(), "client_id", req.creds.ClientID)
-	tok := c.client.Connect()
-	t := time.NewTimer(cfg.ConnectTimeout + 5*time.Second)
-	defer t.Stop()
-	select {
-	case <-tok.Done():
-	case <-ctx.Done():
-		s.abort(c, tok)
-		return nil, ctx.Err()
-	case <-t.C:
-		s.abort(c, tok)
-		return nil, &ConnectError{Err: fmt.Errorf("no CONNACK within %v", cfg.ConnectTimeout)}
+	if err := s.awaitConnack(ctx, c, cfg.ConnectTimeout); err != nil {
+		return nil, err
 	}
-	if err := tok.Error(); err != nil {
-		c.closeNet()
-		var rc byte
-		if ct, ok := tok.(*mqtt.ConnectToken); ok {
-			rc = ct.ReturnCode()
-		}
-		if rc == packets.ErrNetworkError {
-			rc = 0
-		}
-		return nil, &ConnectError{Code: rc, Err: err}
-	}
-	c.connectedAt = s.m.clk.Now()
 	return c, nil
 }
 

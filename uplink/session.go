@@ -284,18 +284,27 @@ func (s *session) connect(ctx context.Context) (*conn, error) {
 	c.client = s.m.newClient(opts)
 
 	s.log.Debug("connecting", "attempt", s.attempt, "url", u.Redacted(), "client_id", creds.ClientID)
+	if err := s.awaitConnack(ctx, c, cfg.ConnectTimeout); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// awaitConnack sends c's CONNECT and waits for the CONNACK, the end of ctx
+// or a backstop timer (paho bounds the attempt by connectTimeout itself). A
+// refusal is a *ConnectError carrying the CONNACK code.
+func (s *session) awaitConnack(ctx context.Context, c *conn, connectTimeout time.Duration) error {
 	tok := c.client.Connect()
-	// paho bounds the attempt by ConnectTimeout itself; this is the backstop.
-	t := time.NewTimer(cfg.ConnectTimeout + 5*time.Second)
+	t := time.NewTimer(connectTimeout + 5*time.Second)
 	defer t.Stop()
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
 		s.abort(c, tok)
-		return nil, ctx.Err()
+		return ctx.Err()
 	case <-t.C:
 		s.abort(c, tok)
-		return nil, &ConnectError{Err: fmt.Errorf("no CONNACK within %v", cfg.ConnectTimeout)}
+		return &ConnectError{Err: fmt.Errorf("no CONNACK within %v", connectTimeout)}
 	}
 	if err := tok.Error(); err != nil {
 		c.closeNet()
@@ -306,10 +315,10 @@ func (s *session) connect(ctx context.Context) (*conn, error) {
 		if rc == packets.ErrNetworkError {
 			rc = 0
 		}
-		return nil, &ConnectError{Code: rc, Err: err}
+		return &ConnectError{Code: rc, Err: err}
 	}
 	c.connectedAt = s.m.clk.Now()
-	return c, nil
+	return nil
 }
 
 // abort ends an attempt that is still in progress.
