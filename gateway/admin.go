@@ -1280,7 +1280,9 @@ func (a *admin) removeNow(c *call, reg *secrets.Registry, mgr *uplink.Manager, q
 		a.log.Warn("stop cloud session of a removed device", "device", id.String(), "err", err)
 	}
 	kicked := b.DisconnectDevice(id.ProductKey, id.DeviceName)
-	discarded := q.Stats(id).Depth
+	// Messages the cloud already acknowledged (their deletion not yet
+	// committed) were delivered, not discarded.
+	discarded := queued(q, id)
 	if err := q.Remove(id); err != nil {
 		a.audit(c, id.String(), "removed", "spool", mode, "localConnectionsClosed", kicked)
 		return result{}, fmt.Errorf("device %s removed, but its queue was not dropped: %w", id, err)
