@@ -160,10 +160,12 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 
 	mgrCtx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopMgr()
+	brokerCtx, stopBroker := context.WithCancel(ctx)
+	defer stopBroker()
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- mgr.Run(mgrCtx) }()
 	brokerDone := make(chan error, 1)
-	go func() { brokerDone <- broker.Run(ctx) }()
+	go func() { brokerDone <- broker.Run(brokerCtx) }()
 
 	select {
 	case <-broker.Ready():
@@ -183,6 +185,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	case runErr = <-brokerDone:
 	case err := <-mgrDone:
 		// The manager only ends early on a fatal error: stop the broker too.
+		stopBroker()
 		<-brokerDone
 		return fmt.Errorf("uplink manager: %w", err)
 	}
@@ -219,7 +222,10 @@ func (g *Gateway) openQueue() (Queue, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The shutdown budget is shared: 40% for the local broker, 40% for the
+	// cloud sessions, 20% for the spool's last commits.
 	opts := spool.Options{
+		CloseTimeout: max(g.cfg.Shutdown.Timeout.Std()/5, 2*time.Second),
 		Budget:       int64(g.cfg.Spool.Budget),
 		DeviceBudget: int64(g.cfg.Spool.DeviceBudget),
 		Overflow:     overflow,
@@ -280,7 +286,7 @@ func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
 		GatewayRate:  uplink.Rate{PerSecond: c.GatewayRate, Burst: max(1, int(c.GatewayRate))},
 		StallTimeout: c.AckTimeout.Std(),
 		LiveFirst:    g.cfg.Spool.LiveFirst,
-		StopTimeout:  g.cfg.Shutdown.Timeout.Std() / 2,
+		StopTimeout:  g.cfg.Shutdown.Timeout.Std() * 2 / 5,
 		Downlink:     g.downlink,
 		DeadLetter: func(id spool.DeviceID, m spool.Message, reason string) {
 			if err := q.DeadLetter(id, m, reason); err != nil {
@@ -322,18 +328,19 @@ func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager)
 		return nil, err
 	}
 	return localbroker.New(localbroker.Config{
-		Listeners:      b.Listeners,
-		TLS:            tlsCfg,
-		Inherited:      g.opts.Inherited,
-		UnixSocketMode: os.FileMode(b.UnixSocketMode),
-		MaxPacketSize:  uint32(b.MaxPacketSize),
-		MaxClients:     int64(b.MaxClients),
-		WritesPending:  b.WritesPending,
-		Logger:         g.log.With("part", "broker"),
-		Auth:           auth,
-		Sink:           &sink{q: q, mgr: mgr, qos0: g.cfg.Spool.QoS0, log: g.log},
-		Observer:       g.subs,
-		Admin:          newAdmin(g),
+		Listeners:       b.Listeners,
+		TLS:             tlsCfg,
+		Inherited:       g.opts.Inherited,
+		UnixSocketMode:  os.FileMode(b.UnixSocketMode),
+		MaxPacketSize:   uint32(b.MaxPacketSize),
+		MaxClients:      int64(b.MaxClients),
+		WritesPending:   b.WritesPending,
+		Logger:          g.log.With("part", "broker"),
+		ShutdownTimeout: g.cfg.Shutdown.Timeout.Std() * 2 / 5,
+		Auth:            auth,
+		Sink:            &sink{q: q, mgr: mgr, qos0: g.cfg.Spool.QoS0, log: g.log},
+		Observer:        g.subs,
+		Admin:           newAdmin(g),
 	})
 }
 
