@@ -1,11 +1,8 @@
 package gateway_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -19,17 +16,9 @@ import (
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
 
-// gwRig is a cloud simulator and a gateway in this process, like rig, for
-// any testing.TB (benchmarks too) and with the simulator's rate limit
-// chosen by the test.
-type gwRig struct {
-	tb      testing.TB
-	sim     *cloudsim.Sim
-	cfg     *gateway.Config
-	gw      *gateway.Gateway
-	local   string // tcp host:port of the local broker
-	devices []devsim.Device
-}
+// gwRig is the shared rig; the drain tests and the benchmark choose the
+// simulator's rate limit.
+type gwRig = rig
 
 type gwRigOptions struct {
 	devices int
@@ -42,124 +31,13 @@ type gwRigOptions struct {
 
 func newGWRig(tb testing.TB, o gwRigOptions) *gwRig {
 	tb.Helper()
-	r := &gwRig{tb: tb}
-	simDevs := make([]cloudsim.Device, o.devices)
-	for i := range o.devices {
-		sec := secrets.NewSecret(fmt.Sprintf("drain-secret-%04d-0123456789", i))
-		d := devsim.Device{Dialect: secrets.Aliyun, ProductKey: testPK, DeviceName: fmt.Sprintf("dr-%04d", i), Secret: sec}
-		r.devices = append(r.devices, d)
-		simDevs[i] = cloudsim.Device{ProductKey: d.ProductKey, DeviceName: d.DeviceName, Secret: sec}
-	}
-	sim, err := cloudsim.New(cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", Devices: simDevs,
-		DeviceRate: o.simRate, MaxRecords: o.maxRecords})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := sim.Start(tb.Context()); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { sim.Close() })
-	r.sim = sim
-
-	dir := tb.TempDir()
-	cfg := gateway.DefaultConfig()
-	cfg.StateDir = dir
-	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(dir, "admin.sock")}
-	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
-	cfg.Cloud.BackoffMin = gateway.Duration(50 * time.Millisecond)
-	cfg.Cloud.BackoffMax = gateway.Duration(200 * time.Millisecond)
-	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = gateway.Duration(5 * time.Second)
-	if o.mutate != nil {
-		o.mutate(cfg)
-	}
-	r.cfg = cfg
-	r.seed()
-	r.start()
-	return r
+	return newRigWith(tb, rigOptions{devices: o.devices, simRate: o.simRate, maxRecords: o.maxRecords,
+		nameFormat: "dr-%04d", mutate: o.mutate})
 }
 
-// seed writes the devices into the gateway's registry.
-func (r *gwRig) seed() {
-	tb := r.tb
-	tb.Helper()
-	if err := os.MkdirAll(r.cfg.StateDir, 0o700); err != nil {
-		tb.Fatal(err)
-	}
-	key, _, err := secrets.LoadOrCreateKey(r.cfg.EffectiveKeyFile(), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	reg, err := secrets.OpenRegistry(r.cfg.RegistryPath(), key, &secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer reg.Close()
-	if _, err := reg.PutProduct(secrets.Product{ProductKey: testPK, Dialect: secrets.Aliyun}); err != nil {
-		tb.Fatal(err)
-	}
-	for _, d := range r.devices {
-		if err := reg.AddDevice(secrets.Device{ProductKey: d.ProductKey, DeviceName: d.DeviceName, DeviceSecret: d.Secret}); err != nil {
-			tb.Fatal(err)
-		}
-	}
-}
-
-// start runs the gateway until the test ends.
-func (r *gwRig) start() {
-	tb := r.tb
-	tb.Helper()
-	gw, err := gateway.New(r.cfg, gateway.Options{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		cancel()
-		tb.Fatalf("gateway: %v", err)
-	case <-time.After(30 * time.Second):
-		cancel()
-		<-done
-		tb.Fatal("gateway not ready within 30 s")
-	}
-	r.gw = gw
-	for id, a := range gw.Addrs() {
-		if strings.HasPrefix(id, "tcp://") {
-			r.local = a.String()
-		}
-	}
-	tb.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				tb.Errorf("gateway stopped with: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			tb.Error("gateway did not stop within 20 s")
-		}
-	})
-}
-
-// fleet starts simulated devices against the local broker.
-func (r *gwRig) fleet(cfg devsim.Config) *devsim.Fleet {
-	r.tb.Helper()
-	cfg.Broker = "tcp://" + r.local
-	f, err := devsim.Start(r.tb.Context(), cfg)
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	r.tb.Cleanup(f.Close)
-	return f
-}
-
-// seqs returns the sequence numbers the cloud recorded for d, in arrival
-// order, and their arrival times.
-func (r *gwRig) seqs(d devsim.Device) ([]int64, []time.Time) {
+// seqTimes returns the sequence numbers the cloud recorded for d, in
+// arrival order, and their arrival times.
+func (r *gwRig) seqTimes(d devsim.Device) ([]int64, []time.Time) {
 	var seqs []int64
 	var times []time.Time
 	for _, rec := range r.sim.MessagesFor(d.ProductKey, d.DeviceName) {
@@ -175,7 +53,7 @@ func (r *gwRig) seqs(d devsim.Device) ([]int64, []time.Time) {
 // messages through the gateway and waits until the gateway acknowledged
 // them all (they are in the spool). It returns the acknowledgements.
 func (r *gwRig) backlog(count int) *ackLog {
-	tb := r.tb
+	tb := r.t
 	tb.Helper()
 	if err := r.sim.Down(); err != nil {
 		tb.Fatal(err)
@@ -235,10 +113,10 @@ func TestDrainRespectsDeviceRate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range r.devices {
-		pollTB(t, d.DeviceName+" backlog drained", 30*time.Second, func() bool { s, _ := r.seqs(d); return len(s) >= backlog })
+		pollTB(t, d.DeviceName+" backlog drained", 30*time.Second, func() bool { s, _ := r.seqTimes(d); return len(s) >= backlog })
 	}
 	for _, d := range r.devices {
-		seqs, times := r.seqs(d)
+		seqs, times := r.seqTimes(d)
 		if dups := reconcile(t, d.DeviceName, seqs, acks.of(d.DeviceName)); dups != 0 {
 			t.Errorf("%s: %d duplicates without a fault", d.DeviceName, dups)
 		}
@@ -284,7 +162,7 @@ func TestDrainFairAcrossDevices(t *testing.T) {
 	var starts, finishes []time.Time
 	all := map[string][]time.Time{}
 	for _, d := range r.devices {
-		seqs, times := r.seqs(d)
+		seqs, times := r.seqTimes(d)
 		reconcile(t, d.DeviceName, seqs, acks.of(d.DeviceName))
 		all[d.DeviceName] = times
 		t.Logf("%s: first %v, last %v", d.DeviceName, times[0].Sub(up).Round(time.Millisecond), times[len(times)-1].Sub(up).Round(time.Millisecond))
@@ -357,7 +235,7 @@ func TestDrainWithinCloudRateLimit(t *testing.T) {
 		t.Errorf("the cloud's rate limiter dropped %d messages", st.RateDropped)
 	}
 	for _, d := range r.devices {
-		seqs, _ := r.seqs(d)
+		seqs, _ := r.seqTimes(d)
 		reconcile(t, d.DeviceName, seqs, acks.of(d.DeviceName))
 	}
 	t.Logf("%d devices × %d messages drained in %v; %d recorded, %d rate-dropped", ndev, backlog, time.Since(start).Round(time.Millisecond), st.Messages, st.RateDropped)
@@ -366,12 +244,12 @@ func TestDrainWithinCloudRateLimit(t *testing.T) {
 // localClient connects d to the local broker with the firmware's signed
 // credentials (as devsim does).
 func (r *gwRig) localClient(d devsim.Device) mqtt.Client {
-	r.tb.Helper()
+	r.t.Helper()
 	c, err := r.dialLocal(d)
 	if err != nil {
-		r.tb.Fatal(err)
+		r.t.Fatal(err)
 	}
-	r.tb.Cleanup(func() { c.Disconnect(100) })
+	r.t.Cleanup(func() { c.Disconnect(100) })
 	return c
 }
 
@@ -448,8 +326,8 @@ func TestLiveFirstEndToEnd(t *testing.T) {
 	}
 	// Once the cloud has a message the drain runs: what is published from
 	// now on was appended after the session came up.
-	pollTB(t, "the drain started", 30*time.Second, func() bool { s, _ := r.seqs(d); return len(s) > 0 })
-	arrived := func() int { s, _ := r.seqs(d); return len(s) }
+	pollTB(t, "the drain started", 30*time.Second, func() bool { s, _ := r.seqTimes(d); return len(s) > 0 })
+	arrived := func() int { s, _ := r.seqTimes(d); return len(s) }
 	for s := int64(liveStart); s < liveStart+live; s++ {
 		n := arrived()
 		publish(t, c, d, s)
@@ -457,7 +335,7 @@ func TestLiveFirstEndToEnd(t *testing.T) {
 		pollTB(t, "progress", 30*time.Second, func() bool { return arrived() >= n+2 })
 	}
 	pollTB(t, "everything delivered", 30*time.Second, func() bool { return arrived() >= backlog+live })
-	seqs, _ := r.seqs(d)
+	seqs, _ := r.seqTimes(d)
 	var old, fresh []int64
 	for _, s := range seqs {
 		if s >= liveStart {

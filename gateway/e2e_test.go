@@ -24,9 +24,10 @@ import (
 
 const testPK = "a1TestProd1"
 
-// rig is a cloud simulator and a gateway in this process, on loopback.
+// rig is a cloud simulator and a gateway in this process, on loopback, for
+// tests and benchmarks.
 type rig struct {
-	t       *testing.T
+	t       testing.TB
 	sim     *cloudsim.Sim
 	cfg     *gateway.Config
 	gw      *gateway.Gateway
@@ -35,71 +36,94 @@ type rig struct {
 	stop    func()
 }
 
-// newRig starts a cloud simulator with n devices and a gateway whose
-// registry holds the same devices; the first `passwords` devices also get a
-// local password "pw-<deviceName>".
+// rigOptions shape a rig; the zero value of each field is a sensible default.
+type rigOptions struct {
+	devices int
+	// passwords: the first this many devices also get the local password
+	// "pw-<deviceName>".
+	passwords int
+	// simRate is cloudsim.Config.DeviceRate: 0 is the dialect's default
+	// (Alibaba 30/s), cloudsim.RateUnlimited turns the limit off.
+	simRate    float64
+	maxRecords int
+	nameFormat string // device names, default "dev-%03d"
+	mutate     func(*gateway.Config)
+}
+
+// newRig starts a cloud simulator without rate limit with n devices and a
+// gateway whose registry holds the same devices; the first `passwords`
+// devices also get a local password "pw-<deviceName>".
 func newRig(t *testing.T, n, passwords int, mutate func(*gateway.Config)) *rig {
 	t.Helper()
-	r := &rig{t: t}
-	simDevs := make([]cloudsim.Device, n)
-	for i := range n {
-		sec := secrets.NewSecret(fmt.Sprintf("secret-%03d-0123456789abcdef", i))
-		d := devsim.Device{Dialect: secrets.Aliyun, ProductKey: testPK, DeviceName: fmt.Sprintf("dev-%03d", i), Secret: sec}
+	return newRigWith(t, rigOptions{devices: n, passwords: passwords, simRate: cloudsim.RateUnlimited, mutate: mutate})
+}
+
+func newRigWith(tb testing.TB, o rigOptions) *rig {
+	tb.Helper()
+	r := &rig{t: tb}
+	if o.nameFormat == "" {
+		o.nameFormat = "dev-%03d"
+	}
+	simDevs := make([]cloudsim.Device, o.devices)
+	for i := range o.devices {
+		sec := secrets.NewSecret(fmt.Sprintf("secret-%04d-0123456789abcdef", i))
+		d := devsim.Device{Dialect: secrets.Aliyun, ProductKey: testPK, DeviceName: fmt.Sprintf(o.nameFormat, i), Secret: sec}
 		r.devices = append(r.devices, d)
 		simDevs[i] = cloudsim.Device{ProductKey: d.ProductKey, DeviceName: d.DeviceName, Secret: sec}
 	}
-	sim, err := cloudsim.New(cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", Devices: simDevs, DeviceRate: cloudsim.RateUnlimited})
+	sim, err := cloudsim.New(cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", Devices: simDevs,
+		DeviceRate: o.simRate, MaxRecords: o.maxRecords})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	if err := sim.Start(t.Context()); err != nil {
-		t.Fatal(err)
+	if err := sim.Start(tb.Context()); err != nil {
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { sim.Close() })
+	tb.Cleanup(func() { sim.Close() })
 	r.sim = sim
 
-	dir := t.TempDir()
+	dir := tb.TempDir()
 	cfg := gateway.DefaultConfig()
 	cfg.StateDir = dir
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(dir, "admin.sock")}
 	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
 	cfg.Cloud.BackoffMin = gateway.Duration(50 * time.Millisecond)
-	cfg.Cloud.BackoffMax = gateway.Duration(500 * time.Millisecond)
+	cfg.Cloud.BackoffMax = gateway.Duration(200 * time.Millisecond)
 	cfg.Metrics.Listen = ""
 	cfg.Shutdown.Timeout = gateway.Duration(5 * time.Second)
-	if mutate != nil {
-		mutate(cfg)
+	if o.mutate != nil {
+		o.mutate(cfg)
 	}
 	r.cfg = cfg
-	seedRegistry(t, cfg, r.devices, passwords)
+	seedRegistry(tb, cfg, r.devices, o.passwords)
 	r.start()
 	return r
 }
 
-func seedRegistry(t *testing.T, cfg *gateway.Config, devs []devsim.Device, passwords int) {
-	t.Helper()
+func seedRegistry(tb testing.TB, cfg *gateway.Config, devs []devsim.Device, passwords int) {
+	tb.Helper()
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	key, _, err := secrets.LoadOrCreateKey(cfg.EffectiveKeyFile(), nil)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	reg, err := secrets.OpenRegistry(cfg.RegistryPath(), key, &secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer reg.Close()
 	if _, err := reg.PutProduct(secrets.Product{ProductKey: testPK, Dialect: secrets.Aliyun}); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	for i, d := range devs {
 		if err := reg.AddDevice(secrets.Device{ProductKey: d.ProductKey, DeviceName: d.DeviceName, DeviceSecret: d.Secret}); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		if i < passwords {
 			if err := reg.SetLocalPassword(d.ProductKey, d.DeviceName, secrets.NewSecret("pw-"+d.DeviceName)); err != nil {
-				t.Fatal(err)
+				tb.Fatal(err)
 			}
 		}
 	}
@@ -120,9 +144,10 @@ func (r *rig) start() {
 	case err := <-done:
 		cancel()
 		t.Fatalf("gateway: %v", err)
-	case <-time.After(20 * time.Second):
+	case <-time.After(30 * time.Second):
 		cancel()
-		t.Fatal("gateway not ready within 20 s")
+		<-done
+		t.Fatal("gateway not ready within 30 s")
 	}
 	r.gw = gw
 	for id, a := range gw.Addrs() {
@@ -139,8 +164,8 @@ func (r *rig) start() {
 				if err != nil {
 					t.Errorf("gateway stopped with: %v", err)
 				}
-			case <-time.After(15 * time.Second):
-				t.Error("gateway did not stop within 15 s")
+			case <-time.After(20 * time.Second):
+				t.Error("gateway did not stop within 20 s")
 			}
 		})
 	}
