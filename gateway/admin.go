@@ -640,7 +640,7 @@ func versionString() string {
 
 // listStates are the values device.list's state filter accepts beyond the
 // registry states.
-var sessionStates = []uplink.State{uplink.StateIdle, uplink.StateConnecting, uplink.StateConnected,
+var sessionStates = []uplink.State{uplink.StateIdle, uplink.StateActivating, uplink.StateConnecting, uplink.StateConnected,
 	uplink.StateBackoff, uplink.StateAuthFailed, uplink.StateStopped}
 
 func (a *admin) deviceList(c *call, p *params) (result, error) {

@@ -80,8 +80,8 @@ var (
 // stateSeries are reported even when no session is in them, so that a
 // dashboard sees zeros rather than missing series.
 var stateSeries = []uplink.State{
-	uplink.StateIdle, uplink.StateConnecting, uplink.StateConnected,
-	uplink.StateBackoff, uplink.StateAuthFailed, uplink.StateStopped,
+	uplink.StateIdle, uplink.StateActivating, uplink.StateActivationFailed, uplink.StateConnecting,
+	uplink.StateConnected, uplink.StateBackoff, uplink.StateAuthFailed, uplink.StateStopped,
 }
 
 // connackCodes are the MQTT 3.1.1 refusal codes.
