@@ -373,19 +373,7 @@ func TestActivationRefusedState(t *testing.T) {
 // those devices show the refusal instead of retrying. EDGEGW_ACT_CRASH_ITER
 // sets the number of kills per cloud (default 8).
 func TestActivationCrashKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("crash test skipped in -short mode")
-	}
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	iters := 8
-	if s := os.Getenv("EDGEGW_ACT_CRASH_ITER"); s != "" {
-		if _, err := fmt.Sscan(s, &iters); err != nil {
-			t.Fatalf("EDGEGW_ACT_CRASH_ITER=%q: %v", s, err)
-		}
-	}
+	bin, iters := crashPrelude(t, "EDGEGW_ACT_CRASH_ITER", 8)
 	for _, d := range []secrets.Dialect{secrets.Aliyun, secrets.EnOS} {
 		t.Run(string(d), func(t *testing.T) { actCrash(t, bin, d, iters) })
 	}
@@ -537,13 +525,7 @@ listen = ""
 	// posts through the gateway with its local password.
 	refusedBefore := c.sim.Stats().ConnectsRefused[5]
 	start()
-	waitFor(t, "child gateway listening", 20*time.Second, func() bool {
-		conn, err := net.DialTimeout("tcp", local, 100*time.Millisecond)
-		if err == nil {
-			conn.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, local)
 	var devs []devsim.Device
 	for _, dn := range all {
 		if !lostInWindow[dn] {

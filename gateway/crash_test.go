@@ -34,6 +34,38 @@ var buildBinary = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
+// crashPrelude is the start of every kill -9 test: skipped with -short,
+// the real binary built, and the number of kills read from envVar.
+func crashPrelude(t *testing.T, envVar string, defaultIters int) (bin string, iters int) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("crash test skipped in -short mode")
+	}
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	iters = defaultIters
+	if s := os.Getenv(envVar); s != "" {
+		if iters, err = strconv.Atoi(s); err != nil {
+			t.Fatalf("%s=%q: %v", envVar, s, err)
+		}
+	}
+	return bin, iters
+}
+
+// waitListening waits until a child gateway accepts TCP connections on addr.
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
+	waitFor(t, "child gateway listening on "+addr, 20*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
 // freePort returns a loopback port that was free a moment ago. The crash
 // test needs the local broker on the same port across restarts.
 func freePort(t *testing.T) string {
@@ -53,19 +85,7 @@ func freePort(t *testing.T) string {
 // device; duplicates are counted. EDGEGW_CRASH_ITER sets the number of
 // kills (default 6).
 func TestCrashKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("crash test skipped in -short mode")
-	}
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	iters := 6
-	if s := os.Getenv("EDGEGW_CRASH_ITER"); s != "" {
-		if iters, err = strconv.Atoi(s); err != nil {
-			t.Fatalf("EDGEGW_CRASH_ITER=%q: %v", s, err)
-		}
-	}
+	bin, iters := crashPrelude(t, "EDGEGW_CRASH_ITER", 6)
 	const ndev = 8
 	var devs []devsim.Device
 	var simDevs []cloudsim.Device
@@ -116,13 +136,7 @@ listen = ""
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "child gateway listening", 20*time.Second, func() bool {
-			c, err := net.DialTimeout("tcp", local, 100*time.Millisecond)
-			if err == nil {
-				c.Close()
-			}
-			return err == nil
-		})
+		waitListening(t, local)
 		return cmd
 	}
 	var child *exec.Cmd
