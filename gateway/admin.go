@@ -1191,10 +1191,14 @@ func (a *admin) deviceRemove(c *call, p *params) (result, error) {
 	return result{}, errAsync
 }
 
-// queued returns the messages of a device still to deliver.
+// queued returns the messages of a device still in its queue. It counts
+// acknowledged messages until their deletion commits rather than
+// subtracting PendingAcks: while the spool writes a commit, a deleted
+// message has already left Depth but is still pending, so Depth minus
+// PendingAcks undercounts, and a drain that trusted it removed the device
+// with its last, undelivered message.
 func queued(q Queue, id spool.DeviceID) int {
-	st := q.Stats(id)
-	return max(st.Depth-st.PendingAcks, 0)
+	return q.Stats(id).Depth
 }
 
 // drain waits until the device's queue is empty, then removes the device,
@@ -1280,8 +1284,6 @@ func (a *admin) removeNow(c *call, reg *secrets.Registry, mgr *uplink.Manager, q
 		a.log.Warn("stop cloud session of a removed device", "device", id.String(), "err", err)
 	}
 	kicked := b.DisconnectDevice(id.ProductKey, id.DeviceName)
-	// Messages the cloud already acknowledged (their deletion not yet
-	// committed) were delivered, not discarded.
 	discarded := queued(q, id)
 	if err := q.Remove(id); err != nil {
 		a.audit(c, id.String(), "removed", "spool", mode, "localConnectionsClosed", kicked)

@@ -18,6 +18,9 @@ type DeviceStats struct {
 	// its stored messages.
 	LastSeq uint64
 	// PendingAcks are acknowledgements accepted but not yet committed.
+	// While a commit is being written, a message it deletes has already
+	// left Depth but is still counted here, so Depth-PendingAcks is not
+	// the number of unacknowledged messages (it can be too low).
 	PendingAcks int
 	// LastAck is when Ack was last called for the device (this process).
 	LastAck time.Time
