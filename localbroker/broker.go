@@ -123,6 +123,7 @@ type Broker struct {
 
 	conns    sync.Map // *mqtt.Client → *conn
 	netConns sync.Map // net.Conn → *conn, to clean up connections mochi dropped without OnDisconnect
+	open     sync.Map // net.Conn → struct{}: every connection between accept and the end of its goroutine
 
 	mu         sync.Mutex
 	devices    map[deviceKey]map[*conn]struct{}
@@ -359,6 +360,9 @@ func (b *Broker) shutdown(rs *runState, cancelSink context.CancelFunc) error {
 	}
 	b.log.Info("broker shutting down", "clients", len(live))
 	b.disconnectAll(rs.srv, live, start.Add(timeout/2))
+	// Close what the client list did not show: connections still before
+	// their CONNECT, or between authentication and mochi's Clients.Add.
+	b.closeOpen()
 
 	closed := make(chan struct{})
 	go func() {
@@ -370,14 +374,29 @@ func (b *Broker) shutdown(rs *runState, cancelSink context.CancelFunc) error {
 		return nil
 	case <-time.After(time.Until(start.Add(timeout * 3 / 4))):
 	}
-	b.log.Warn("broker shutdown running late; cancelling in-flight sink calls")
+	b.log.Warn("broker shutdown running late; cancelling in-flight sink calls", "connections", b.openCount())
 	cancelSink()
+	b.closeOpen()
 	select {
 	case <-closed:
 		return nil
 	case <-time.After(time.Until(start.Add(timeout))):
 	}
-	return fmt.Errorf("shut down broker: not finished after %s; connection goroutines are still running", timeout)
+	return fmt.Errorf("shut down broker: not finished after %s; %d connection goroutines are still running", timeout, b.openCount())
+}
+
+// closeOpen closes every connection whose goroutine has not ended.
+func (b *Broker) closeOpen() {
+	b.open.Range(func(k, _ any) bool {
+		_ = k.(net.Conn).Close()
+		return true
+	})
+}
+
+func (b *Broker) openCount() int {
+	n := 0
+	b.open.Range(func(any, any) bool { n++; return true })
+	return n
 }
 
 // disconnectAll disconnects clients in parallel. MQTT 5 clients get a

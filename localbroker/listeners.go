@@ -342,6 +342,13 @@ func (l *listener) handle(conn net.Conn) {
 	// Bound the TLS handshake and the CONNECT packet; mochi replaces this
 	// deadline with 1.5 × keepalive once the CONNECT is read.
 	_ = conn.SetDeadline(time.Now().Add(l.b.cfg.ConnectTimeout))
+	l.b.open.Store(conn, struct{}{})
+	defer l.b.open.Delete(conn)
+	if l.closing.Load() {
+		// Accepted in the moment the listener was stopped: shutdown may
+		// already have looked for open connections.
+		_ = conn.Close()
+	}
 	err := l.establish(l.id, conn)
 	l.b.connectionEnded(l, conn, err)
 }

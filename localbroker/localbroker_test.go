@@ -681,6 +681,17 @@ func TestShutdownWithManyClients(t *testing.T) {
 	if got := h.b.Stats().ClientsConnected; got != n {
 		t.Fatalf("ClientsConnected = %d, want %d", got, n)
 	}
+	// Connections that never send their CONNECT are invisible to mochi's
+	// client list; shutdown must close them too, not wait for their
+	// ConnectTimeout (15 s by default).
+	addr := strings.TrimPrefix(url, "tcp://")
+	for range 3 {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+	}
 	// One of them is stuck in a sink that only returns when cancelled.
 	entered := make(chan struct{})
 	h.sink.setHook(func(ctx context.Context, m localbroker.Message) error {
