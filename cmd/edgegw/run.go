@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -48,6 +49,15 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 	}
 	log := loggerFor(stderr, lvl, cfg.LogFormat)
 	log.Info("edgegw starting", "version", Version(), "config", *cfgPath)
+
+	if path := os.Getenv("EDGEGW_CPUPROFILE"); path != "" {
+		stop, err := startCPUProfile(path)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		log.Warn("debug: writing a CPU profile until exit (EDGEGW_CPUPROFILE)", "file", path)
+	}
 
 	notify := systemd.NewNotifier(log)
 	inherited, err := systemd.Listeners()
@@ -154,4 +164,22 @@ func loggerFor(w io.Writer, lvl slog.Level, format string) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl}))
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl}))
+}
+
+// startCPUProfile writes a CPU profile to path until stop is called: a
+// debugging aid for the field and for `edgegw bench` (its gateway child
+// inherits the environment).
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("EDGEGW_CPUPROFILE: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("EDGEGW_CPUPROFILE: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }
