@@ -1,6 +1,7 @@
 package uplink
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -212,3 +213,22 @@ func dial(ctx context.Context, u *url.URL, tlsCfg *tls.Config, timeout time.Dura
 	}
 	return nil, fmt.Errorf("dial %s: unsupported scheme", u.Redacted())
 }
+
+// readBuffered gives paho's reader one read(2) per batch of packets. paho
+// reads straight from the net.Conn and takes a packet's fixed header a byte
+// at a time, so an unbuffered PUBACK costs three system calls. Only paho's
+// one reader goroutine reads (the CONNACK before it, from the same buffer).
+type readBuffered struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// readBufferSize holds dozens of acknowledgements; larger reads (a big
+// downlink payload) bypass the buffer. It is paid per cloud session.
+const readBufferSize = 1024
+
+func newReadBuffered(nc net.Conn) net.Conn {
+	return &readBuffered{Conn: nc, r: bufio.NewReaderSize(nc, readBufferSize)}
+}
+
+func (c *readBuffered) Read(p []byte) (int, error) { return c.r.Read(p) }

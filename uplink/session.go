@@ -226,6 +226,7 @@ func (s *session) dialFor(ctx context.Context, c *conn) mqtt.OpenConnectionFunc 
 		if s.m.connHook != nil {
 			nc = s.m.connHook(s.dev.ID, nc)
 		}
+		nc = newReadBuffered(nc)
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.closed {
