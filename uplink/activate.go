@@ -125,7 +125,7 @@ func (s *session) activate() bool {
 			}
 		}
 		s.setState(StateActivating, nil, time.Time{})
-		if s.m.connectBudget.wait(ctx, clk, 1) != nil {
+		if s.m.connectBudget.wait(ctx, clk) != nil {
 			return false
 		}
 		s.sl.attempts.record(s.lim.ConnectWindow, clk.Now())

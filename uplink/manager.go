@@ -30,9 +30,9 @@ type Manager struct {
 	defaultEP *endpoint
 	endpoints map[secrets.Dialect]*endpoint
 
-	connectBudget *bucket // gateway-wide connection attempts
-	gwRate        *bucket // gateway-wide messages
-	gwBytes       *bucket // gateway-wide bytes
+	connectBudget *connectLimiter // gateway-wide connection attempts
+	gwRate        *bucket         // gateway-wide messages
+	gwBytes       *bucket         // gateway-wide bytes
 
 	// Seams for tests in this package.
 	newClient func(*mqtt.ClientOptions) mqtt.Client
@@ -88,7 +88,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		}
 	}
 	now := m.clk.Now()
-	m.connectBudget = newBucket(cfg.ConnectRate, now)
+	m.connectBudget = newConnectLimiter(cfg.ConnectRate, now)
 	m.gwRate = newBucket(cfg.GatewayRate, now)
 	m.gwBytes = newBucket(cfg.GatewayByteRate, now)
 	RoutePahoLogs(cfg.Logger)

@@ -108,7 +108,7 @@ func (s *session) run() {
 			}
 		}
 		s.setState(StateConnecting, nil, time.Time{})
-		if s.m.connectBudget.wait(ctx, clk, 1) != nil {
+		if s.m.connectBudget.wait(ctx, clk) != nil {
 			return
 		}
 		s.sl.attempts.record(s.lim.ConnectWindow, clk.Now())
@@ -221,6 +221,11 @@ func (s *session) dialFor(ctx context.Context, c *conn) mqtt.OpenConnectionFunc 
 	return func(uri *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 		nc, err := dial(ctx, uri, tlsCfg, s.m.cfg.ConnectTimeout)
 		if err != nil {
+			return nil, err
+		}
+		// paho writes the CONNECT as soon as this returns, in this goroutine.
+		if err := s.m.connectBudget.admit(ctx, s.m.clk); err != nil {
+			_ = nc.Close()
 			return nil, err
 		}
 		if s.m.connHook != nil {

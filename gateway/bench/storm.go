@@ -208,6 +208,6 @@ func (r *StormResult) table() Table {
 		Notes: []string{"edgegw and the cloud simulator run as child processes; the simulator's control API closes every device " +
 			"connection at once (POST /drop) and its counters are sampled every 50 ms; the peak counts only CONNECTs certainly " +
 			"within one second (from a sample's request to a later sample's reply). No local devices are connected: " +
-			"the sessions are edgegw's own. A token bucket allows at most burst + rate CONNECTs in any second."},
+			"the sessions are edgegw's own. The connect budget lets at most burst + rate CONNECTs through in any second: a token bucket orders the attempts, a one-second window counts them after the dial, just before the CONNECT is written."},
 	}
 }
