@@ -286,3 +286,65 @@ func TestPurgeDeadInOneTransaction(t *testing.T) {
 		t.Errorf("dead letters left: a %d (want 0), b %d (want 300)", na, nb)
 	}
 }
+
+// Close does not wait for a large backlog of deletions: past its ack
+// budget it leaves the acknowledged messages in the file, to be sent again
+// after a restart (duplicates), and returns without error. Within the
+// budget it deletes them all.
+func TestCloseAbandonsAckBacklog(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		flush   time.Duration
+		wantOut int // messages still queued after reopening
+	}{
+		{"within budget", time.Minute, 2},
+		{"budget spent", 0, 50},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "spool.db")
+			opts := Options{SweepInterval: time.Hour, CloseTimeout: 10 * time.Second}
+			s, err := Open(path, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.ackFlush = tc.flush
+			d := DeviceID{ProductKey: "pk", DeviceName: "dn"}
+			var seqs []uint64
+			for i := range 50 {
+				seq, err := s.Append(context.Background(), d, Message{Topic: "/pk/dn/user/x", QoS: 1, Payload: []byte{byte(i)}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				seqs = append(seqs, seq)
+			}
+			// Acknowledge all but the last two without waking the writer:
+			// the deletions are still pending when Close begins.
+			for _, seq := range seqs[:48] {
+				if err := s.stageAck(d, seq); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			s, err = Open(path, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			ms, err := s.Read(d, 0, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ms) != tc.wantOut {
+				t.Fatalf("%d messages queued after reopening, want %d", len(ms), tc.wantOut)
+			}
+			// Whatever is left is the newest messages, in order: no gap.
+			for i, m := range ms {
+				if want := seqs[len(seqs)-len(ms)+i]; m.Seq != want {
+					t.Fatalf("message %d after reopening has seq %d, want %d", i, m.Seq, want)
+				}
+			}
+		})
+	}
+}

@@ -102,6 +102,7 @@ func open(path string, opts Options) (*Spool, error) {
 		kick:       make(chan struct{}, 1),
 		closing:    make(chan struct{}),
 		writerDone: make(chan struct{}),
+		ackFlush:   o.CloseTimeout / 2,
 	}
 	_ = db.View(func(tx *bolt.Tx) error {
 		s.reserved = tx.Bucket(bucketReserve) != nil

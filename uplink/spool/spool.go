@@ -77,6 +77,8 @@ type Spool struct {
 	kick       chan struct{}
 	closing    chan struct{}
 	writerDone chan struct{}
+	ackFlush   time.Duration // how long Close keeps deleting acknowledged messages
+	skipAcks   bool          // writer only: ackFlush is spent
 	senders    sync.WaitGroup
 	closeOnce  sync.Once
 	closeErr   error
@@ -253,16 +255,24 @@ func (s *Spool) Read(device DeviceID, after uint64, max int) ([]Message, error) 
 // is committed with the writer's next transaction. Unknown seqs are
 // ignored.
 func (s *Spool) Ack(device DeviceID, seq uint64) error {
+	if err := s.stageAck(device, seq); err != nil {
+		return err
+	}
+	s.poke()
+	return nil
+}
+
+// stageAck records an acknowledgement for the writer to commit.
+func (s *Spool) stageAck(device DeviceID, seq uint64) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
 		return fmt.Errorf("ack %s seq %d: %w", device, seq, ErrClosed)
 	}
 	d := s.led.devs[device]
 	if d == nil || !d.q.contains(seq) {
 		// Acknowledged before (a restart, a duplicate PUBACK), dropped,
 		// or not this device's.
-		s.mu.Unlock()
 		return nil
 	}
 	p := s.pending[device]
@@ -276,8 +286,6 @@ func (s *Spool) Ack(device DeviceID, seq uint64) error {
 		s.npending++
 	}
 	s.lastAck[device] = s.opts.Now()
-	s.mu.Unlock()
-	s.poke()
 	return nil
 }
 
@@ -400,6 +408,12 @@ func (s *Spool) Sync(ctx context.Context) error {
 }
 
 // Stats returns device's queue statistics (zero for an unknown device).
+//
+// They describe the queue as it will be when the commit being written
+// finishes: the writer stages a commit's appends and deletions in the ledger
+// before bbolt writes it, and reverts them if it fails. A message leaves
+// Depth only once acknowledged (Ack) or dropped (counted in Dropped), so a
+// Depth of 0 means that nothing unacknowledged is queued.
 func (s *Spool) Stats(device DeviceID) DeviceStats {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -45,15 +45,36 @@ func (s *Spool) run() {
 		closing  = s.closing
 		drained  chan struct{} // closed once no Append can still send
 		stopping bool
+		// Deleting acknowledged messages at shutdown stops here: a large
+		// backlog (300,000 deletions take ~5 s) must not hold Close past
+		// its bound. What is left is sent again after a restart.
+		ackDeadline time.Time
 	)
+	// ackBudget starts the clock when Close begins, seen even while the
+	// writer is never idle (a deletion backlog keeps it busy).
+	ackBudget := func() {
+		if ackDeadline.IsZero() {
+			select {
+			case <-s.closing:
+				ackDeadline = time.Now().Add(s.ackFlush)
+			default:
+				return
+			}
+		}
+		if !s.skipAcks && !time.Now().Before(ackDeadline) {
+			s.abandonAcks()
+		}
+	}
 	for {
 		batch = append(batch[:0], carry...)
 		carry = nil
+		ackBudget()
 		if stopping {
 			batch = s.gather(batch, true)
 			if len(batch) == 0 && !s.hasWork(true) {
 				return
 			}
+
 			var err error
 			if carry, err = s.commit(batch); err != nil {
 				// Do not retry a failing disk at shutdown; unacknowledged
@@ -91,6 +112,7 @@ func (s *Spool) run() {
 			}
 			retry.Stop()
 		}
+		ackBudget()
 		batch = s.gather(batch, false)
 		if len(batch) > 0 || s.hasWork(false) {
 			carry, _ = s.commit(batch)
@@ -129,9 +151,29 @@ func (s *Spool) hasWork(stopping bool) bool {
 	s.mu.RLock()
 	n := s.npending
 	s.mu.RUnlock()
-	if n > 0 {
+	if n > 0 && !s.skipAcks {
 		return true
 	}
+	return s.hasOtherWork(stopping)
+}
+
+// abandonAcks gives up the acknowledgements not yet committed, at
+// shutdown: their messages stay in the file and are sent again after a
+// restart (duplicates, never a loss).
+func (s *Spool) abandonAcks() {
+	s.skipAcks = true
+	s.mu.RLock()
+	n := s.npending
+	s.mu.RUnlock()
+	if n == 0 {
+		return
+	}
+	s.log.Warn("spool closing with acknowledged messages not yet deleted; they will be sent again after a restart",
+		"messages", n, "path", s.path)
+}
+
+// hasOtherWork reports work besides deleting acknowledged messages.
+func (s *Spool) hasOtherWork(stopping bool) bool {
 	s.fixMu.Lock()
 	fix := len(s.corrupt) > 0 || len(s.badKeys) > 0 || len(s.badDeadKeys) > 0
 	s.fixMu.Unlock()
@@ -143,6 +185,9 @@ type ackSet map[DeviceID][]uint64
 // takeAcks copies up to s.limit pending acknowledgements. They stay
 // pending (hidden from Read) until clearAcks after the commit.
 func (s *Spool) takeAcks() ackSet {
+	if s.skipAcks {
+		return nil
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.npending == 0 {
