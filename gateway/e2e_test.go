@@ -19,6 +19,7 @@ import (
 	"github.com/edgegw/edgegw/gateway"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/secrets"
+	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
 
@@ -33,6 +34,7 @@ type rig struct {
 	gw      *gateway.Gateway
 	local   string // tcp host:port of the local broker
 	devices []devsim.Device
+	clock   uplink.Clock
 	stop    func()
 }
 
@@ -48,6 +50,7 @@ type rigOptions struct {
 	maxRecords int
 	nameFormat string // device names, default "dev-%03d"
 	mutate     func(*gateway.Config)
+	clock      uplink.Clock // the gateway's clock (default: the system's)
 }
 
 // newRig starts a cloud simulator without rate limit with n devices and a
@@ -60,7 +63,7 @@ func newRig(t *testing.T, n, passwords int, mutate func(*gateway.Config)) *rig {
 
 func newRigWith(tb testing.TB, o rigOptions) *rig {
 	tb.Helper()
-	r := &rig{t: tb}
+	r := &rig{t: tb, clock: o.clock}
 	if o.nameFormat == "" {
 		o.nameFormat = "dev-%03d"
 	}
@@ -132,7 +135,7 @@ func seedRegistry(tb testing.TB, cfg *gateway.Config, devs []devsim.Device, pass
 // start runs the gateway until the test ends (or stop is called).
 func (r *rig) start() {
 	t := r.t
-	gw, err := gateway.New(r.cfg, gateway.Options{})
+	gw, err := gateway.New(r.cfg, gateway.Options{Clock: r.clock})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -108,7 +108,8 @@ func (l *attemptLog) wait(w ConnectWindow, now time.Time) time.Duration {
 	}
 	oldest := l.times[len(l.times)-w.Max]
 	if d := oldest.Add(w.Per).Sub(now); d > 0 {
-		return d
+		// Never more than one window, whatever the clock did.
+		return min(d, w.Per)
 	}
 	return 0
 }

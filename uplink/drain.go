@@ -126,6 +126,8 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 		pinned   *lane                        // the lane whose head holds rate tokens
 		readErr  bool                         // the last Read failed; retry on readTimer
 		readyAt  time.Time                    // when pinned's head may be published
+		rateWait time.Duration                // the wait reserved for it
+		stallRef time.Time                    // lastAck when the stall timer was armed
 		lastAck  time.Time                    // last progress: a PUBACK, or the window opening
 
 		rateTimer, stallTimer, readTimer lazyTimer
@@ -178,7 +180,12 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 			}
 			now := clk.Now()
 			if pinned == nil {
-				readyAt, pinned = now.Add(s.reserve(now, m)), l
+				rateWait = s.reserve(now, m)
+				readyAt, pinned = now.Add(rateWait), l
+			}
+			if readyAt.Sub(now) > rateWait {
+				// The clock stepped back: never wait longer than reserved.
+				readyAt = now.Add(rateWait)
 			}
 			if now.Before(readyAt) {
 				rateTimer.arm(clk, readyAt.Sub(now))
@@ -201,8 +208,12 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 		var stallC <-chan time.Time
 		if len(inflight) > 0 {
 			doneC = inflight[0].wait()
-			if !stallTimer.armed {
-				stallTimer.arm(clk, lastAck.Add(stall).Sub(clk.Now()))
+			// Armed afresh for the whole timeout at every progress, so the
+			// timer itself measures the time without a PUBACK: comparing
+			// clock readings would take a clock step for a stall.
+			if !stallTimer.armed || !lastAck.Equal(stallRef) {
+				stallRef = lastAck
+				stallTimer.arm(clk, stall)
 			}
 			stallC = stallTimer.c()
 		} else if stallTimer.armed {
@@ -228,7 +239,7 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 			readTimer.armed, readErr, ls.fresh.exhausted = false, false, false
 		case <-stallC:
 			stallTimer.armed = false
-			if len(inflight) > 0 && !clk.Now().Before(lastAck.Add(stall)) {
+			if len(inflight) > 0 && lastAck.Equal(stallRef) {
 				return fmt.Errorf("%d messages in flight since %s: %w", len(inflight), lastAck.Format(time.RFC3339Nano), errStalled)
 			}
 		case <-s.subsChanged:

@@ -49,8 +49,13 @@ func newBucket(r Rate, now time.Time) *bucket {
 }
 
 func (b *bucket) advance(now time.Time) {
-	if now.After(b.last) {
+	switch {
+	case now.After(b.last):
 		b.tokens = math.Min(b.burst, b.tokens+b.rate*now.Sub(b.last).Seconds())
+		b.last = now
+	case now.Before(b.last):
+		// The clock stepped back: count from here instead of waiting for
+		// it to catch up (hours without a refill for a step of hours).
 		b.last = now
 	}
 }
