@@ -51,6 +51,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs.IntVar(&o.Messages, "messages", 0, "replay: messages per device spooled during the outage (1000)")
 	fs.Float64Var(&o.DeviceRate, "device-rate", 0, "replay: per-device cap of the capped run, msg/s (30, Alibaba's limit)")
 	sessions := fs.String("sessions", "", "sessions: comma-separated fleet sizes (1000,5000,9000)")
+	transports := fs.String("transport", "", "sessions: comma-separated cloud transports, each measured for every fleet size: tcp, tls (tcp,tls)")
 	fs.DurationVar(&o.Idle, "idle", 0, "sessions: window for the idle CPU measurement (10s)")
 	fs.Float64Var(&o.ConnectRate, "connect-rate", 0, "gateway connect budget, CONNECTs/s (forward, replay, sessions 1000; storm 500)")
 	fs.IntVar(&o.ConnectBurst, "connect-burst", 0, "gateway connect burst (forward, replay, sessions 1000; storm 50)")
@@ -70,6 +71,11 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 				return fmt.Errorf("-sessions: %q is not a number", f)
 			}
 			o.Sessions = append(o.Sessions, n)
+		}
+	}
+	if *transports != "" {
+		for _, f := range strings.Split(*transports, ",") {
+			o.Transports = append(o.Transports, strings.TrimSpace(f))
 		}
 	}
 	exe, err := os.Executable()

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,6 +46,9 @@ type Options struct {
 	DeviceRate  float64       // replay: per-device cap (messages/s) of the capped run
 	Sessions    []int         // sessions: fleet sizes
 	Idle        time.Duration // sessions: window for idle CPU
+	// Transports are the sessions scenario's cloud transports, "tcp"
+	// and/or "tls", each measured for every fleet size.
+	Transports []string
 	// ConnectRate and ConnectBurst are the gateway's connect budget
 	// (cloud.connect_rate, cloud.connect_burst).
 	ConnectRate  float64
@@ -193,6 +197,14 @@ func (o *Options) check() error {
 	for _, n := range o.Sessions {
 		if n < 1 || n > 19000 {
 			return fmt.Errorf("sessions %d: want 1 to 19,000", n)
+		}
+	}
+	for i, t := range o.Transports {
+		switch {
+		case t != transportTCP && t != transportTLS:
+			return fmt.Errorf("transport %q: want %s or %s", t, transportTCP, transportTLS)
+		case slices.Contains(o.Transports[:i], t):
+			return fmt.Errorf("transport %s given twice", t)
 		}
 	}
 	return nil

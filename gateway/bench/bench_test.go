@@ -3,15 +3,23 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
 
 // buildEdgegw compiles cmd/edgegw once per test binary (without the race
@@ -155,14 +163,38 @@ func checkReplay(t *testing.T, r *Report) {
 
 func checkSessions(t *testing.T, r *Report) {
 	res := r.Result.(*SessionsResult)
-	if len(res.Fleets) != 1 || res.BaselineGoroutines <= 0 || res.BaselineRSSMiB <= 0 {
+	// Quick mode measures both transports, so the TLS path keeps working.
+	want := []string{transportTCP, transportTLS}
+	if !slices.Equal(res.Transports, want) || len(res.Baselines) != 2 || len(res.Fleets) != 2 {
 		t.Fatalf("result %+v", res)
 	}
-	f := res.Fleets[0]
-	// Every device holds at least its local connection's and its cloud
-	// session's goroutines.
-	if f.Goroutines <= res.BaselineGoroutines+2*f.Devices || f.RSSMiB <= res.BaselineRSSMiB || f.UpSeconds <= 0 || f.Threads <= 0 {
-		t.Errorf("fleet %+v", f)
+	if !strings.Contains(r.Command, " -transport tcp,tls ") {
+		t.Errorf("command %q does not reproduce the transports", r.Command)
+	}
+	if h := r.Tables[0].Header; !slices.Equal(h, []string{"metric", "20 devices, cloud over TCP", "20 devices, cloud over TLS"}) {
+		t.Errorf("header %q", h)
+	}
+	for i, f := range res.Fleets {
+		b := res.Baselines[i]
+		if f.Transport != want[i] || b.Transport != want[i] || b.Goroutines <= 0 || b.RSSMiB <= 0 {
+			t.Errorf("fleet %d: %s, baseline %+v", i, f.Transport, b)
+			continue
+		}
+		// Every device holds at least its local connection's and its cloud
+		// session's goroutines.
+		if f.Goroutines <= b.Goroutines+2*f.Devices || f.RSSMiB <= b.RSSMiB || f.UpSeconds <= 0 || f.Threads <= 0 {
+			t.Errorf("%s fleet %+v", f.Transport, f)
+		}
+		if got := float64(f.Goroutines-b.Goroutines) / float64(f.Devices); f.GoroutinesPerDevice != got {
+			t.Errorf("%s: %.2f goroutines per device, want %.2f", f.Transport, f.GoroutinesPerDevice, got)
+		}
+		// The simulator refuses securemode=2 on plain TCP and 3 on TLS.
+		if f.Refused != 0 {
+			t.Errorf("%s: the cloud refused %d CONNECTs", f.Transport, f.Refused)
+		}
+		if (f.Transport == transportTLS) != strings.HasPrefix(f.TLSVersion, "TLS 1.") {
+			t.Errorf("%s: TLS version %q", f.Transport, f.TLSVersion)
+		}
 	}
 }
 
@@ -194,11 +226,96 @@ func TestRunRejects(t *testing.T) {
 		{"forward", Options{Executable: "/bin/true", Devices: 20000}, "devices 20000"},
 		{"sessions", Options{Executable: "/bin/true", Sessions: []int{0}}, "sessions 0"},
 		{"replay", Options{Executable: "/bin/true", Messages: -1}, "negative"},
+		{"sessions", Options{Executable: "/bin/true", Transports: []string{"quic"}}, `transport "quic"`},
+		{"sessions", Options{Executable: "/bin/true", Transports: []string{"tls", "tcp", "tls"}}, "tls given twice"},
 	}
 	for _, tt := range tests {
 		_, err := Run(t.Context(), tt.name, tt.opts)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s %+v: err %v, want %q", tt.name, tt.opts, err, tt.want)
+		}
+	}
+}
+
+// TestPKI checks the run's throwaway CA: the simulator loads the server
+// certificate as "edgegw cloudsim -tls-cert -tls-key" does, a client that
+// trusts only the CA completes a handshake with 127.0.0.1, and one that
+// trusts another CA does not.
+func TestPKI(t *testing.T) {
+	dir := t.TempDir()
+	p, err := makePKI(filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(p.KeyFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file %v, %v", fi, err)
+	}
+	cfg, err := cloudsim.LoadTLSConfig(p.CertFile, p.KeyFile, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(cfg.Certificates[0].Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
+		t.Errorf("server key %T, want ECDSA P-256", leaf.PublicKey)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	})
+	defer ln.Close() // before wg.Wait: ends the accept loop
+	if v, err := probeTLS(t.Context(), ln.Addr().String(), p.CAFile); err != nil || v != "TLS 1.3" {
+		t.Errorf("probe: %q, %v", v, err)
+	}
+	other, err := makePKI(filepath.Join(dir, "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probeTLS(t.Context(), ln.Addr().String(), other.CAFile); err == nil {
+		t.Error("a client trusting another CA completed the handshake")
+	}
+}
+
+// TestGatewayConfigTransport checks that the generated configuration is
+// one edgegw accepts, with the cloud endpoint and CA of each transport.
+func TestGatewayConfigTransport(t *testing.T) {
+	dir := t.TempDir()
+	p, err := makePKI(filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		g            gatewaySetup
+		endpoint, ca string
+	}{
+		{gatewaySetup{Dir: filepath.Join(dir, "tcp"), Cloud: "127.0.0.1:1883"}, "tcp://127.0.0.1:1883", ""},
+		{gatewaySetup{Dir: filepath.Join(dir, "tls"), Cloud: "127.0.0.1:8883", CloudTLS: true, CloudCA: p.CAFile}, "tls://127.0.0.1:8883", p.CAFile},
+	} {
+		g := tt.g
+		g.Admin, g.Local, g.ConnectRate, g.ConnectBurst = filepath.Join(g.Dir, "admin.sock"), "127.0.0.1:1", 10, 10
+		if err := g.writeConfig(); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := gateway.LoadConfig(g.configPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Cloud.Endpoint != tt.endpoint || cfg.Cloud.CAFile != tt.ca {
+			t.Errorf("endpoint %q, CA %q; want %q, %q", cfg.Cloud.Endpoint, cfg.Cloud.CAFile, tt.endpoint, tt.ca)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -12,14 +13,17 @@ import (
 )
 
 var sessionsScenario = scenario{
-	Scenario: Scenario{Name: "sessions", Summary: "fleets of idle devices, each with its local connection and its cloud session up: " +
-		"RSS and goroutines per device, idle CPU, time to bring every session up"},
+	Scenario: Scenario{Name: "sessions", Summary: "fleets of idle devices, each with its local connection and its cloud session up " +
+		"(plain TCP and TLS): RSS and goroutines per device, idle CPU, time to bring every session up"},
 	defaults: func(o *Options) {
 		if len(o.Sessions) == 0 {
 			o.Sessions = []int{1000, 5000, 9000}
 			if o.Quick {
 				o.Sessions = []int{20}
 			}
+		}
+		if len(o.Transports) == 0 {
+			o.Transports = []string{transportTCP, transportTLS}
 		}
 		def(&o.Idle, 10*time.Second, time.Second, o.Quick)
 		def(&o.ConnectRate, 1000, 1000, o.Quick)
@@ -30,7 +34,8 @@ var sessionsScenario = scenario{
 		for _, n := range o.Sessions {
 			s = append(s, strconv.Itoa(n))
 		}
-		return fmt.Sprintf(" -sessions %s -idle %v -connect-rate %g -connect-burst %d", strings.Join(s, ","), o.Idle, o.ConnectRate, o.ConnectBurst)
+		return fmt.Sprintf(" -sessions %s -transport %s -idle %v -connect-rate %g -connect-burst %d",
+			strings.Join(s, ","), strings.Join(o.Transports, ","), o.Idle, o.ConnectRate, o.ConnectBurst)
 	},
 	run: runSessions,
 }
@@ -40,24 +45,44 @@ type SessionsResult struct {
 	ConnectRate  float64 `json:"connectRate"`
 	ConnectBurst int     `json:"connectBurst"`
 	IdleSeconds  float64 `json:"idleSeconds"`
-	// Baseline is edgegw with an empty registry.
-	BaselineRSSMiB     float64        `json:"baselineRssMiB"`
-	BaselineGoroutines int            `json:"baselineGoroutines"`
-	Fleets             []SessionFleet `json:"fleets"`
+	// Transports are the cloud transports measured, in column order.
+	Transports []string `json:"transports"`
+	// Baselines are edgegw with an empty registry, one per transport,
+	// configured as for the fleets.
+	Baselines []SessionBaseline `json:"baselines"`
+	// Fleets: for each fleet size, one per transport.
+	Fleets []SessionFleet `json:"fleets"`
 }
 
-// SessionFleet is one fleet size.
+// SessionBaseline is an edgegw with an empty registry.
+type SessionBaseline struct {
+	Transport  string  `json:"transport"`
+	RSSMiB     float64 `json:"rssMiB"`
+	Goroutines int     `json:"goroutines"`
+}
+
+// SessionFleet is one fleet size over one cloud transport.
 type SessionFleet struct {
-	Devices int `json:"devices"`
+	Devices   int    `json:"devices"`
+	Transport string `json:"transport"` // tcp or tls
+	// TLSVersion is what a probe handshake with the simulator negotiated
+	// (the gateway's TLS settings: Go's defaults, at least TLS 1.2).
+	TLSVersion string `json:"tlsVersion,omitempty"`
 	// UpSeconds: from exec of edgegw until the cloud counts every session;
 	// ReadySeconds: from exec until the local broker accepts.
 	UpSeconds    float64 `json:"upSeconds"`
 	ReadySeconds float64 `json:"readySeconds"`
+	// UpCPUSeconds is edgegw's CPU time from exec until every session is up.
+	UpCPUSeconds float64 `json:"upCpuSeconds"`
+	// Refused counts the CONNECTs the cloud refused (a securemode that does
+	// not fit the transport would be refused).
+	Refused int64 `json:"refused"`
 	// LocalSeconds: connecting every device to the local broker.
 	LocalSeconds float64 `json:"localSeconds"`
 	RSSMiB       float64 `json:"rssMiB"`
 	PeakRSSMiB   float64 `json:"peakRssMiB"`
-	// RSSPerDeviceKiB is (RSS − baseline RSS) / devices.
+	// RSSPerDeviceKiB is (RSS − baseline RSS) / devices, with the baseline
+	// of the same transport.
 	RSSPerDeviceKiB float64 `json:"rssPerDeviceKiB"`
 	Goroutines      int     `json:"goroutines"`
 	// GoroutinesPerDevice is (goroutines − baseline) / devices.
@@ -69,22 +94,35 @@ type SessionFleet struct {
 
 func runSessions(ctx context.Context, e *env) (any, []Table, error) {
 	o := e.opts
-	res := &SessionsResult{ConnectRate: o.ConnectRate, ConnectBurst: o.ConnectBurst, IdleSeconds: o.Idle.Seconds()}
+	res := &SessionsResult{ConnectRate: o.ConnectRate, ConnectBurst: o.ConnectBurst, IdleSeconds: o.Idle.Seconds(), Transports: o.Transports}
 
-	// Baseline: the same gateway without devices.
-	base, err := baselineGateway(ctx, e)
-	if err != nil {
-		return nil, nil, err
+	var pki *benchPKI
+	if slices.Contains(o.Transports, transportTLS) {
+		var err error
+		if pki, err = makePKI(e.subdir("pki")); err != nil {
+			return nil, nil, err
+		}
 	}
-	res.BaselineRSSMiB, res.BaselineGoroutines = mib(base.rss), base.goroutines
-	e.logf("baseline (no devices): RSS %.1f MiB, %d goroutines", res.BaselineRSSMiB, res.BaselineGoroutines)
+	// Baselines: the same gateway without devices.
+	bases := map[string]baseline{}
+	for _, t := range o.Transports {
+		base, err := baselineGateway(ctx, e, t, pki)
+		if err != nil {
+			return nil, nil, fmt.Errorf("baseline over %s: %w", t, err)
+		}
+		bases[t] = base
+		res.Baselines = append(res.Baselines, SessionBaseline{Transport: t, RSSMiB: mib(base.rss), Goroutines: base.goroutines})
+		e.logf("baseline over %s (no devices): RSS %.1f MiB, %d goroutines", t, mib(base.rss), base.goroutines)
+	}
 
 	for _, n := range o.Sessions {
-		fl, err := sessionsFleet(ctx, e, n, base)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%d devices: %w", n, err)
+		for _, t := range o.Transports {
+			fl, err := sessionsFleet(ctx, e, n, t, pki, bases[t])
+			if err != nil {
+				return nil, nil, fmt.Errorf("%d devices over %s: %w", n, t, err)
+			}
+			res.Fleets = append(res.Fleets, fl)
 		}
-		res.Fleets = append(res.Fleets, fl)
 	}
 	return res, []Table{res.table()}, nil
 }
@@ -95,13 +133,18 @@ type baseline struct {
 	goroutines int
 }
 
-// baselineGateway measures an edgegw with an empty registry.
-func baselineGateway(ctx context.Context, e *env) (baseline, error) {
+// baselineGateway measures an edgegw with an empty registry whose cloud
+// endpoint uses transport.
+func baselineGateway(ctx context.Context, e *env, transport string, pki *benchPKI) (baseline, error) {
 	local, err := freePort()
 	if err != nil {
 		return baseline{}, err
 	}
-	g := gatewaySetup{Dir: e.subdir("sessions-baseline"), Admin: e.socket("baseline"), Local: local, Cloud: "127.0.0.1:1", ConnectRate: 1, ConnectBurst: 1}
+	g := gatewaySetup{Dir: e.subdir("sessions-baseline-" + transport), Admin: e.socket("baseline-" + transport), Local: local,
+		Cloud: "127.0.0.1:1", ConnectRate: 1, ConnectBurst: 1}
+	if transport == transportTLS {
+		g.CloudTLS, g.CloudCA = true, pki.CAFile
+	}
 	if err := g.seedRegistry(nil); err != nil {
 		return baseline{}, err
 	}
@@ -121,12 +164,19 @@ func baselineGateway(ctx context.Context, e *env) (baseline, error) {
 	return baseline{rss: m.RSS, goroutines: n}, err
 }
 
-func sessionsFleet(ctx context.Context, e *env, n int, base baseline) (fl SessionFleet, err error) {
+// sessionsFleet measures n idle devices whose cloud sessions use
+// transport; pki is the run's CA for TLS.
+func sessionsFleet(ctx context.Context, e *env, n int, transport string, pki *benchPKI, base baseline) (fl SessionFleet, err error) {
 	o := e.opts
-	fl.Devices = n
+	fl.Devices, fl.Transport = n, transport
 	devs := makeDevices(n)
-	dir := e.subdir(fmt.Sprintf("sessions-%d", n))
-	sim, err := startSimChild(ctx, o.Executable, dir, devs, e.echo())
+	name := fmt.Sprintf("sessions-%d-%s", n, transport)
+	dir := e.subdir(name)
+	var simPKI *benchPKI
+	if transport == transportTLS {
+		simPKI = pki
+	}
+	sim, err := startSimChild(ctx, o.Executable, dir, devs, simPKI, e.echo())
 	if err != nil {
 		return fl, err
 	}
@@ -135,7 +185,15 @@ func sessionsFleet(ctx context.Context, e *env, n int, base baseline) (fl Sessio
 	if err != nil {
 		return fl, err
 	}
-	g := gatewaySetup{Dir: dir, Admin: e.socket(fmt.Sprintf("sessions-%d", n)), Local: local, Cloud: sim.addr, ConnectRate: o.ConnectRate, ConnectBurst: o.ConnectBurst}
+	g := gatewaySetup{Dir: dir, Admin: e.socket(name), Local: local, Cloud: sim.addr, ConnectRate: o.ConnectRate, ConnectBurst: o.ConnectBurst}
+	if transport == transportTLS {
+		// The simulator's certificate must verify against the run's CA
+		// the way edgegw checks it.
+		if fl.TLSVersion, err = probeTLS(ctx, sim.tlsAddr, pki.CAFile); err != nil {
+			return fl, err
+		}
+		g.Cloud, g.CloudTLS, g.CloudCA = sim.tlsAddr, true, pki.CAFile
+	}
 	if err := g.seedRegistry(devs); err != nil {
 		return fl, err
 	}
@@ -157,7 +215,13 @@ func sessionsFleet(ctx context.Context, e *env, n int, base baseline) (fl Sessio
 		return fl, err
 	}
 	fl.UpSeconds = time.Since(start).Seconds()
-	e.logf("%d devices: READY after %s, every cloud session up after %s", n, fmtSeconds(ready), fmtSeconds(time.Since(start)))
+	upCPU, err := gw.cpu()
+	if err != nil {
+		return fl, err
+	}
+	fl.UpCPUSeconds = upCPU.Seconds()
+	e.logf("%d devices over %s: READY after %s, every cloud session up after %s (edgegw CPU %.2f s)",
+		n, transport, fmtSeconds(ready), fmtSeconds(time.Since(start)), fl.UpCPUSeconds)
 
 	start = time.Now()
 	f, err := connectFleet(ctx, fleetConfig{Addr: local, Devices: devs, Keepalive: 5 * time.Minute})
@@ -166,7 +230,7 @@ func sessionsFleet(ctx context.Context, e *env, n int, base baseline) (fl Sessio
 	}
 	defer f.close()
 	fl.LocalSeconds = time.Since(start).Seconds()
-	e.logf("%d devices: connected locally in %s; idle for %v", n, fmtSeconds(time.Since(start)), o.Idle)
+	e.logf("%d devices over %s: connected locally in %s; idle for %v", n, transport, fmtSeconds(time.Since(start)), o.Idle)
 
 	// Let the connection bursts settle (GC, buffers) before measuring.
 	settle := min(2*time.Second, o.Idle/2)
@@ -190,8 +254,12 @@ func sessionsFleet(ctx context.Context, e *env, n int, base baseline) (fl Sessio
 		return fl, err
 	}
 	fl.IdleCPUPercent = 100 * (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds()
-	if st, err := sim.stats(ctx); err != nil || st.Connected < n {
+	st, err := sim.stats(ctx)
+	if err != nil || st.Connected < n {
 		return fl, fmt.Errorf("cloud sessions went down while idle (%d of %d up, %v)", st.Connected, n, err)
+	}
+	for _, c := range st.ConnectsRefused {
+		fl.Refused += c
 	}
 	if err := f.err(); err != nil {
 		return fl, fmt.Errorf("local connections went down while idle: %w", err)
@@ -206,9 +274,17 @@ func sessionsFleet(ctx context.Context, e *env, n int, base baseline) (fl Sessio
 		return fl, err
 	}
 	fl.GoroutinesPerDevice = float64(fl.Goroutines-base.goroutines) / float64(n)
-	e.logf("%d devices: RSS %.0f MiB (%.1f KiB/device), %d goroutines (%.1f/device), idle CPU %.1f%% of a core",
-		n, fl.RSSMiB, fl.RSSPerDeviceKiB, fl.Goroutines, fl.GoroutinesPerDevice, fl.IdleCPUPercent)
+	e.logf("%d devices over %s: RSS %.0f MiB (%.1f KiB/device), %d goroutines (%.1f/device), idle CPU %.1f%% of a core",
+		n, transport, fl.RSSMiB, fl.RSSPerDeviceKiB, fl.Goroutines, fl.GoroutinesPerDevice, fl.IdleCPUPercent)
 	return fl, nil
+}
+
+// transportName is a transport as the table names it.
+func transportName(t string) string {
+	if t == transportTLS {
+		return "TLS"
+	}
+	return "TCP"
 }
 
 func (r *SessionsResult) table() Table {
@@ -217,7 +293,7 @@ func (r *SessionsResult) table() Table {
 		Header: []string{"metric"},
 	}
 	for _, f := range r.Fleets {
-		t.Header = append(t.Header, commas(int64(f.Devices))+" devices")
+		t.Header = append(t.Header, fmt.Sprintf("%s devices, cloud over %s", commas(int64(f.Devices)), transportName(f.Transport)))
 	}
 	row := func(name string, fn func(SessionFleet) string) {
 		cells := []string{name}
@@ -229,6 +305,7 @@ func (r *SessionsResult) table() Table {
 	secs := func(s float64) string { return fmtSeconds(time.Duration(s * float64(time.Second))) }
 	row("start to READY (local broker accepting)", func(f SessionFleet) string { return secs(f.ReadySeconds) })
 	row("start to every cloud session up", func(f SessionFleet) string { return secs(f.UpSeconds) })
+	row("edgegw CPU until every session is up, s", func(f SessionFleet) string { return fmt.Sprintf("%.2f", f.UpCPUSeconds) })
 	row("devices connected locally in", func(f SessionFleet) string { return secs(f.LocalSeconds) })
 	row("RSS (peak), MiB", func(f SessionFleet) string { return fmt.Sprintf("%.0f (%.0f)", f.RSSMiB, f.PeakRSSMiB) })
 	row("RSS per device, KiB", func(f SessionFleet) string { return fmt.Sprintf("%.1f", f.RSSPerDeviceKiB) })
@@ -237,9 +314,32 @@ func (r *SessionsResult) table() Table {
 	})
 	row("OS threads", func(f SessionFleet) string { return strconv.Itoa(f.Threads) })
 	row(fmt.Sprintf("idle CPU over %gs, %% of one core", r.IdleSeconds), func(f SessionFleet) string { return fmt.Sprintf("%.2f", f.IdleCPUPercent) })
-	t.Notes = append(t.Notes, fmt.Sprintf("edgegw runs as a child process (plain TCP on both sides, cloud keepalive 300 s, device keepalive 300 s); "+
-		"the cloud simulator is another child process and the devices live in the benchmark process. Per-device figures subtract an edgegw "+
-		"with an empty registry (RSS %.1f MiB, %d goroutines). Goroutines are counted from a SIGQUIT dump of the child.",
-		r.BaselineRSSMiB, r.BaselineGoroutines))
+
+	var transports, bases []string
+	for _, tr := range r.Transports {
+		switch tr {
+		case transportTLS:
+			v := "TLS"
+			for _, f := range r.Fleets {
+				if f.Transport == tr && f.TLSVersion != "" {
+					v = f.TLSVersion
+					break
+				}
+			}
+			transports = append(transports, v+" with securemode=2 (the simulator's ECDSA P-256 certificate is signed by a CA generated for the run, "+
+				"which edgegw trusts through cloud.ca_file; edgegw's sessions share one TLS session cache, as a product's devices do in production, "+
+				"so connections made once a session ticket has arrived can resume without certificate signatures, still with an ECDHE exchange)")
+		default:
+			transports = append(transports, "plain TCP with securemode=3")
+		}
+	}
+	for _, b := range r.Baselines {
+		bases = append(bases, fmt.Sprintf("%s: RSS %.1f MiB, %d goroutines", transportName(b.Transport), b.RSSMiB, b.Goroutines))
+	}
+	t.Notes = append(t.Notes, fmt.Sprintf("edgegw runs as a child process: devices connect to it over plain TCP (keepalive 300 s); its cloud sessions "+
+		"(keepalive 300 s) use %s. The cloud simulator is another child process and the devices live in the benchmark process. "+
+		"Per-device figures subtract an edgegw with an empty registry configured for the same transport (%s). "+
+		"Goroutines are counted from a SIGQUIT dump of the child; edgegw's CPU from /proc.",
+		strings.Join(transports, ", or "), strings.Join(bases, "; ")))
 	return t
 }

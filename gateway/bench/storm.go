@@ -51,7 +51,7 @@ func runStorm(ctx context.Context, e *env) (_ any, _ []Table, err error) {
 	res := &StormResult{Devices: n, ConnectRate: o.ConnectRate, ConnectBurst: o.ConnectBurst}
 	devs := makeDevices(n)
 	dir := e.subdir("storm")
-	sim, err := startSimChild(ctx, o.Executable, dir, devs, e.echo())
+	sim, err := startSimChild(ctx, o.Executable, dir, devs, nil, e.echo())
 	if err != nil {
 		return nil, nil, err
 	}
