@@ -47,6 +47,7 @@ var (
 	descBrokerRefused    = newDesc("broker_connects_refused_total", "Local broker CONNECTs refused (authentication, will topic, identifier, client limit).")
 	descBrokerIn         = newDesc("broker_messages_in_total", "Device publishes accepted (durable in the spool before the PUBACK).")
 	descBrokerSinkErrs   = newDesc("broker_messages_refused_total", "Device publishes refused because the spool could not take them.")
+	descBrokerWithheld   = newDesc("broker_withheld_disconnects_total", "Devices disconnected after a refused QoS 1 publish, so that they send it again.")
 	descBrokerPubDenied  = newDesc("broker_publishes_denied_total", "Device publishes outside the device's topic namespace.")
 	descBrokerSubDenied  = newDesc("broker_subscriptions_denied_total", "Device subscription filters outside the device's topic namespace.")
 	descBrokerAcceptErrs = newDesc("broker_accept_errors_total", "Temporary accept failures on local listeners (e.g. out of file descriptors).")
@@ -116,7 +117,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		descSessions, descSessionsRefuse, descAttempts, descConnects, descSent, descResent,
 		descDeadLettered, descInflight, descCloudSubs,
 		descBrokerClients, descBrokerSessions, descBrokerConnects, descBrokerRefused, descBrokerIn,
-		descBrokerSinkErrs, descBrokerPubDenied, descBrokerSubDenied, descBrokerAcceptErrs, descBrokerOutDropped,
+		descBrokerSinkErrs, descBrokerWithheld, descBrokerPubDenied, descBrokerSubDenied, descBrokerAcceptErrs, descBrokerOutDropped,
 		descDownDelivered, descDownDropped,
 		descSpoolInfo, descSpoolDevices, descSpoolDepth, descSpoolBytes, descSpoolBudget, descSpoolDevBudget,
 		descSpoolOldest, descSpoolAppended, descSpoolAcked, descSpoolDropped, descSpoolRejected, descSpoolDead,
@@ -154,6 +155,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- counter(descBrokerRefused, float64(s.ConnectsRefused))
 		ch <- counter(descBrokerIn, float64(s.MessagesIn))
 		ch <- counter(descBrokerSinkErrs, float64(s.SinkErrors))
+		ch <- counter(descBrokerWithheld, float64(s.WithheldDisconnects))
 		ch <- counter(descBrokerPubDenied, float64(s.PublishesDenied))
 		ch <- counter(descBrokerSubDenied, float64(s.SubscriptionsDenied))
 		ch <- counter(descBrokerAcceptErrs, float64(s.AcceptErrors))

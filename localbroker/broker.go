@@ -91,6 +91,7 @@ type Stats struct {
 	ConnectsRefused     uint64 // refused CONNECTs (authentication, will topic, identifier, client limit)
 	MessagesIn          uint64 // device publishes the sink accepted
 	SinkErrors          uint64 // device publishes the sink refused
+	WithheldDisconnects uint64 // devices disconnected so that they resend a publish left without PUBACK
 	PublishesDenied     uint64 // publishes outside the namespace
 	SubscriptionsDenied uint64 // subscription filters outside the namespace
 	AdminRequests       uint64 // publishes to AdminRequestTopic by admins
@@ -103,7 +104,7 @@ type Stats struct {
 
 type counters struct {
 	connects, refused, messagesIn, sinkErrors, pubDenied, subDenied,
-	adminRequests, delivered, deliverFailed, acceptErrors atomic.Uint64
+	adminRequests, delivered, deliverFailed, acceptErrors, withheldDrops atomic.Uint64
 }
 
 // Broker is the local MQTT broker. Create it with New, start it with Run.
@@ -482,6 +483,7 @@ func (b *Broker) Stats() Stats {
 		ConnectsRefused:     b.stats.refused.Load(),
 		MessagesIn:          b.stats.messagesIn.Load(),
 		SinkErrors:          b.stats.sinkErrors.Load(),
+		WithheldDisconnects: b.stats.withheldDrops.Load(),
 		PublishesDenied:     b.stats.pubDenied.Load(),
 		SubscriptionsDenied: b.stats.subDenied.Load(),
 		AdminRequests:       b.stats.adminRequests.Load(),

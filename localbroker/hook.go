@@ -404,7 +404,29 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		return pk, code
 	}
+	if pk.FixedHeader.Qos > 0 {
+		// A withheld PUBACK is resent only after a reconnect (MQTT 3.1.1
+		// clients, and MQTT 5 clients, never resend on a live
+		// connection): without the disconnect the device would wait for
+		// it forever, answering pings, its window stuck.
+		h.dropAfterWithheld(cl, c)
+	}
 	return pk, packets.ErrRejectPacket
+}
+
+// dropAfterWithheld ends the connection of a client whose QoS 1 publish
+// was not acknowledged, so that it reconnects and sends it again: MQTT 5
+// clients get a DISCONNECT "server busy" first.
+func (h *hook) dropAfterWithheld(cl *mqtt.Client, c *conn) {
+	b := h.b
+	b.stats.withheldDrops.Add(1)
+	b.logLimited("withheld", slog.LevelInfo, "disconnecting a device whose publish was not acknowledged, so that it sends it again",
+		"device", c.id.String(), "client", c.clientID)
+	if rs := b.rs.Load(); rs != nil {
+		b.disconnect(rs.srv, cl, packets.ErrServerBusy, min(time.Second, b.cfg.WriteTimeout))
+		return
+	}
+	cl.Stop(packets.ErrServerBusy)
 }
 
 // OnPublished hands acknowledged admin requests to the AdminHandler.

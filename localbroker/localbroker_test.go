@@ -279,6 +279,10 @@ func TestSinkBeforePuback(t *testing.T) {
 	}
 }
 
+// A publish the sink refuses gets no PUBACK, and the broker ends the
+// connection: clients resend an unacknowledged publish only after a
+// reconnect, so without it a device waiting for the PUBACK would wait
+// forever. A refused QoS 0 publish is just dropped.
 func TestSinkErrorNoPuback(t *testing.T) {
 	h := startBroker(t, nil)
 	url := h.url(t, "tcp")
@@ -295,7 +299,7 @@ func TestSinkErrorNoPuback(t *testing.T) {
 	subscribe(t, w, topicA("#"), 1, watcher)
 
 	// A persistent session: paho resends the unacknowledged publish when it
-	// reconnects.
+	// reconnects. Nobody kicks it but the broker.
 	reconnected := make(chan struct{}, 1)
 	a := connect(t, url, "a", dnA, passA, withClean(false), func(o *paho.ClientOptions) {
 		o.SetAutoReconnect(true).SetMaxReconnectInterval(100 * time.Millisecond)
@@ -306,30 +310,39 @@ func TestSinkErrorNoPuback(t *testing.T) {
 			}
 		})
 	})
-	bad := a.Publish(topicA("bad"), 1, false, "first")
-	good := a.Publish(topicA("good"), 1, false, "second")
-	wait(t, good, "publish good")
+	// QoS 0 refused: dropped, the connection stays.
+	fails.Store(1)
+	wait(t, a.Publish(topicA("bad"), 0, false, "zero"), "publish QoS 0")
+	wait(t, a.Publish(topicA("good"), 1, false, "after zero"), "publish good")
+	if m := h.sink.next(t); m.Topic != topicA("good") {
+		t.Fatalf("sink accepted %q, want the good one (the QoS 0 one was refused)", m.Topic)
+	}
 	if m := recv(t, watcher, "fan-out"); m.Topic() != topicA("good") {
 		t.Fatalf("watcher got %q first: the refused message was fanned out", m.Topic())
 	}
+	if got := h.b.Stats().WithheldDisconnects; got != 0 {
+		t.Fatalf("a refused QoS 0 publish disconnected the device (%d)", got)
+	}
+
+	// QoS 1 refused once: the broker disconnects, paho reconnects and
+	// resends, the sink accepts the resent message.
+	fails.Store(1)
+	bad := a.Publish(topicA("bad"), 1, false, "first")
 	select {
-	case <-bad.Done():
-		t.Fatal("the publish the sink refused was acknowledged")
-	default:
+	case <-reconnected:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the device was not disconnected by the broker within 10 s")
 	}
-	if m := h.sink.next(t); m.Topic != topicA("good") {
-		t.Fatalf("sink accepted %q, want only the good one so far", m.Topic)
-	}
-	if got := h.b.Stats().SinkErrors; got != 1 {
-		t.Errorf("SinkErrors = %d, want 1", got)
-	}
-	// Kick the device: paho reconnects and resends; now the sink accepts.
-	if n := h.b.DisconnectDevice(pk1, dnA); n != 2 {
-		t.Errorf("DisconnectDevice closed %d connections, want 2", n)
-	}
-	<-reconnected
+	wait(t, bad, "the refused publish, resent after the reconnect")
 	if m := h.sink.next(t); m.Topic != topicA("bad") || string(m.Payload) != "first" {
 		t.Fatalf("after reconnect the sink got %q %q, want the resent message", m.Topic, m.Payload)
+	}
+	if m := recv(t, watcher, "fan-out"); m.Topic() != topicA("bad") {
+		t.Fatalf("watcher got %q, want the resent message", m.Topic())
+	}
+	st := h.b.Stats()
+	if st.SinkErrors != 2 || st.WithheldDisconnects != 1 {
+		t.Errorf("SinkErrors = %d, WithheldDisconnects = %d; want 2 and 1", st.SinkErrors, st.WithheldDisconnects)
 	}
 	if !strings.Contains(h.logs.String(), "spool full") {
 		t.Error("sink error not logged")
