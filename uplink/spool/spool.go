@@ -55,6 +55,7 @@ type Spool struct {
 	hist       latencyHist
 	lastErr    string
 	fullUntil  time.Time // appends fail fast until then (wall clock)
+	full       bool      // appends failed for lack of space and none committed since
 	reserved   bool      // the reserve bucket exists
 	compaction *Compaction
 
@@ -452,7 +453,7 @@ func (s *Spool) Totals() Totals {
 	t.CommitErrors = s.commitErrs
 	t.Commit = s.hist.snapshot()
 	t.LastError = s.lastErr
-	t.DiskFull = time.Now().Before(s.fullUntil)
+	t.DiskFull = s.full
 	t.Reserve = s.reserved
 	if s.compaction != nil {
 		c := *s.compaction

@@ -63,8 +63,9 @@ type Totals struct {
 	Commits      uint64
 	CommitErrors uint64
 	Commit       Latency
-	// LastError is the last commit error ("" if none), DiskFull is true
-	// while appends fail fast after a disk-full error.
+	// LastError is the last commit error ("" if none). DiskFull is true
+	// from a commit that failed for lack of space until appends commit
+	// again: it does not blink off between retries while the disk is full.
 	LastError string
 	DiskFull  bool
 	// FileSize is the size of the spool file in bytes.

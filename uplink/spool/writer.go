@@ -431,6 +431,9 @@ func (s *Spool) update(batch []*request, outs []outcome, acks ackSet, fix fixups
 	s.clearFixups(fix)
 	s.enforce = false
 	s.redirty = s.redirty[:0]
+	if withAppends && slices.ContainsFunc(batch, func(r *request) bool { return r.op == opAppend }) {
+		s.full = false
+	}
 	if freed || withAppends && !s.fullUntil.IsZero() {
 		if !s.fullUntil.IsZero() && withAppends {
 			s.log.Info("spool accepts appends again")
@@ -500,6 +503,7 @@ func (s *Spool) lastErrorText() string {
 func (s *Spool) diskFull(wall time.Time, err error) {
 	s.mu.Lock()
 	s.fullUntil = wall.Add(s.opts.DiskFullBackoff)
+	s.full = true
 	s.mu.Unlock()
 	if wall.Sub(s.lastFullLog) >= s.opts.DropLogInterval {
 		s.lastFullLog = wall
