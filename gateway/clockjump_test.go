@@ -70,24 +70,7 @@ func TestClockJumps(t *testing.T) {
 	}
 
 	f.Close()
-	total, dups := 0, 0
-	for _, d := range r.devices {
-		want := acks.of(d.DeviceName)
-		total += len(want)
-		waitFor(t, d.DeviceName+": every acknowledged message in the cloud", 30*time.Second, func() bool {
-			seen := map[int64]bool{}
-			for _, s := range r.seqs(d) {
-				seen[s] = true
-			}
-			for s := range want {
-				if !seen[s] {
-					return false
-				}
-			}
-			return true
-		})
-		dups += reconcile(t, d.DeviceName, r.seqs(d), want)
-	}
+	total, dups := r.reconcileAll(t, acks, 30*time.Second)
 	st := stats()
 	if st.RecordsDiscarded > 0 {
 		t.Fatalf("the cloud's recorder discarded %d records: reconciliation incomplete", st.RecordsDiscarded)

@@ -247,6 +247,36 @@ type ackLog struct {
 	acked map[string]map[int64]bool
 }
 
+// reconcileAll waits up to timeout for every message acks holds to be in
+// the cloud, then reconciles each device (lost and reordered fail the
+// test, duplicates are logged): it returns the acknowledged messages and
+// the duplicates.
+func (r *rig) reconcileAll(t *testing.T, acks *ackLog, timeout time.Duration) (total, dups int) {
+	t.Helper()
+	for _, d := range r.devices {
+		want := acks.of(d.DeviceName)
+		total += len(want)
+		waitFor(t, d.DeviceName+": every acknowledged message in the cloud", timeout, func() bool {
+			seen := map[int64]bool{}
+			for _, s := range r.seqs(d) {
+				seen[s] = true
+			}
+			for s := range want {
+				if !seen[s] {
+					return false
+				}
+			}
+			return true
+		})
+		n := reconcile(t, d.DeviceName, r.seqs(d), want)
+		if n > 0 {
+			t.Logf("%s: %d duplicates", d.DeviceName, n)
+		}
+		dups += n
+	}
+	return total, dups
+}
+
 func newAckLog() *ackLog { return &ackLog{acked: map[string]map[int64]bool{}} }
 
 func (a *ackLog) add(d devsim.Device, seq int64) {

@@ -394,28 +394,7 @@ func TestFaultProxy(t *testing.T) {
 
 	// Stop the devices; every acknowledged message must reach the cloud.
 	f.Close()
-	total, dups := 0, 0
-	for _, d := range r.devices {
-		want := acks.of(d.DeviceName)
-		total += len(want)
-		waitFor(t, d.DeviceName+": every acknowledged message in the cloud", 60*time.Second, func() bool {
-			seen := map[int64]bool{}
-			for _, s := range r.seqs(d) {
-				seen[s] = true
-			}
-			for s := range want {
-				if !seen[s] {
-					return false
-				}
-			}
-			return true
-		})
-		n := reconcile(t, d.DeviceName, r.seqs(d), want)
-		if n > 0 {
-			t.Logf("%s: %d duplicates", d.DeviceName, n)
-		}
-		dups += n
-	}
+	total, dups := r.reconcileAll(t, acks, 60*time.Second)
 	accepted, cut := proxy.counts()
 	st := stats()
 	if st.RecordsDiscarded > 0 {
