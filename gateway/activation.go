@@ -7,7 +7,6 @@ import (
 
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // registryActivation is the gateway's uplink.ActivationStore: a device
@@ -36,7 +35,7 @@ func (g *Gateway) activationStore() registryActivation {
 }
 
 // DeviceSecret implements uplink.ActivationStore.
-func (a registryActivation) DeviceSecret(id spool.DeviceID) (secrets.Secret, error) {
+func (a registryActivation) DeviceSecret(id secrets.DeviceID) (secrets.Secret, error) {
 	d, err := a.reg.GetDevice(id.ProductKey, id.DeviceName)
 	if err != nil {
 		return secrets.Secret{}, err
@@ -46,7 +45,7 @@ func (a registryActivation) DeviceSecret(id spool.DeviceID) (secrets.Secret, err
 
 // StoreDeviceSecret implements uplink.ActivationStore. It returns after the
 // registry's transaction is committed and fsynced.
-func (a registryActivation) StoreDeviceSecret(id spool.DeviceID, secret secrets.Secret, source string) error {
+func (a registryActivation) StoreDeviceSecret(id secrets.DeviceID, secret secrets.Secret, source string) error {
 	return a.reg.StoreActivatedSecret(id.ProductKey, id.DeviceName, secret, source)
 }
 
@@ -57,7 +56,7 @@ var errNotAwaiting = errors.New("device is no longer awaiting activation")
 // ActivationFailed implements uplink.ActivationStore: the device becomes
 // activation-failed with reason, unless it meanwhile got a deviceSecret or
 // left awaiting-activation.
-func (a registryActivation) ActivationFailed(id spool.DeviceID, reason string) error {
+func (a registryActivation) ActivationFailed(id secrets.DeviceID, reason string) error {
 	d, err := a.reg.UpdateDevice(id.ProductKey, id.DeviceName, func(d *secrets.Device) error {
 		if d.State != secrets.StateAwaitingActivation || !d.DeviceSecret.IsZero() {
 			return errNotAwaiting

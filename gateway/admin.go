@@ -401,7 +401,7 @@ type admin struct {
 	// dmu guards drains: device.remove requests waiting for a queue to
 	// empty.
 	dmu    sync.Mutex
-	drains map[spool.DeviceID]*drainJob
+	drains map[secrets.DeviceID]*drainJob
 }
 
 // drainJob is a device.remove with spool "drain" in progress.
@@ -410,7 +410,7 @@ type drainJob struct {
 }
 
 func newAdmin(g *Gateway) *admin {
-	return &admin{g: g, log: g.log.With("part", "admin"), drains: map[spool.DeviceID]*drainJob{}}
+	return &admin{g: g, log: g.log.With("part", "admin"), drains: map[secrets.DeviceID]*drainJob{}}
 }
 
 // parts returns the gateway's running parts (set before the broker serves,
@@ -680,9 +680,9 @@ func (a *admin) deviceList(c *call, p *params) (result, error) {
 			return result{}, err
 		}
 		for _, d := range page {
-			f.After = d.ID()
+			f.After = d.ID().String()
 			v := deviceView(d, mgr, q)
-			v.Removing = removing[spool.DeviceID{ProductKey: d.ProductKey, DeviceName: d.DeviceName}]
+			v.Removing = removing[d.ID()]
 			if match != nil && !match(d, v.Session) {
 				continue
 			}
@@ -726,10 +726,10 @@ func joinStates(ss []uplink.State) string {
 	return b.String()
 }
 
-func (a *admin) removing() map[spool.DeviceID]bool {
+func (a *admin) removing() map[secrets.DeviceID]bool {
 	a.dmu.Lock()
 	defer a.dmu.Unlock()
-	m := make(map[spool.DeviceID]bool, len(a.drains))
+	m := make(map[secrets.DeviceID]bool, len(a.drains))
 	for id := range a.drains {
 		m[id] = true
 	}
@@ -737,7 +737,7 @@ func (a *admin) removing() map[spool.DeviceID]bool {
 }
 
 // draining returns the drain in progress for id, if any.
-func (a *admin) draining(id spool.DeviceID) *drainJob {
+func (a *admin) draining(id secrets.DeviceID) *drainJob {
 	a.dmu.Lock()
 	defer a.dmu.Unlock()
 	return a.drains[id]
@@ -745,7 +745,7 @@ func (a *admin) draining(id spool.DeviceID) *drainJob {
 
 // endDrain forgets the drain of id if it is job (any drain when job is
 // nil) and reports whether it did.
-func (a *admin) endDrain(id spool.DeviceID, job *drainJob) (*drainJob, bool) {
+func (a *admin) endDrain(id secrets.DeviceID, job *drainJob) (*drainJob, bool) {
 	a.dmu.Lock()
 	defer a.dmu.Unlock()
 	cur := a.drains[id]
@@ -759,7 +759,7 @@ func (a *admin) endDrain(id spool.DeviceID, job *drainJob) (*drainJob, bool) {
 // deviceView shows a registry record with its session state and queue
 // depth.
 func deviceView(d secrets.Device, mgr *uplink.Manager, q Queue) AdminDevice {
-	id := spool.DeviceID{ProductKey: d.ProductKey, DeviceName: d.DeviceName}
+	id := d.ID()
 	v := AdminDevice{
 		ProductKey: d.ProductKey, DeviceName: d.DeviceName, ClientID: d.ClientID,
 		State: string(d.State), StateReason: d.StateReason, Disabled: d.Disabled,
@@ -834,7 +834,7 @@ func (a *admin) deviceGet(c *call, p *params) (result, error) {
 }
 
 // getDevice loads a device, turning "not found" into a 404.
-func getDevice(reg *secrets.Registry, id spool.DeviceID) (secrets.Device, error) {
+func getDevice(reg *secrets.Registry, id secrets.DeviceID) (secrets.Device, error) {
 	d, err := reg.GetDevice(id.ProductKey, id.DeviceName)
 	if errors.Is(err, secrets.ErrNotFound) {
 		return d, notFound("device %s: not found", id)
@@ -934,7 +934,7 @@ func (a *admin) deviceAdd(c *call, p *params) (result, error) {
 // new clientId) when restart is set, stopped otherwise.
 func (a *admin) syncSession(d secrets.Device, restart bool) error {
 	_, mgr, _, _ := a.parts()
-	id := spool.DeviceID{ProductKey: d.ProductKey, DeviceName: d.DeviceName}
+	id := d.ID()
 	_, running := mgr.Status(id)
 	ud, want, err := a.g.uplinkDevice(d)
 	if err != nil {
@@ -959,7 +959,7 @@ func (a *admin) syncSession(d secrets.Device, restart bool) error {
 // restoreSubs mirrors the filters the device's local connections still hold
 // onto its new cloud session (a device re-enabled while a persistent local
 // session kept its subscriptions).
-func (a *admin) restoreSubs(mgr *uplink.Manager, id spool.DeviceID) {
+func (a *admin) restoreSubs(mgr *uplink.Manager, id secrets.DeviceID) {
 	s := a.g.subs
 	if s == nil {
 		return
@@ -1106,7 +1106,7 @@ func (a *admin) deviceUpdate(c *call, p *params) (result, error) {
 	if (toggle && disabled) || setPassword || clearPassword {
 		// A disabled device, or one whose local password changed, must log
 		// in again: the authenticator now refuses the old credentials.
-		kicked = b.DisconnectDevice(id.ProductKey, id.DeviceName)
+		kicked = b.DisconnectDevice(id)
 	}
 	what := strings.Join(changes, ", ")
 	a.audit(c, id.String(), what, "localConnectionsClosed", kicked)
@@ -1159,7 +1159,7 @@ func (a *admin) deviceRemove(c *call, p *params) (result, error) {
 			return result{}, err
 		}
 	}
-	kicked := b.DisconnectDevice(id.ProductKey, id.DeviceName)
+	kicked := b.DisconnectDevice(id)
 	a.audit(c, id.String(), "disabled for removal (draining its queue)", "localConnectionsClosed", kicked, "timeout", timeout.String())
 	if queued(q, id) == 0 {
 		return a.removeNow(c, reg, mgr, q, b, id, "drain")
@@ -1197,14 +1197,14 @@ func (a *admin) deviceRemove(c *call, p *params) (result, error) {
 // message has already left Depth but is still pending, so Depth minus
 // PendingAcks undercounts, and a drain that trusted it removed the device
 // with its last, undelivered message.
-func queued(q Queue, id spool.DeviceID) int {
+func queued(q Queue, id secrets.DeviceID) int {
 	return q.Stats(id).Depth
 }
 
 // drain waits until the device's queue is empty, then removes the device,
 // and replies. On timeout the device stays disabled with its queue and its
 // session is stopped.
-func (a *admin) drain(c *call, id spool.DeviceID, job *drainJob, timeout time.Duration) {
+func (a *admin) drain(c *call, id secrets.DeviceID, job *drainJob, timeout time.Duration) {
 	defer func() {
 		if v := recover(); v != nil {
 			a.endDrain(id, job)
@@ -1273,7 +1273,7 @@ wait:
 
 // removeNow deletes the device from the registry, stops its session, closes
 // its local connections and drops its queue. The caller holds a.mu.
-func (a *admin) removeNow(c *call, reg *secrets.Registry, mgr *uplink.Manager, q Queue, b *localbroker.Broker, id spool.DeviceID, mode string) (result, error) {
+func (a *admin) removeNow(c *call, reg *secrets.Registry, mgr *uplink.Manager, q Queue, b *localbroker.Broker, id secrets.DeviceID, mode string) (result, error) {
 	if err := reg.DeleteDevice(id.ProductKey, id.DeviceName); err != nil {
 		if errors.Is(err, secrets.ErrNotFound) {
 			return result{}, notFound("device %s: not found", id)
@@ -1283,7 +1283,7 @@ func (a *admin) removeNow(c *call, reg *secrets.Registry, mgr *uplink.Manager, q
 	if err := mgr.Remove(id); err != nil && !errors.Is(err, uplink.ErrUnknownDevice) {
 		a.log.Warn("stop cloud session of a removed device", "device", id.String(), "err", err)
 	}
-	kicked := b.DisconnectDevice(id.ProductKey, id.DeviceName)
+	kicked := b.DisconnectDevice(id)
 	discarded := queued(q, id)
 	if err := q.Remove(id); err != nil {
 		a.audit(c, id.String(), "removed", "spool", mode, "localConnectionsClosed", kicked)
@@ -1372,7 +1372,7 @@ func (a *admin) importRow(c *call, reg *secrets.Registry, raw json.RawMessage, i
 	if row.DeviceName == "" {
 		return row, RowFailed, badRequest("DeviceName: empty")
 	}
-	id := spool.DeviceID{ProductKey: row.ProductKey, DeviceName: row.DeviceName}
+	id := secrets.DeviceID{ProductKey: row.ProductKey, DeviceName: row.DeviceName}
 	prod, ok := products[row.ProductKey]
 	if !ok {
 		prod, err = reg.GetProduct(row.ProductKey)
@@ -1561,7 +1561,7 @@ func (a *admin) productList(c *call, p *params) (result, error) {
 // --- queues ---
 
 func (a *admin) queueStats(c *call, p *params) (result, error) {
-	var id spool.DeviceID
+	var id secrets.DeviceID
 	one := p.has("productKey") || p.has("deviceName")
 	if one {
 		id = p.device()
@@ -1776,7 +1776,7 @@ func (p *params) duration(name string, def, lo, hi time.Duration) (time.Duration
 }
 
 // device reads productKey and deviceName, both required.
-func (p *params) device() spool.DeviceID {
+func (p *params) device() secrets.DeviceID {
 	pk := p.str("productKey")
 	dn := p.str("deviceName")
 	for _, f := range []struct{ name, v string }{{"productKey", pk}, {"deviceName", dn}} {
@@ -1790,7 +1790,7 @@ func (p *params) device() spool.DeviceID {
 			p.fail(f.name, "%q: must not contain '/'", clip(f.v))
 		}
 	}
-	return spool.DeviceID{ProductKey: pk, DeviceName: dn}
+	return secrets.DeviceID{ProductKey: pk, DeviceName: dn}
 }
 
 // rows reads device.import's rows: an array of 1 to AdminImportMax

@@ -60,7 +60,7 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 	if err != nil {
 		return localbroker.Identity{}, err
 	}
-	id := localbroker.Identity{ProductKey: pk, DeviceName: dn}
+	id := localbroker.Identity{DeviceID: secrets.DeviceID{ProductKey: pk, DeviceName: dn}}
 	if strings.Contains(r.ClientID, "|") {
 		if !a.modes[AuthSigned] {
 			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: signed credentials are not enabled (broker.auth)", dev.ID())
@@ -113,14 +113,14 @@ func (a *authenticator) byCertificate(r localbroker.ConnectRequest) (localbroker
 	if _, _, err := a.device(pk, dn); err != nil {
 		return localbroker.Identity{}, err
 	}
-	return localbroker.Identity{ProductKey: pk, DeviceName: dn, Method: localbroker.MethodCert}, nil
+	return localbroker.Identity{DeviceID: secrets.DeviceID{ProductKey: pk, DeviceName: dn}, Method: localbroker.MethodCert}, nil
 }
 
 // device loads an enabled device and its product.
 func (a *authenticator) device(pk, dn string) (secrets.Device, secrets.Product, error) {
 	dev, err := a.reg.GetDevice(pk, dn)
 	if errors.Is(err, secrets.ErrNotFound) {
-		return dev, secrets.Product{}, refusal(localbroker.RefuseNotAuthorized, "unknown device %s", clip(secrets.DeviceID(pk, dn)))
+		return dev, secrets.Product{}, refusal(localbroker.RefuseNotAuthorized, "unknown device %s", clip(secrets.DeviceID{ProductKey: pk, DeviceName: dn}.String()))
 	}
 	if err != nil {
 		return dev, secrets.Product{}, refusal(localbroker.RefuseServerUnavailable, "look up device: %v", err)
@@ -135,7 +135,7 @@ func (a *authenticator) device(pk, dn string) (secrets.Device, secrets.Product, 
 	return dev, prod, nil
 }
 
-func verifyRefusal(id string, err error) error {
+func verifyRefusal(id secrets.DeviceID, err error) error {
 	var ve *secrets.VerifyError
 	if errors.As(err, &ve) {
 		return refusal(ve.ConnackCode(), "%s: %v", id, ve)

@@ -23,10 +23,10 @@ import (
 // spool.Mem implement it.
 type Queue interface {
 	uplink.Queue
-	Purge(device spool.DeviceID) (int, error)
-	Remove(device spool.DeviceID) error
-	DeadLetter(device spool.DeviceID, m spool.Message, reason string) error
-	Stats(device spool.DeviceID) spool.DeviceStats
+	Purge(device secrets.DeviceID) (int, error)
+	Remove(device secrets.DeviceID) error
+	DeadLetter(device secrets.DeviceID, m spool.Message, reason string) error
+	Stats(device secrets.DeviceID) spool.DeviceStats
 	Totals() spool.Totals
 	Close() error
 }
@@ -288,7 +288,7 @@ func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
 		LiveFirst:    g.cfg.Spool.LiveFirst,
 		StopTimeout:  g.cfg.Shutdown.Timeout.Std() * 2 / 5,
 		Downlink:     g.downlink,
-		DeadLetter: func(id spool.DeviceID, m spool.Message, reason string) {
+		DeadLetter: func(id secrets.DeviceID, m spool.Message, reason string) {
 			if err := q.DeadLetter(id, m, reason); err != nil {
 				g.log.Error("dead-letter a message", "device", id.String(), "topic", m.Topic, "err", err)
 			}
@@ -422,7 +422,7 @@ func (g *Gateway) uplinkDevice(d secrets.Device) (uplink.Device, bool, error) {
 		sm = g.cfg.Cloud.EffectiveSignMethod()
 	}
 	return uplink.Device{
-		ID:            spool.DeviceID{ProductKey: d.ProductKey, DeviceName: d.DeviceName},
+		ID:            d.ID(),
 		Dialect:       p.Dialect,
 		Secret:        d.DeviceSecret,
 		ClientID:      cid,
@@ -433,8 +433,8 @@ func (g *Gateway) uplinkDevice(d secrets.Device) (uplink.Device, bool, error) {
 }
 
 // downlink hands a cloud message to the device on the local broker.
-func (g *Gateway) downlink(id spool.DeviceID, topic string, payload []byte, qos byte) {
-	err := g.broker.Deliver(localbroker.Identity{ProductKey: id.ProductKey, DeviceName: id.DeviceName}, topic, payload, qos)
+func (g *Gateway) downlink(id secrets.DeviceID, topic string, payload []byte, qos byte) {
+	err := g.broker.Deliver(id, topic, payload, qos)
 	if err != nil {
 		g.mu.Lock()
 		g.downDrops++

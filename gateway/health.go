@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -175,7 +176,7 @@ func (o *observer) runProbe(p *aliveProbe) {
 	_ = b.Stats()
 
 	p.stage.Store("uplink manager")
-	_, _ = m.Status(spool.DeviceID{})
+	_, _ = m.Status(secrets.DeviceID{})
 
 	p.stage.Store("spool writer")
 	if s, ok := q.(syncer); ok {

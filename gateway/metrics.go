@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -98,7 +99,7 @@ type collector struct {
 	// removed; they are folded into running totals here so that the
 	// exported counters never go down (a decrease reads as a reset and a
 	// spurious spike to rate()).
-	seen   map[spool.DeviceID]sessionCounts
+	seen   map[secrets.DeviceID]sessionCounts
 	totals sessionCounts
 }
 
@@ -107,7 +108,7 @@ type sessionCounts struct {
 }
 
 func newCollector(g *Gateway) *collector {
-	return &collector{g: g, seen: map[spool.DeviceID]sessionCounts{}}
+	return &collector{g: g, seen: map[secrets.DeviceID]sessionCounts{}}
 }
 
 // Describe implements prometheus.Collector.
@@ -175,7 +176,7 @@ func (c *collector) collectSessions(ch chan<- prometheus.Metric, sts []uplink.Se
 	var refused [len(connackCodes)]int
 	var inflight, subs int
 
-	gen := make(map[spool.DeviceID]sessionCounts, len(sts))
+	gen := make(map[secrets.DeviceID]sessionCounts, len(sts))
 	for _, st := range sts {
 		byState[st.State]++
 		inflight += st.InFlight

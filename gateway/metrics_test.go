@@ -652,8 +652,8 @@ func sessionValues(t *testing.T, c *collector, sts []uplink.SessionStatus) map[s
 // a device's removal and re-adding, and refusals are read from the real
 // uplink.ConnectError text.
 func TestSessionCountersNeverDecrease(t *testing.T) {
-	a := spool.DeviceID{ProductKey: "pk", DeviceName: "a"}
-	b := spool.DeviceID{ProductKey: "pk", DeviceName: "b"}
+	a := secrets.DeviceID{ProductKey: "pk", DeviceName: "a"}
+	b := secrets.DeviceID{ProductKey: "pk", DeviceName: "b"}
 	refused := func(code byte) string {
 		return (&uplink.ConnectError{Code: code, Err: errors.New("connection refused")}).Error()
 	}

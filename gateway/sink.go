@@ -27,7 +27,7 @@ type sink struct {
 var errQoS0Offline = errors.New("QoS 0 publish dropped: cloud session down and spool.qos0 = false")
 
 func (s *sink) Publish(ctx context.Context, m localbroker.Message) error {
-	id := spool.DeviceID{ProductKey: m.Device.ProductKey, DeviceName: m.Device.DeviceName}
+	id := m.Device.DeviceID
 	if m.QoS == 0 && !s.qos0 {
 		if st, ok := s.mgr.Status(id); !ok || st.State != uplink.StateConnected {
 			return errQoS0Offline

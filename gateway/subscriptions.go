@@ -4,8 +4,8 @@ import (
 	"sync"
 
 	"github.com/edgegw/edgegw/localbroker"
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // subscriptions mirrors the filters devices subscribe to locally onto their
@@ -16,18 +16,18 @@ type subscriptions struct {
 	mgr *uplink.Manager
 	mu  sync.Mutex
 	// holders[device][filter] = set of local client IDs holding it.
-	holders map[spool.DeviceID]map[string]map[string]struct{}
+	holders map[secrets.DeviceID]map[string]map[string]struct{}
 }
 
 func newSubscriptions(mgr *uplink.Manager) *subscriptions {
-	return &subscriptions{mgr: mgr, holders: map[spool.DeviceID]map[string]map[string]struct{}{}}
+	return &subscriptions{mgr: mgr, holders: map[secrets.DeviceID]map[string]map[string]struct{}{}}
 }
 
-func deviceOf(id localbroker.Identity) (spool.DeviceID, bool) {
+func deviceOf(id localbroker.Identity) (secrets.DeviceID, bool) {
 	if id.Admin || id.ProductKey == "" {
-		return spool.DeviceID{}, false
+		return secrets.DeviceID{}, false
 	}
-	return spool.DeviceID{ProductKey: id.ProductKey, DeviceName: id.DeviceName}, true
+	return id.DeviceID, true
 }
 
 func (s *subscriptions) Connected(localbroker.Identity, string)           {}

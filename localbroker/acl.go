@@ -29,11 +29,11 @@ func canReceive(id *Identity, filter string) bool {
 
 // deliverable reports whether the concrete topic may be delivered to a
 // device: one it could subscribe to, including its product's broadcasts.
-func deliverable(id *Identity, topic string) bool {
-	if id.Admin || topic == "" || strings.ContainsAny(topic, "+#") {
+func deliverable(dev secrets.DeviceID, topic string) bool {
+	if dev.IsZero() || topic == "" || strings.ContainsAny(topic, "+#") {
 		return false
 	}
-	return secrets.TopicAllowed(id.ProductKey, id.DeviceName, topic, true)
+	return secrets.TopicAllowed(dev.ProductKey, dev.DeviceName, topic, true)
 }
 
 // adminResponseTopicOK reports whether an admin request's MQTT 5 Response

@@ -39,15 +39,13 @@ const (
 	TransportUnix = "unix"
 )
 
-// Identity is who a connection authenticated as: a device (ProductKey and
-// DeviceName set, Admin false) or an admin (Admin true; ProductKey and
-// DeviceName are ignored).
+// Identity is who a connection authenticated as: a device (DeviceID set,
+// Admin false) or an admin (Admin true; DeviceID is ignored).
 type Identity struct {
-	ProductKey string
-	DeviceName string
-	Admin      bool
-	Name       string // admin user name, or "unix" for the unix socket
-	Method     string // one of the Method constants
+	secrets.DeviceID
+	Admin  bool
+	Name   string // admin user name, or "unix" for the unix socket
+	Method string // one of the Method constants
 }
 
 // String names the identity for logs: "pk/dn" or "admin:name".
@@ -55,7 +53,7 @@ func (id Identity) String() string {
 	if id.Admin {
 		return "admin:" + id.Name
 	}
-	return id.ProductKey + "/" + id.DeviceName
+	return id.DeviceID.String()
 }
 
 // same reports whether a and b are the same principal (the method used to
@@ -64,7 +62,7 @@ func (id Identity) same(o Identity) bool {
 	if id.Admin || o.Admin {
 		return id.Admin && o.Admin && id.Name == o.Name
 	}
-	return id.ProductKey == o.ProductKey && id.DeviceName == o.DeviceName
+	return id.DeviceID == o.DeviceID
 }
 
 // UnixPeer is the process at the other end of a unix socket connection, as

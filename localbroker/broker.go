@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/mochi-mqtt/server/v2/system"
@@ -127,7 +128,7 @@ type Broker struct {
 	open     sync.Map // net.Conn → struct{}: every connection between accept and the end of its goroutine
 
 	mu         sync.Mutex
-	devices    map[deviceKey]map[*conn]struct{}
+	devices    map[secrets.DeviceID]map[*conn]struct{}
 	byClientID map[string]*conn
 }
 
@@ -137,8 +138,6 @@ type runState struct {
 	inline    *mqtt.Client // publishes admin replies
 	listeners []*listener
 }
-
-type deviceKey struct{ productKey, deviceName string }
 
 // conn is one authenticated session. It lives from the CONNECT until the
 // session ends: at disconnect for a clean session, at expiry for a
@@ -234,7 +233,7 @@ func New(cfg Config) (*Broker, error) {
 		limit:      newLimiter(10*time.Second, 10),
 		ready:      make(chan struct{}),
 		failed:     make(chan error, len(specs)),
-		devices:    map[deviceKey]map[*conn]struct{}{},
+		devices:    map[secrets.DeviceID]map[*conn]struct{}{},
 		byClientID: map[string]*conn{},
 	}, nil
 }
@@ -528,7 +527,7 @@ func (b *Broker) unindexLocked(c *conn) {
 		delete(b.byClientID, c.clientID)
 	}
 	if !c.id.Admin {
-		k := deviceKey{c.id.ProductKey, c.id.DeviceName}
+		k := c.id.DeviceID
 		if set := b.devices[k]; set != nil {
 			delete(set, c)
 			if len(set) == 0 {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -28,26 +29,26 @@ var errWriteTimeout = errors.New("write to client timed out")
 // Deliver returns nil when the message was written or queued for at least one
 // session; otherwise ErrNotConnected, ErrNotSubscribed, ErrInflightFull,
 // ErrTopicNotAllowed or ErrNotRunning (wrapped), or the write error.
-func (b *Broker) Deliver(id Identity, topic string, payload []byte, qos byte) error {
-	err := b.deliver(id, topic, payload, min(qos, 1))
+func (b *Broker) Deliver(dev secrets.DeviceID, topic string, payload []byte, qos byte) error {
+	err := b.deliver(dev, topic, payload, min(qos, 1))
 	if err != nil {
 		b.stats.deliverFailed.Add(1)
-		return fmt.Errorf("deliver to %s on %q: %w", id, topic, err)
+		return fmt.Errorf("deliver to %s on %q: %w", dev, topic, err)
 	}
 	b.stats.delivered.Add(1)
 	return nil
 }
 
-func (b *Broker) deliver(id Identity, topic string, payload []byte, qos byte) error {
+func (b *Broker) deliver(dev secrets.DeviceID, topic string, payload []byte, qos byte) error {
 	rs := b.rs.Load()
 	if rs == nil {
 		return ErrNotRunning
 	}
-	if !deliverable(&id, topic) {
+	if !deliverable(dev, topic) {
 		return ErrTopicNotAllowed
 	}
 	b.mu.Lock()
-	set := b.devices[deviceKey{id.ProductKey, id.DeviceName}]
+	set := b.devices[dev]
 	sessions := make([]*conn, 0, len(set))
 	for c := range set {
 		sessions = append(sessions, c)
@@ -202,14 +203,14 @@ func (b *Broker) PublishAdmin(topic string, payload []byte, correlationData []by
 // removed or disabled; the Authenticator must already refuse it, or it will
 // simply reconnect. Offline persistent sessions of the device are left to
 // expire. It returns the number of connections closed.
-func (b *Broker) DisconnectDevice(productKey, deviceName string) int {
+func (b *Broker) DisconnectDevice(dev secrets.DeviceID) int {
 	rs := b.rs.Load()
 	if rs == nil {
 		return 0
 	}
 	b.mu.Lock()
 	var live []*conn
-	for c := range b.devices[deviceKey{productKey, deviceName}] {
+	for c := range b.devices[dev] {
 		if !c.offline {
 			live = append(live, c)
 		}
@@ -219,7 +220,7 @@ func (b *Broker) DisconnectDevice(productKey, deviceName string) int {
 		b.disconnect(rs.srv, c.cl, packets.ErrAdministrativeAction, b.cfg.WriteTimeout)
 	}
 	if len(live) > 0 {
-		b.log.Info("device disconnected", "device", productKey+"/"+deviceName, "connections", len(live))
+		b.log.Info("device disconnected", "device", dev.String(), "connections", len(live))
 	}
 	return len(live)
 }

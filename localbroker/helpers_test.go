@@ -26,6 +26,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgegw/edgegw/localbroker"
+	"github.com/edgegw/edgegw/secrets"
 )
 
 const (
@@ -39,8 +40,8 @@ const (
 )
 
 var (
-	idA = localbroker.Identity{ProductKey: pk1, DeviceName: dnA, Method: localbroker.MethodPassword}
-	idB = localbroker.Identity{ProductKey: pk1, DeviceName: dnB, Method: localbroker.MethodPassword}
+	idA = localbroker.Identity{DeviceID: secrets.DeviceID{ProductKey: pk1, DeviceName: dnA}, Method: localbroker.MethodPassword}
+	idB = localbroker.Identity{DeviceID: secrets.DeviceID{ProductKey: pk1, DeviceName: dnB}, Method: localbroker.MethodPassword}
 )
 
 func topicA(rest string) string { return "/" + pk1 + "/" + dnA + "/user/" + rest }
@@ -69,7 +70,7 @@ func (a *testAuth) Authenticate(req localbroker.ConnectRequest) (localbroker.Ide
 		if !ok {
 			return localbroker.Identity{}, &localbroker.Refusal{Code: 5, Reason: "certificate CN is not pk/dn"}
 		}
-		return localbroker.Identity{ProductKey: pk, DeviceName: dn, Method: localbroker.MethodCert}, nil
+		return localbroker.Identity{DeviceID: secrets.DeviceID{ProductKey: pk, DeviceName: dn}, Method: localbroker.MethodCert}, nil
 	}
 	if req.Transport == localbroker.TransportUnix {
 		return localbroker.Identity{Admin: true, Name: "unix", Method: localbroker.MethodUnix}, nil

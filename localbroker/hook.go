@@ -236,7 +236,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}
 	b.byClientID[c.clientID] = c
 	if !c.id.Admin {
-		k := deviceKey{c.id.ProductKey, c.id.DeviceName}
+		k := c.id.DeviceID
 		set := b.devices[k]
 		if set == nil {
 			set = map[*conn]struct{}{}

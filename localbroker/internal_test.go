@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -47,7 +48,7 @@ func TestMatchFilter(t *testing.T) {
 }
 
 func TestACLRules(t *testing.T) {
-	dev := &Identity{ProductKey: "pk", DeviceName: "dn"}
+	dev := &Identity{DeviceID: secrets.DeviceID{ProductKey: "pk", DeviceName: "dn"}}
 	adm := &Identity{Admin: true, Name: "unix"}
 	tests := []struct {
 		id      *Identity
@@ -189,11 +190,11 @@ func TestMochiHandler(t *testing.T) {
 func benchHook(b *testing.B) (*hook, *mqtt.Client) {
 	br := &Broker{log: slog.New(slog.DiscardHandler), limit: newLimiter(time.Second, 1)}
 	cl := &mqtt.Client{ID: "bench"}
-	br.conns.Store(cl, &conn{cl: cl, id: Identity{ProductKey: "a1B2c3D4e5F", DeviceName: "meter-000123"}, clientID: "bench"})
+	br.conns.Store(cl, &conn{cl: cl, id: Identity{DeviceID: secrets.DeviceID{ProductKey: "a1B2c3D4e5F", DeviceName: "meter-000123"}}, clientID: "bench"})
 	// Other connections in the map, as on a busy gateway.
 	for i := range 1000 {
 		other := &mqtt.Client{ID: fmt.Sprint(i)}
-		br.conns.Store(other, &conn{cl: other, id: Identity{ProductKey: "a1B2c3D4e5F", DeviceName: fmt.Sprint("m", i)}})
+		br.conns.Store(other, &conn{cl: other, id: Identity{DeviceID: secrets.DeviceID{ProductKey: "a1B2c3D4e5F", DeviceName: fmt.Sprint("m", i)}}})
 	}
 	return &hook{b: br}, cl
 }

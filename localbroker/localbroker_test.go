@@ -361,13 +361,13 @@ func TestDeliver(t *testing.T) {
 	subscribe(t, a, topicA("down/+"), 1, gotA)
 	subscribe(t, b, topicB("down/+"), 0, gotB)
 
-	if err := h.b.Deliver(idA, bcast, []byte("only A"), 1); err != nil {
+	if err := h.b.Deliver(idA.DeviceID, bcast, []byte("only A"), 1); err != nil {
 		t.Fatalf("Deliver broadcast to A: %v", err)
 	}
 	if m := recv(t, gotA, "A"); m.Topic() != bcast || string(m.Payload()) != "only A" || m.Qos() != 1 {
 		t.Errorf("A got %q %q qos %d", m.Topic(), m.Payload(), m.Qos())
 	}
-	if err := h.b.Deliver(idB, topicB("down/1"), []byte("for B"), 1); err != nil {
+	if err := h.b.Deliver(idB.DeviceID, topicB("down/1"), []byte("for B"), 1); err != nil {
 		t.Fatalf("Deliver to B: %v", err)
 	}
 	// B's first message must be its own: the broadcast for A must not reach it.
@@ -385,10 +385,10 @@ func TestDeliver(t *testing.T) {
 		{idA, "$edgegw/admin/v1/response", localbroker.ErrTopicNotAllowed},
 		{localbroker.Identity{Admin: true, Name: "x"}, localbroker.AdminResponseTopic, localbroker.ErrTopicNotAllowed},
 		{idA, topicA("other"), localbroker.ErrNotSubscribed},
-		{localbroker.Identity{ProductKey: pk1, DeviceName: "nobody"}, "/" + pk1 + "/nobody/user/x", localbroker.ErrNotConnected},
+		{localbroker.Identity{DeviceID: secrets.DeviceID{ProductKey: pk1, DeviceName: "nobody"}}, "/" + pk1 + "/nobody/user/x", localbroker.ErrNotConnected},
 	}
 	for _, c := range errCases {
-		if err := h.b.Deliver(c.id, c.topic, nil, 1); !errors.Is(err, c.want) {
+		if err := h.b.Deliver(c.id.DeviceID, c.topic, nil, 1); !errors.Is(err, c.want) {
 			t.Errorf("Deliver(%s, %q): %v, want %v", c.id, c.topic, err, c.want)
 		}
 	}
@@ -407,10 +407,10 @@ func TestDeliverQueuedForPersistentSession(t *testing.T) {
 	c.Disconnect(100)
 	eventually(t, "session offline", func() bool { return h.b.Stats().ClientsConnected == 0 })
 
-	if err := h.b.Deliver(idA, topicA("down/q1"), []byte("queued"), 1); err != nil {
+	if err := h.b.Deliver(idA.DeviceID, topicA("down/q1"), []byte("queued"), 1); err != nil {
 		t.Fatalf("Deliver to an offline persistent session: %v", err)
 	}
-	if err := h.b.Deliver(idA, topicA("down/q0"), []byte("qos0"), 0); !errors.Is(err, localbroker.ErrNotSubscribed) {
+	if err := h.b.Deliver(idA.DeviceID, topicA("down/q0"), []byte("qos0"), 0); !errors.Is(err, localbroker.ErrNotSubscribed) {
 		t.Errorf("QoS 0 Deliver to an offline session: %v, want ErrNotSubscribed", err)
 	}
 	got := make(chan paho.Message, 10)
@@ -587,7 +587,7 @@ func TestObserverAndDisconnectDevice(t *testing.T) {
 	subscribe(t, a, topicB("x"), 1, nil) // denied: not reported
 	subscribe(t, a, topicA("y"), 1, nil)
 	wait(t, a.Unsubscribe(topicA("x")), "unsubscribe")
-	if n := h.b.DisconnectDevice(pk1, dnA); n != 1 {
+	if n := h.b.DisconnectDevice(idA.DeviceID); n != 1 {
 		t.Errorf("DisconnectDevice = %d, want 1", n)
 	}
 	waitErr(t, lost, "kicked")
@@ -604,7 +604,7 @@ func TestObserverAndDisconnectDevice(t *testing.T) {
 	if got := obs.list(); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if n := h.b.DisconnectDevice(pk1, dnA); n != 0 {
+	if n := h.b.DisconnectDevice(idA.DeviceID); n != 0 {
 		t.Errorf("DisconnectDevice of a gone device = %d", n)
 	}
 }
@@ -725,7 +725,7 @@ func TestShutdownWithManyClients(t *testing.T) {
 	for i := range n {
 		waitErr(t, lost, fmt.Sprintf("client %d told of the shutdown", i))
 	}
-	if err := h.b.Deliver(idA, topicA("x"), nil, 1); !errors.Is(err, localbroker.ErrNotRunning) {
+	if err := h.b.Deliver(idA.DeviceID, topicA("x"), nil, 1); !errors.Is(err, localbroker.ErrNotRunning) {
 		t.Errorf("Deliver after shutdown: %v", err)
 	}
 }
@@ -815,7 +815,7 @@ func TestPersistentSessionExpires(t *testing.T) {
 		ev := obs.list()
 		return len(ev) > 0 && ev[len(ev)-1] == "unsubscribed "+dev+" exp ["+topicA("down")+"]"
 	})
-	if err := h.b.Deliver(idA, topicA("down"), nil, 1); !errors.Is(err, localbroker.ErrNotConnected) {
+	if err := h.b.Deliver(idA.DeviceID, topicA("down"), nil, 1); !errors.Is(err, localbroker.ErrNotConnected) {
 		t.Errorf("Deliver after the session expired: %v, want ErrNotConnected", err)
 	}
 	if got := h.b.Stats().Sessions; got != 0 {

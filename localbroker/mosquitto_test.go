@@ -76,7 +76,7 @@ func TestMosquittoClients(t *testing.T) {
 				t.Fatal(err)
 			}
 			eventually(t, "mosquitto_sub subscribed", func() bool {
-				err := h.b.Deliver(idA, topicA("down/"+version), []byte("downlink"), 1)
+				err := h.b.Deliver(idA.DeviceID, topicA("down/"+version), []byte("downlink"), 1)
 				return err == nil || !(errors.Is(err, localbroker.ErrNotSubscribed) || errors.Is(err, localbroker.ErrNotConnected))
 			})
 			if err := cmd.Wait(); err != nil {

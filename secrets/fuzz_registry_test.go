@@ -59,7 +59,7 @@ func TestDeviceRecordRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := decodeDevice(aead, []byte(d.ID()), data)
+		got, err := decodeDevice(aead, []byte(d.ID().String()), data)
 		if err != nil {
 			t.Fatalf("decode %s: %v", d.ID(), err)
 		}
@@ -100,7 +100,7 @@ func TestDecodeDeviceRejects(t *testing.T) {
 	var recA, recB map[string]any
 	json.Unmarshal(encA, &recA)
 	json.Unmarshal(encB, &recB)
-	keyA, keyB := []byte(a.ID()), []byte(b.ID())
+	keyA, keyB := []byte(a.ID().String()), []byte(b.ID().String())
 
 	for _, tc := range []struct {
 		name string
@@ -194,7 +194,7 @@ func FuzzDecodeDevice(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add([]byte(d.ID()), data)
+		f.Add([]byte(d.ID().String()), data)
 	}
 	f.Add([]byte("pk/dn"), []byte(`{"v":1,"pk":"pk","dn":"dnxx","state":"activation-failed"}`))
 	f.Add([]byte("pk/dnxx"), []byte(`{"v":1,"pk":"pk","dn":"dnxx","state":"ready","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}`))
@@ -208,7 +208,7 @@ func FuzzDecodeDevice(f *testing.F) {
 			}
 			return
 		}
-		if d.ID() != string(key) || !d.State.Valid() || (d.State == StateReady) == d.DeviceSecret.IsZero() {
+		if d.ID().String() != string(key) || !d.State.Valid() || (d.State == StateReady) == d.DeviceSecret.IsZero() {
 			t.Fatalf("accepted inconsistent device %#v under key %q", d, key)
 		}
 		if !validIdentifierAnyDialect(d.ProductKey, d.DeviceName) {

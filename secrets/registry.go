@@ -119,16 +119,12 @@ type Device struct {
 	ActivatedAt   time.Time   `json:"activatedAt,omitzero"`
 }
 
-// DeviceID returns the "productKey/deviceName" key the registry, maps and
-// logs use for a device. Neither part may contain '/'.
-func DeviceID(productKey, deviceName string) string { return productKey + "/" + deviceName }
-
-// ID returns DeviceID(d.ProductKey, d.DeviceName).
-func (d Device) ID() string { return DeviceID(d.ProductKey, d.DeviceName) }
+// ID returns the device's identity.
+func (d Device) ID() DeviceID { return DeviceID{ProductKey: d.ProductKey, DeviceName: d.DeviceName} }
 
 // String returns "device PK/DN (state[, disabled])".
 func (d Device) String() string {
-	s := "device " + d.ID() + " (" + string(d.State)
+	s := "device " + d.ID().String() + " (" + string(d.State)
 	if d.Disabled {
 		s += ", disabled"
 	}
@@ -146,7 +142,7 @@ func (d Device) GoString() string {
 // the secrets are set.
 func (d Device) LogValue() slog.Value {
 	attrs := []slog.Attr{
-		slog.String("id", d.ID()),
+		slog.String("id", d.ID().String()),
 		slog.String("state", string(d.State)),
 		slog.Bool("hasDeviceSecret", !d.DeviceSecret.IsZero()),
 		slog.Bool("hasLocalPassword", d.LocalPassword != ""),
@@ -699,7 +695,7 @@ func (r *Registry) AddDevice(d Device) error {
 		if err := validateDevice(d, p); err != nil {
 			return err
 		}
-		k := []byte(id)
+		k := []byte(id.String())
 		db := tx.Bucket(bucketDevices)
 		if db.Get(k) != nil {
 			return ErrExists
@@ -731,13 +727,13 @@ func (r *Registry) GetDevice(pk, dn string) (Device, error) {
 		return err
 	})
 	if err != nil {
-		return Device{}, fmt.Errorf("get device %s: %w", DeviceID(pk, dn), err)
+		return Device{}, fmt.Errorf("get device %s: %w", DeviceID{ProductKey: pk, DeviceName: dn}.String(), err)
 	}
 	return d, nil
 }
 
 func getDevice(aead cipher.AEAD, tx *bolt.Tx, pk, dn string) (Device, error) {
-	k := []byte(DeviceID(pk, dn))
+	k := []byte(DeviceID{ProductKey: pk, DeviceName: dn}.String())
 	data := tx.Bucket(bucketDevices).Get(k)
 	if data == nil {
 		return Device{}, ErrNotFound
@@ -757,7 +753,7 @@ func (r *Registry) UpdateDevice(pk, dn string, fn func(*Device) error) (Device, 
 
 // updateDevice is UpdateDevice with the operation named in errors.
 func (r *Registry) updateDevice(op, pk, dn string, fn func(*Device) error) (Device, error) {
-	id := DeviceID(pk, dn)
+	id := DeviceID{ProductKey: pk, DeviceName: dn}.String()
 	now := r.now().UTC().Round(0)
 	var out Device
 	err := r.db.Update(func(tx *bolt.Tx) error {
@@ -799,7 +795,7 @@ func (r *Registry) updateDevice(op, pk, dn string, fn func(*Device) error) (Devi
 // a secret obtained by one-time activation must survive an accidental
 // delete (see Activations).
 func (r *Registry) DeleteDevice(pk, dn string) error {
-	id := DeviceID(pk, dn)
+	id := DeviceID{ProductKey: pk, DeviceName: dn}.String()
 	err := r.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDevices)
 		if b.Get([]byte(id)) == nil {
@@ -890,7 +886,7 @@ func (r *Registry) SetLocalPassword(pk, dn string, pw Secret) error {
 	if !pw.IsZero() {
 		var err error
 		if encoded, err = HashPasswordIterations(pw, r.iterations); err != nil {
-			return fmt.Errorf("set local password of device %s: %w", DeviceID(pk, dn), err)
+			return fmt.Errorf("set local password of device %s: %w", DeviceID{ProductKey: pk, DeviceName: dn}.String(), err)
 		}
 	}
 	_, err := r.updateDevice("set local password of device", pk, dn, func(d *Device) error {
@@ -912,7 +908,7 @@ func (r *Registry) CheckLocalPassword(pk, dn string, pw Secret) (bool, error) {
 		return err
 	})
 	if err != nil {
-		return false, fmt.Errorf("check local password of device %s: %w", DeviceID(pk, dn), err)
+		return false, fmt.Errorf("check local password of device %s: %w", DeviceID{ProductKey: pk, DeviceName: dn}.String(), err)
 	}
 	if d.Disabled || d.LocalPassword == "" {
 		return false, nil
@@ -930,7 +926,7 @@ func (r *Registry) PasswordCheckerStats() PasswordCheckerStats { return r.checke
 // ActivatedAt set. source names the mechanism, e.g. "enos-activate" or
 // "aliyun-register".
 func (r *Registry) StoreActivatedSecret(pk, dn string, secret Secret, source string) error {
-	id := DeviceID(pk, dn)
+	id := DeviceID{ProductKey: pk, DeviceName: dn}.String()
 	if err := validateSecretValue("deviceSecret", secret); err != nil {
 		return fmt.Errorf("store activated secret of device %s: %w", id, err)
 	}
@@ -986,7 +982,7 @@ func (r *Registry) StoreActivatedSecret(pk, dn string, secret Secret, source str
 // first. Records outlive DeleteDevice, so this works for a deleted device
 // too; a device that never activated has none (and no error).
 func (r *Registry) Activations(pk, dn string) ([]ActivationRecord, error) {
-	id := DeviceID(pk, dn)
+	id := DeviceID{ProductKey: pk, DeviceName: dn}.String()
 	prefix := activationPrefix(id)
 	out := []ActivationRecord{}
 	err := r.db.View(func(tx *bolt.Tx) error {
@@ -1146,7 +1142,7 @@ type deviceRecord struct {
 
 // encodeDevice produces the stored bytes of d under key d.ID().
 func encodeDevice(aead cipher.AEAD, d Device) ([]byte, error) {
-	k := []byte(d.ID())
+	k := []byte(d.ID().String())
 	rec := deviceRecord{
 		V: recordVersion, ProductKey: d.ProductKey, DeviceName: d.DeviceName,
 		ClientID: d.ClientID, Disabled: d.Disabled, State: d.State, StateReason: d.StateReason,
@@ -1188,7 +1184,7 @@ func (rec *deviceRecord) device(aead cipher.AEAD, key []byte) (Device, error) {
 	if !validIdentifierAnyDialect(rec.ProductKey, rec.DeviceName) {
 		return Device{}, errors.New("invalid productKey or deviceName")
 	}
-	if string(key) != DeviceID(rec.ProductKey, rec.DeviceName) {
+	if string(key) != (DeviceID{ProductKey: rec.ProductKey, DeviceName: rec.DeviceName}).String() {
 		return Device{}, errors.New("record stored under another device's key")
 	}
 	d := Device{

@@ -228,7 +228,7 @@ func TestRegistryDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.State != secrets.StateReady || got.DeviceSecret.Reveal() != "dsec1" || got.ClientID != "pk1.meter-01" ||
-		!got.Created.Equal(t0) || !got.Updated.Equal(t0) || got.Disabled || got.LocalPassword != "" || got.ID() != "pk1/meter-01" {
+		!got.Created.Equal(t0) || !got.Updated.Equal(t0) || got.Disabled || got.LocalPassword != "" || got.ID().String() != "pk1/meter-01" {
 		t.Errorf("GetDevice = %#v", got)
 	}
 
@@ -337,13 +337,13 @@ func TestRegistryDevicesFilterAndPaging(t *testing.T) {
 				d.DeviceSecret = secrets.NewSecret("s" + strconv.Itoa(i))
 			}
 			mustAddDevice(t, r, d)
-			all = append(all, d.ID())
+			all = append(all, d.ID().String())
 		}
 	}
 	ids := func(ds []secrets.Device) []string {
 		out := []string{}
 		for _, d := range ds {
-			out = append(out, d.ID())
+			out = append(out, d.ID().String())
 		}
 		return out
 	}
@@ -1291,7 +1291,7 @@ func TestRegistryGoldenV1(t *testing.T) {
 		{3, "enosprod/dk-3", "", "", secrets.StateActivationFailed, "activation refused (code 5)", true, false, time.Time{}},
 	} {
 		d := devs[want.i]
-		if d.ID() != want.id || d.DeviceSecret.Reveal() != want.secret || d.ClientID != want.cid || d.State != want.state ||
+		if d.ID().String() != want.id || d.DeviceSecret.Reveal() != want.secret || d.ClientID != want.cid || d.State != want.state ||
 			d.StateReason != want.reason || d.Disabled != want.disabled || (d.LocalPassword != "") != want.hasPass ||
 			!d.ActivatedAt.Equal(want.activated) || d.Created.IsZero() || d.Updated.IsZero() {
 			t.Errorf("device %d = %#v", want.i, d)

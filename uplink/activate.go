@@ -16,7 +16,6 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/edgegw/edgegw/secrets"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // States of a session whose device has no deviceSecret yet and obtains it
@@ -52,16 +51,16 @@ type ActivationStore interface {
 	// zero Secret when it has none. It is consulted before every activation
 	// attempt, so a secret stored by an earlier session (or set by an
 	// operator) is used instead of activating again.
-	DeviceSecret(id spool.DeviceID) (secrets.Secret, error)
+	DeviceSecret(id secrets.DeviceID) (secrets.Secret, error)
 	// StoreDeviceSecret stores a deviceSecret the cloud issued. It must
 	// return only once the secret is durable (written and fsynced): the
 	// cloud may never issue it again. The session answers the cloud,
 	// disconnects and logs in with the secret only after it returned nil;
 	// on an error it keeps the secret in memory and calls it again.
-	StoreDeviceSecret(id spool.DeviceID, secret secrets.Secret, source string) error
+	StoreDeviceSecret(id secrets.DeviceID, secret secrets.Secret, source string) error
 	// ActivationFailed records that the activation was refused and will not
 	// be retried automatically. reason holds no secret.
-	ActivationFailed(id spool.DeviceID, reason string) error
+	ActivationFailed(id secrets.DeviceID, reason string) error
 }
 
 // storeRetry paces the retries of a failing StoreDeviceSecret (a full or
@@ -422,7 +421,7 @@ func (s *session) dialActivation(ctx context.Context, req activationRequest, got
 // {"id":..,"params":{"productKey","deviceKey","deviceSecret"}}, Alibaba
 // {"productKey","deviceName","deviceSecret"}. msgID is the EnOS message id
 // as sent (a JSON value), for the reply. Errors never contain the secret.
-func parseIssued(d secrets.Dialect, id spool.DeviceID, payload []byte) (secret secrets.Secret, msgID json.RawMessage, err error) {
+func parseIssued(d secrets.Dialect, id secrets.DeviceID, payload []byte) (secret secrets.Secret, msgID json.RawMessage, err error) {
 	var pk, dn, ds string
 	if d == secrets.EnOS {
 		var m struct {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 const (
@@ -26,29 +25,29 @@ const (
 // can fail the first failStores stores.
 type memActivation struct {
 	mu         sync.Mutex
-	stored     map[spool.DeviceID]secrets.Secret
-	sources    map[spool.DeviceID][]string
-	failed     map[spool.DeviceID]string
+	stored     map[secrets.DeviceID]secrets.Secret
+	sources    map[secrets.DeviceID][]string
+	failed     map[secrets.DeviceID]string
 	storeCalls int
 	failStores int
-	onStore    func(id spool.DeviceID) // called before a store succeeds
+	onStore    func(id secrets.DeviceID) // called before a store succeeds
 }
 
 func newMemActivation() *memActivation {
 	return &memActivation{
-		stored:  map[spool.DeviceID]secrets.Secret{},
-		sources: map[spool.DeviceID][]string{},
-		failed:  map[spool.DeviceID]string{},
+		stored:  map[secrets.DeviceID]secrets.Secret{},
+		sources: map[secrets.DeviceID][]string{},
+		failed:  map[secrets.DeviceID]string{},
 	}
 }
 
-func (a *memActivation) DeviceSecret(id spool.DeviceID) (secrets.Secret, error) {
+func (a *memActivation) DeviceSecret(id secrets.DeviceID) (secrets.Secret, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.stored[id], nil
 }
 
-func (a *memActivation) StoreDeviceSecret(id spool.DeviceID, secret secrets.Secret, source string) error {
+func (a *memActivation) StoreDeviceSecret(id secrets.DeviceID, secret secrets.Secret, source string) error {
 	a.mu.Lock()
 	a.storeCalls++
 	if a.storeCalls <= a.failStores {
@@ -67,14 +66,14 @@ func (a *memActivation) StoreDeviceSecret(id spool.DeviceID, secret secrets.Secr
 	return nil
 }
 
-func (a *memActivation) ActivationFailed(id spool.DeviceID, reason string) error {
+func (a *memActivation) ActivationFailed(id secrets.DeviceID, reason string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.failed[id] = reason
 	return nil
 }
 
-func (a *memActivation) get(id spool.DeviceID) (secrets.Secret, []string, string) {
+func (a *memActivation) get(id secrets.DeviceID) (secrets.Secret, []string, string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.stored[id], append([]string(nil), a.sources[id]...), a.failed[id]
@@ -111,14 +110,14 @@ func startActSim(t *testing.T, d secrets.Dialect, pk, ps string, tlsPKI *testPKI
 
 func actDevice(d secrets.Dialect, pk, dn, ps string, store ActivationStore) Device {
 	return Device{
-		ID: spool.DeviceID{ProductKey: pk, DeviceName: dn}, Dialect: d,
+		ID: secrets.DeviceID{ProductKey: pk, DeviceName: dn}, Dialect: d,
 		ProductSecret: secrets.NewSecret(ps), Activation: store,
 	}
 }
 
 // seqsOf returns the numeric payloads the cloud recorded for a device on
 // its user topic, and the clientIds they came with.
-func seqsOf(t *testing.T, sim *cloudsim.Sim, id spool.DeviceID) ([]uint64, []string) {
+func seqsOf(t *testing.T, sim *cloudsim.Sim, id secrets.DeviceID) ([]uint64, []string) {
 	t.Helper()
 	var seqs []uint64
 	var cids []string
@@ -149,7 +148,7 @@ func TestActivationEnOS(t *testing.T) {
 		connected bool
 		messages  int
 	}
-	store.onStore = func(id spool.DeviceID) {
+	store.onStore = func(id secrets.DeviceID) {
 		atStore.connected = sim.Connected(id.ProductKey, id.DeviceName)
 		atStore.messages = len(sim.MessagesFor(id.ProductKey, id.DeviceName))
 	}
@@ -212,7 +211,7 @@ func TestActivationAliyunTLS(t *testing.T) {
 	})
 	r := newRig(t, "tls://"+sim.Addr(cloudsim.TLS), func(c *ManagerConfig) { c.Endpoint.CAPEM = pki.caPEM })
 	store := newMemActivation()
-	var ids []spool.DeviceID
+	var ids []secrets.DeviceID
 	for dn := range devs {
 		dev := actDevice(secrets.Aliyun, actAliPK, dn, actAliPSecret, store)
 		ids = append(ids, dev.ID)
@@ -381,10 +380,10 @@ func TestActivationDeviceValidation(t *testing.T) {
 		dev  Device
 		want string
 	}{
-		{"no secret at all", Device{ID: spool.DeviceID{ProductKey: "pk1", DeviceName: "d1"}, Dialect: secrets.EnOS}, "no productSecret"},
-		{"no store", Device{ID: spool.DeviceID{ProductKey: "pk1", DeviceName: "d2"}, Dialect: secrets.EnOS,
+		{"no secret at all", Device{ID: secrets.DeviceID{ProductKey: "pk1", DeviceName: "d1"}, Dialect: secrets.EnOS}, "no productSecret"},
+		{"no store", Device{ID: secrets.DeviceID{ProductKey: "pk1", DeviceName: "d2"}, Dialect: secrets.EnOS,
 			ProductSecret: secrets.NewSecret("ps")}, "activation store"},
-		{"bad sign method", Device{ID: spool.DeviceID{ProductKey: "pk1", DeviceName: "d3"}, Dialect: secrets.Aliyun,
+		{"bad sign method", Device{ID: secrets.DeviceID{ProductKey: "pk1", DeviceName: "d3"}, Dialect: secrets.Aliyun,
 			ProductSecret: secrets.NewSecret("ps"), Activation: store, SignMethod: secrets.SHA256}, "sign method"},
 	}
 	for _, tt := range tests {
@@ -398,7 +397,7 @@ func TestActivationDeviceValidation(t *testing.T) {
 }
 
 func TestParseIssued(t *testing.T) {
-	enos := spool.DeviceID{ProductKey: "pk1", DeviceName: "dk1"}
+	enos := secrets.DeviceID{ProductKey: "pk1", DeviceName: "dk1"}
 	const secret = "s3cr3t-Value"
 	tests := []struct {
 		name    string

@@ -16,7 +16,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/edgegw/edgegw/secrets"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // observerUser is the username of test observers; the hook lets it in
@@ -39,19 +38,19 @@ type cloudHook struct {
 	dialect secrets.Dialect
 
 	mu       sync.Mutex
-	devices  map[spool.DeviceID]secrets.Secret
+	devices  map[secrets.DeviceID]secrets.Secret
 	connects []connectRecord
 	refuse   int  // refuse the next N logins (CONNACK 4)
 	drop     int  // close the next N connections before CONNACK
 	swallow  bool // drop device publishes without PUBACK
 	// kick, when it returns true for a device publish, closes that
 	// client's connection before the PUBACK.
-	kick       func(id spool.DeviceID, seq uint64) bool
-	received   map[spool.DeviceID][]uint64
-	order      []spool.DeviceID             // publishers of all device publishes, in arrival order
+	kick       func(id secrets.DeviceID, seq uint64) bool
+	received   map[secrets.DeviceID][]uint64
+	order      []secrets.DeviceID           // publishers of all device publishes, in arrival order
 	pending    map[string]map[uint16]uint64 // mochi client id → packet id → seq
-	pubacked   map[spool.DeviceID]map[uint64]bool
-	subscribed map[spool.DeviceID][]string
+	pubacked   map[secrets.DeviceID]map[uint64]bool
+	subscribed map[secrets.DeviceID][]string
 }
 
 func (h *cloudHook) ID() string { return "edgegw-test-cloud" }
@@ -82,7 +81,7 @@ func (h *cloudHook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) b
 	p, err := secrets.ParseConnect(h.dialect, rec.ClientID, rec.Username, rec.Password)
 	if err == nil {
 		rec.Presented = p
-		secret, known := h.devices[spool.DeviceID{ProductKey: p.ProductKey, DeviceName: p.DeviceName}]
+		secret, known := h.devices[secrets.DeviceID{ProductKey: p.ProductKey, DeviceName: p.DeviceName}]
 		rec.Accepted = known && p.Verify(secret, secrets.VerifyOptions{}) == nil && h.refuse == 0
 	}
 	if h.refuse > 0 {
@@ -94,9 +93,9 @@ func (h *cloudHook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) b
 
 func (h *cloudHook) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 
-func deviceOf(cl *mochi.Client) (spool.DeviceID, bool) {
+func deviceOf(cl *mochi.Client) (secrets.DeviceID, bool) {
 	dn, pk, ok := strings.Cut(string(cl.Properties.Username), "&")
-	return spool.DeviceID{ProductKey: pk, DeviceName: dn}, ok
+	return secrets.DeviceID{ProductKey: pk, DeviceName: dn}, ok
 }
 
 func (h *cloudHook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
@@ -168,19 +167,19 @@ func (h *cloudHook) connectRecords() []connectRecord {
 	return append([]connectRecord(nil), h.connects...)
 }
 
-func (h *cloudHook) receivedBy(id spool.DeviceID) []uint64 {
+func (h *cloudHook) receivedBy(id secrets.DeviceID) []uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]uint64(nil), h.received[id]...)
 }
 
-func (h *cloudHook) arrivalOrder() []spool.DeviceID {
+func (h *cloudHook) arrivalOrder() []secrets.DeviceID {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return append([]spool.DeviceID(nil), h.order...)
+	return append([]secrets.DeviceID(nil), h.order...)
 }
 
-func (h *cloudHook) wasPubacked(id spool.DeviceID, seq uint64) bool {
+func (h *cloudHook) wasPubacked(id secrets.DeviceID, seq uint64) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.pubacked[id][seq]
@@ -209,11 +208,11 @@ func startMochi(t testing.TB, dialect secrets.Dialect, opts ...mochiOptions) *mo
 	})
 	hook := &cloudHook{
 		dialect:    dialect,
-		devices:    make(map[spool.DeviceID]secrets.Secret),
-		received:   make(map[spool.DeviceID][]uint64),
+		devices:    make(map[secrets.DeviceID]secrets.Secret),
+		received:   make(map[secrets.DeviceID][]uint64),
 		pending:    make(map[string]map[uint16]uint64),
-		pubacked:   make(map[spool.DeviceID]map[uint64]bool),
-		subscribed: make(map[spool.DeviceID][]string),
+		pubacked:   make(map[secrets.DeviceID]map[uint64]bool),
+		subscribed: make(map[secrets.DeviceID][]string),
 	}
 	if err := srv.AddHook(hook, nil); err != nil {
 		t.Fatal(err)
@@ -251,12 +250,12 @@ func startMochi(t testing.TB, dialect secrets.Dialect, opts ...mochiOptions) *mo
 	return &mochiCloud{srv: srv, hook: hook, url: url}
 }
 
-func (c *mochiCloud) register(id spool.DeviceID, secret secrets.Secret) {
+func (c *mochiCloud) register(id secrets.DeviceID, secret secrets.Secret) {
 	c.hook.set(func(h *cloudHook) { h.devices[id] = secret })
 }
 
 // clientCount returns the number of device connections mochi holds for id.
-func (c *mochiCloud) clientCount(id spool.DeviceID) int {
+func (c *mochiCloud) clientCount(id secrets.DeviceID) int {
 	n := 0
 	for _, cl := range c.srv.Clients.GetAll() {
 		if got, ok := deviceOf(cl); ok && got == id && !cl.Closed() {

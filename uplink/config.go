@@ -15,7 +15,7 @@ import (
 
 // Device is one registered device as its cloud session needs it.
 type Device struct {
-	ID      spool.DeviceID // productKey and deviceName (EnOS: deviceKey)
+	ID      secrets.DeviceID // productKey and deviceName (EnOS: deviceKey)
 	Dialect secrets.Dialect
 	// Secret is the deviceSecret the session signs its logins with.
 	Secret secrets.Secret
@@ -240,10 +240,10 @@ type ManagerConfig struct {
 	// Downlink receives every message the cloud sends to a device. It runs
 	// on its own goroutine per message (paho's OrderMatters is off) and the
 	// cloud's PUBACK follows its return, so it should hand off and return.
-	Downlink func(id spool.DeviceID, topic string, payload []byte, qos byte)
+	Downlink func(id secrets.DeviceID, topic string, payload []byte, qos byte)
 	// DeadLetter receives a message the cloud will never accept, before it
 	// is acknowledged to the queue. reason says why (no secret in it).
-	DeadLetter func(id spool.DeviceID, m spool.Message, reason string)
+	DeadLetter func(id secrets.DeviceID, m spool.Message, reason string)
 	// OnState is called on every state change of a session, on the
 	// session's goroutine: it must not block.
 	OnState func(SessionStatus)

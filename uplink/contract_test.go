@@ -8,14 +8,13 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/secrets"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // contractCloud is what the contract suite needs from a cloud broker.
 type contractCloud struct {
 	url      string
-	register func(spool.DeviceID, secrets.Secret) // known devices (a plain broker ignores it)
-	kick     func(t testing.TB, clientID string)  // broker-side disconnect of one client
+	register func(secrets.DeviceID, secrets.Secret) // known devices (a plain broker ignores it)
+	kick     func(t testing.TB, clientID string)    // broker-side disconnect of one client
 }
 
 // runContract runs body against mochi with a verifying auth hook (a strict
@@ -30,7 +29,7 @@ func runContract(t *testing.T, body func(t *testing.T, c contractCloud)) {
 		mq := startMosquitto(t)
 		body(t, contractCloud{
 			url:      mq.url,
-			register: func(spool.DeviceID, secrets.Secret) {},
+			register: func(secrets.DeviceID, secrets.Secret) {},
 			kick:     func(t testing.TB, cid string) { kickByTakeover(t, mq.url, cid) },
 		})
 	})

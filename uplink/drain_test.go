@@ -32,7 +32,7 @@ func TestDrainInOrderAcrossKicks(t *testing.T) {
 	cloud.register(dev.ID, dev.Secret)
 	kicked := map[uint64]bool{}
 	cloud.hook.set(func(h *cloudHook) {
-		h.kick = func(_ spool.DeviceID, seq uint64) bool {
+		h.kick = func(_ secrets.DeviceID, seq uint64) bool {
 			if (seq == 150 || seq == 420) && !kicked[seq] {
 				kicked[seq] = true
 				return true

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
@@ -31,23 +32,23 @@ func TestMain(m *testing.M) {
 // memQueue is an in-memory Queue for these tests. It records every Ack.
 type memQueue struct {
 	mu      sync.Mutex
-	next    map[spool.DeviceID]uint64
-	msgs    map[spool.DeviceID][]spool.Message
-	notify  map[spool.DeviceID]chan struct{}
-	acks    map[spool.DeviceID][]uint64
+	next    map[secrets.DeviceID]uint64
+	msgs    map[secrets.DeviceID][]spool.Message
+	notify  map[secrets.DeviceID]chan struct{}
+	acks    map[secrets.DeviceID][]uint64
 	readErr error
 }
 
 func newMemQueue() *memQueue {
 	return &memQueue{
-		next:   make(map[spool.DeviceID]uint64),
-		msgs:   make(map[spool.DeviceID][]spool.Message),
-		notify: make(map[spool.DeviceID]chan struct{}),
-		acks:   make(map[spool.DeviceID][]uint64),
+		next:   make(map[secrets.DeviceID]uint64),
+		msgs:   make(map[secrets.DeviceID][]spool.Message),
+		notify: make(map[secrets.DeviceID]chan struct{}),
+		acks:   make(map[secrets.DeviceID][]uint64),
 	}
 }
 
-func (q *memQueue) Append(_ context.Context, id spool.DeviceID, m spool.Message) (uint64, error) {
+func (q *memQueue) Append(_ context.Context, id secrets.DeviceID, m spool.Message) (uint64, error) {
 	q.mu.Lock()
 	q.next[id]++
 	m.Seq = q.next[id]
@@ -61,7 +62,7 @@ func (q *memQueue) Append(_ context.Context, id spool.DeviceID, m spool.Message)
 	return m.Seq, nil
 }
 
-func (q *memQueue) Read(id spool.DeviceID, after uint64, max int) ([]spool.Message, error) {
+func (q *memQueue) Read(id secrets.DeviceID, after uint64, max int) ([]spool.Message, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.readErr != nil {
@@ -79,7 +80,7 @@ func (q *memQueue) Read(id spool.DeviceID, after uint64, max int) ([]spool.Messa
 	return out, nil
 }
 
-func (q *memQueue) Ack(id spool.DeviceID, seq uint64) error {
+func (q *memQueue) Ack(id secrets.DeviceID, seq uint64) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.acks[id] = append(q.acks[id], seq)
@@ -93,13 +94,13 @@ func (q *memQueue) Ack(id spool.DeviceID, seq uint64) error {
 	return nil
 }
 
-func (q *memQueue) Notify(id spool.DeviceID) <-chan struct{} {
+func (q *memQueue) Notify(id secrets.DeviceID) <-chan struct{} {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.notifyLocked(id)
 }
 
-func (q *memQueue) notifyLocked(id spool.DeviceID) chan struct{} {
+func (q *memQueue) notifyLocked(id secrets.DeviceID) chan struct{} {
 	ch := q.notify[id]
 	if ch == nil {
 		ch = make(chan struct{}, 1)
@@ -108,20 +109,20 @@ func (q *memQueue) notifyLocked(id spool.DeviceID) chan struct{} {
 	return ch
 }
 
-func (q *memQueue) depth(id spool.DeviceID) int {
+func (q *memQueue) depth(id secrets.DeviceID) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.msgs[id])
 }
 
-func (q *memQueue) acked(id spool.DeviceID) []uint64 {
+func (q *memQueue) acked(id secrets.DeviceID) []uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return append([]uint64(nil), q.acks[id]...)
 }
 
 // appendN queues n messages for id on topic with payloads "<seq>".
-func (q *memQueue) appendN(t testing.TB, id spool.DeviceID, topic string, qos byte, n int) {
+func (q *memQueue) appendN(t testing.TB, id secrets.DeviceID, topic string, qos byte, n int) {
 	t.Helper()
 	for range n {
 		q.mu.Lock()
@@ -302,7 +303,7 @@ func startManager(t testing.TB, m *Manager) {
 	})
 }
 
-func waitState(t testing.TB, m *Manager, id spool.DeviceID, want State) SessionStatus {
+func waitState(t testing.TB, m *Manager, id secrets.DeviceID, want State) SessionStatus {
 	t.Helper()
 	var st SessionStatus
 	eventually(t, 10*time.Second, fmt.Sprintf("%s in state %s", id, want), func() bool {

@@ -3,6 +3,7 @@ package uplink
 import (
 	"slices"
 
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
@@ -61,7 +62,7 @@ type lane struct {
 }
 
 // fill reads up to n messages into the lane when its buffer is empty.
-func (l *lane) fill(q Queue, id spool.DeviceID, n int) error {
+func (l *lane) fill(q Queue, id secrets.DeviceID, n int) error {
 	if len(l.buf) > 0 || l.exhausted {
 		return nil
 	}
@@ -135,7 +136,7 @@ func liveFirstLanes(w uint64) *lanes {
 // next returns the lane whose head is to be published next, reading up to
 // n messages into a lane whose buffer is empty, or nil when no lane has a
 // message now.
-func (ls *lanes) next(q Queue, id spool.DeviceID, n int) (*lane, error) {
+func (ls *lanes) next(q Queue, id secrets.DeviceID, n int) (*lane, error) {
 	if err := ls.fresh.fill(q, id, n); err != nil {
 		return nil, err
 	}

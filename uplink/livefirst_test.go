@@ -21,7 +21,7 @@ const freshBase = 100000
 // statsQueue is a LiveQueue with the visibility the tests need.
 type statsQueue interface {
 	LiveQueue
-	Stats(device spool.DeviceID) spool.DeviceStats
+	Stats(device secrets.DeviceID) spool.DeviceStats
 	Close() error
 }
 
@@ -29,17 +29,17 @@ type statsQueue interface {
 type ackRecorder struct {
 	statsQueue
 	mu   sync.Mutex
-	acks map[spool.DeviceID][]uint64
+	acks map[secrets.DeviceID][]uint64
 }
 
-func (a *ackRecorder) Ack(d spool.DeviceID, seq uint64) error {
+func (a *ackRecorder) Ack(d secrets.DeviceID, seq uint64) error {
 	a.mu.Lock()
 	a.acks[d] = append(a.acks[d], seq)
 	a.mu.Unlock()
 	return a.statsQueue.Ack(d, seq)
 }
 
-func (a *ackRecorder) acked(d spool.DeviceID) []uint64 {
+func (a *ackRecorder) acked(d secrets.DeviceID) []uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return slices.Clone(a.acks[d])
@@ -76,14 +76,14 @@ type liveRig struct {
 	q     *ackRecorder
 
 	mu     sync.Mutex
-	values map[spool.DeviceID]map[uint64]uint64 // seq → payload value
+	values map[secrets.DeviceID]map[uint64]uint64 // seq → payload value
 }
 
 func newLiveRig(t *testing.T, open func(testing.TB) statsQueue, rate float64, opts ...rigOption) *liveRig {
 	t.Helper()
 	cloud := startMochi(t, secrets.Aliyun)
-	lr := &liveRig{cloud: cloud, q: &ackRecorder{statsQueue: open(t), acks: map[spool.DeviceID][]uint64{}},
-		values: map[spool.DeviceID]map[uint64]uint64{}}
+	lr := &liveRig{cloud: cloud, q: &ackRecorder{statsQueue: open(t), acks: map[secrets.DeviceID][]uint64{}},
+		values: map[secrets.DeviceID]map[uint64]uint64{}}
 	opts = append([]rigOption{func(c *ManagerConfig) {
 		c.Queue = lr.q
 		c.LiveFirst = true
@@ -96,7 +96,7 @@ func newLiveRig(t *testing.T, open func(testing.TB) statsQueue, rate float64, op
 }
 
 // put appends a message with payload value v for d.
-func (lr *liveRig) put(d spool.DeviceID, v uint64) {
+func (lr *liveRig) put(d secrets.DeviceID, v uint64) {
 	lr.t.Helper()
 	seq, err := lr.q.Append(context.Background(), d, spool.Message{Topic: userTopic(d), QoS: 1, Payload: fmt.Appendf(nil, "%d", v)})
 	if err != nil {
@@ -111,12 +111,12 @@ func (lr *liveRig) put(d spool.DeviceID, v uint64) {
 }
 
 // arrived returns how many publishes of d the cloud has received.
-func (lr *liveRig) arrived(d spool.DeviceID) int { return len(lr.cloud.hook.receivedBy(d)) }
+func (lr *liveRig) arrived(d secrets.DeviceID) int { return len(lr.cloud.hook.receivedBy(d)) }
 
 // checkAcks verifies that every message was acknowledged to the queue
 // exactly once, only after the cloud PUBACKed it, and that the queue is
 // empty.
-func (lr *liveRig) checkAcks(d spool.DeviceID) {
+func (lr *liveRig) checkAcks(d secrets.DeviceID) {
 	t := lr.t
 	t.Helper()
 	lr.mu.Lock()
@@ -195,7 +195,7 @@ func TestLiveFirstFreshAheadOfBacklog(t *testing.T) {
 			// Live traffic, paced by the cloud's progress (not by sleeps):
 			// fresh message k is appended once the cloud has received three
 			// more messages of the device since fresh message k-1.
-			posAtAppend := map[spool.DeviceID][]int{}
+			posAtAppend := map[secrets.DeviceID][]int{}
 			for k := uint64(1); k <= fresh; k++ {
 				for _, d := range devs {
 					n := lr.arrived(d.ID)
@@ -269,7 +269,7 @@ func TestLiveFirstAcrossReconnects(t *testing.T) {
 			d := testDevice(1)
 			lr.cloud.register(d.ID, d.Secret)
 			lr.cloud.hook.set(func(h *cloudHook) {
-				h.kick = func(_ spool.DeviceID, v uint64) bool {
+				h.kick = func(_ secrets.DeviceID, v uint64) bool {
 					segMu.Lock()
 					defer segMu.Unlock()
 					arrivals++
@@ -431,8 +431,8 @@ func TestLanesModel(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer q.Close()
-			d := spool.DeviceID{ProductKey: "pk", DeviceName: "dev"}
-			other := spool.DeviceID{ProductKey: "pk", DeviceName: "other"}
+			d := secrets.DeviceID{ProductKey: "pk", DeviceName: "dev"}
+			other := secrets.DeviceID{ProductKey: "pk", DeviceName: "other"}
 			appended := map[uint64]bool{}
 			add := func() {
 				if r.IntN(3) == 0 { // another device's seqs make gaps

@@ -17,7 +17,6 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgegw/edgegw/secrets"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // Manager keeps one cloud session per registered device. Devices can be
@@ -36,10 +35,10 @@ type Manager struct {
 
 	// Seams for tests in this package.
 	newClient func(*mqtt.ClientOptions) mqtt.Client
-	connHook  func(spool.DeviceID, net.Conn) net.Conn
+	connHook  func(secrets.DeviceID, net.Conn) net.Conn
 
 	mu     sync.Mutex
-	slots  map[spool.DeviceID]*slot
+	slots  map[secrets.DeviceID]*slot
 	phase  phase
 	runCtx context.Context
 	wg     sync.WaitGroup // running sessions
@@ -69,7 +68,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		log:       cfg.Logger,
 		endpoints: make(map[secrets.Dialect]*endpoint),
 		newClient: mqtt.NewClient,
-		slots:     make(map[spool.DeviceID]*slot),
+		slots:     make(map[secrets.DeviceID]*slot),
 	}
 	if m.rnd == nil {
 		m.rnd = rand.Float64
@@ -200,7 +199,7 @@ func (m *Manager) Update(dev Device) error {
 
 // Remove stops a device's session (closing its paho client) and forgets
 // the device and its subscriptions. Its queued messages stay in the queue.
-func (m *Manager) Remove(id spool.DeviceID) error {
+func (m *Manager) Remove(id secrets.DeviceID) error {
 	sl, err := m.lockSlot(id, false)
 	if err != nil {
 		return fmt.Errorf("remove device %s: %w", id, err)
@@ -223,7 +222,7 @@ func (m *Manager) Remove(id spool.DeviceID) error {
 // filters maps topic filter to QoS (capped at 1, the clouds' maximum). The
 // filters are remembered and restored on every reconnect. It returns once
 // they are recorded; the SUBSCRIBE follows asynchronously.
-func (m *Manager) Subscribe(id spool.DeviceID, filters map[string]byte) error {
+func (m *Manager) Subscribe(id secrets.DeviceID, filters map[string]byte) error {
 	for f := range filters {
 		if err := checkFilter(id, f); err != nil {
 			return fmt.Errorf("subscribe device %s: %w", id, err)
@@ -237,7 +236,7 @@ func (m *Manager) Subscribe(id spool.DeviceID, filters map[string]byte) error {
 }
 
 // Unsubscribe removes filters from a device's mirrored subscriptions.
-func (m *Manager) Unsubscribe(id spool.DeviceID, filters ...string) error {
+func (m *Manager) Unsubscribe(id secrets.DeviceID, filters ...string) error {
 	return m.changeSubs(id, "unsubscribe", func(subs map[string]byte) {
 		for _, f := range filters {
 			delete(subs, f)
@@ -245,7 +244,7 @@ func (m *Manager) Unsubscribe(id spool.DeviceID, filters ...string) error {
 	})
 }
 
-func (m *Manager) changeSubs(id spool.DeviceID, verb string, change func(map[string]byte)) error {
+func (m *Manager) changeSubs(id secrets.DeviceID, verb string, change func(map[string]byte)) error {
 	sl, err := m.lockSlot(id, false)
 	if err != nil {
 		return fmt.Errorf("%s device %s: %w", verb, id, err)
@@ -266,7 +265,7 @@ func (m *Manager) changeSubs(id spool.DeviceID, verb string, change func(map[str
 	return nil
 }
 
-func checkFilter(id spool.DeviceID, f string) error {
+func checkFilter(id secrets.DeviceID, f string) error {
 	if !utf8.ValidString(f) || !secrets.TopicAllowed(id.ProductKey, id.DeviceName, f, true) {
 		return fmt.Errorf("filter %q is not a valid filter of this device", f)
 	}
@@ -274,7 +273,7 @@ func checkFilter(id spool.DeviceID, f string) error {
 }
 
 // Status returns the status of one device.
-func (m *Manager) Status(id spool.DeviceID) (SessionStatus, bool) {
+func (m *Manager) Status(id secrets.DeviceID) (SessionStatus, bool) {
 	m.mu.Lock()
 	sl := m.slots[id]
 	m.mu.Unlock()
@@ -342,7 +341,7 @@ func (m *Manager) resolve(dev Device) (*endpoint, DialectLimits, error) {
 
 // lockSlot returns the identity's slot, locked. create makes one when
 // there is none.
-func (m *Manager) lockSlot(id spool.DeviceID, create bool) (*slot, error) {
+func (m *Manager) lockSlot(id secrets.DeviceID, create bool) (*slot, error) {
 	for {
 		m.mu.Lock()
 		if m.phase == phaseStopped {

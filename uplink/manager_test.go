@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/secrets"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // Run starts devices added before it, stops every session within its bound
@@ -153,7 +152,7 @@ func TestManySessions(t *testing.T) {
 	if raceEnabled {
 		n = 300 // the race detector allows 8128 live goroutines; paho uses ~10 per session
 	}
-	run := func(t *testing.T, url string, register func(spool.DeviceID, secrets.Secret), brokerInProcess bool) {
+	run := func(t *testing.T, url string, register func(secrets.DeviceID, secrets.Secret), brokerInProcess bool) {
 		r := newRig(t, url, func(c *ManagerConfig) {
 			c.ConnectRate = Rate{PerSecond: 2000, Burst: 200}
 			c.Logger = nil
@@ -211,6 +210,6 @@ func TestManySessions(t *testing.T) {
 	})
 	t.Run("mosquitto", func(t *testing.T) {
 		mq := startMosquitto(t)
-		run(t, mq.url, func(spool.DeviceID, secrets.Secret) {}, false)
+		run(t, mq.url, func(secrets.DeviceID, secrets.Secret) {}, false)
 	})
 }

@@ -3,6 +3,7 @@ package uplink
 import (
 	"context"
 
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
@@ -12,17 +13,17 @@ import (
 type Queue interface {
 	// Append stores m for device and returns once it is stored (durably,
 	// for the spool). It assigns m.Seq and returns it.
-	Append(ctx context.Context, device spool.DeviceID, m spool.Message) (uint64, error)
+	Append(ctx context.Context, device secrets.DeviceID, m spool.Message) (uint64, error)
 	// Read returns up to max messages of device with Seq > after, oldest
 	// first, without removing them.
-	Read(device spool.DeviceID, after uint64, max int) ([]spool.Message, error)
+	Read(device secrets.DeviceID, after uint64, max int) ([]spool.Message, error)
 	// Ack removes the message seq of device; it is called only when the
 	// cloud acknowledged that exact message. Acking an unknown seq is not
 	// an error (it may have been acked before a restart).
-	Ack(device spool.DeviceID, seq uint64) error
+	Ack(device secrets.DeviceID, seq uint64) error
 	// Notify returns a channel that receives a value (non-blocking send,
 	// capacity 1) whenever a message is appended for device.
-	Notify(device spool.DeviceID) <-chan struct{}
+	Notify(device secrets.DeviceID) <-chan struct{}
 }
 
 // LiveQueue is a Queue that can tell the messages already queued from those
@@ -34,5 +35,5 @@ type LiveQueue interface {
 	// when Watermark is called (its Append returned) has Seq <= w and is
 	// visible to Read, and every message appended after Watermark returns
 	// gets a Seq > w.
-	Watermark(device spool.DeviceID) (uint64, error)
+	Watermark(device secrets.DeviceID) (uint64, error)
 }

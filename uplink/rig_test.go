@@ -19,25 +19,25 @@ const testPK = "a1TestPK"
 
 func testDevice(i int) Device {
 	return Device{
-		ID:      spool.DeviceID{ProductKey: testPK, DeviceName: fmt.Sprintf("dev%04d", i)},
+		ID:      secrets.DeviceID{ProductKey: testPK, DeviceName: fmt.Sprintf("dev%04d", i)},
 		Dialect: secrets.Aliyun,
 		Secret:  secrets.NewSecret(fmt.Sprintf("secret-%04d-XyZ", i)),
 	}
 }
 
-func userTopic(id spool.DeviceID) string {
+func userTopic(id secrets.DeviceID) string {
 	return "/" + id.ProductKey + "/" + id.DeviceName + "/user/data"
 }
 
 type downMsg struct {
-	id      spool.DeviceID
+	id      secrets.DeviceID
 	topic   string
 	payload string
 	qos     byte
 }
 
 type deadMsg struct {
-	id     spool.DeviceID
+	id     secrets.DeviceID
 	m      spool.Message
 	reason string
 }
@@ -53,9 +53,9 @@ type rig struct {
 	mu        sync.Mutex
 	down      []downMsg
 	dead      []deadMsg
-	states    map[spool.DeviceID][]State
-	open      map[spool.DeviceID]int // sockets open per identity
-	dials     map[spool.DeviceID]int
+	states    map[secrets.DeviceID][]State
+	open      map[secrets.DeviceID]int // sockets open per identity
+	dials     map[secrets.DeviceID]int
 	overlaps  atomic.Int64 // a dial while another socket of the identity was open
 	clients   atomic.Int64 // paho clients created
 	downDelay chan struct{}
@@ -71,9 +71,9 @@ func newRig(t testing.TB, url string, opts ...rigOption) *rig {
 	t.Helper()
 	r := &rig{
 		t: t, q: newMemQueue(),
-		states: make(map[spool.DeviceID][]State),
-		open:   make(map[spool.DeviceID]int),
-		dials:  make(map[spool.DeviceID]int),
+		states: make(map[secrets.DeviceID][]State),
+		open:   make(map[secrets.DeviceID]int),
+		dials:  make(map[secrets.DeviceID]int),
 	}
 	cfg := ManagerConfig{
 		Endpoint:    Endpoint{URL: url},
@@ -86,12 +86,12 @@ func newRig(t testing.TB, url string, opts ...rigOption) *rig {
 				Backoff: Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond}},
 		},
 		Quiesce: 50 * time.Millisecond,
-		Downlink: func(id spool.DeviceID, topic string, payload []byte, qos byte) {
+		Downlink: func(id secrets.DeviceID, topic string, payload []byte, qos byte) {
 			r.mu.Lock()
 			r.down = append(r.down, downMsg{id, topic, string(payload), qos})
 			r.mu.Unlock()
 		},
-		DeadLetter: func(id spool.DeviceID, m spool.Message, reason string) {
+		DeadLetter: func(id secrets.DeviceID, m spool.Message, reason string) {
 			r.mu.Lock()
 			r.dead = append(r.dead, deadMsg{id, m, reason})
 			r.mu.Unlock()
@@ -116,7 +116,7 @@ func newRig(t testing.TB, url string, opts ...rigOption) *rig {
 		r.clients.Add(1)
 		return mqtt.NewClient(o)
 	}
-	m.connHook = func(id spool.DeviceID, c net.Conn) net.Conn {
+	m.connHook = func(id secrets.DeviceID, c net.Conn) net.Conn {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if r.open[id] > 0 {
@@ -157,7 +157,7 @@ func (r *rig) add(devs ...Device) {
 	}
 }
 
-func (r *rig) waitStatus(id spool.DeviceID, what string, cond func(SessionStatus) bool) SessionStatus {
+func (r *rig) waitStatus(id secrets.DeviceID, what string, cond func(SessionStatus) bool) SessionStatus {
 	r.t.Helper()
 	var st SessionStatus
 	eventually(r.t, 15*time.Second, fmt.Sprintf("%s: %s", id, what), func() bool {
@@ -180,7 +180,7 @@ func (r *rig) deadLetters() []deadMsg {
 	return append([]deadMsg(nil), r.dead...)
 }
 
-func (r *rig) openSockets(id spool.DeviceID) int {
+func (r *rig) openSockets(id secrets.DeviceID) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.open[id]

@@ -16,14 +16,13 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/edgegw/edgegw/secrets"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // slot is everything the manager keeps for one identity. Its sessions are
 // strictly sequential: a new one starts only after the previous one's
 // goroutine has returned (and with it its paho client and socket).
 type slot struct {
-	id spool.DeviceID
+	id secrets.DeviceID
 
 	mu         sync.Mutex // serialises Add, Update, Remove and Subscribe for this identity
 	dead       bool       // removed: whoever locks it must look the identity up again

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/secrets"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // Every attempt builds a new paho client with a new timestamp in the
@@ -399,10 +398,10 @@ func TestAddValidation(t *testing.T) {
 	if err := r.m.Subscribe(d.ID, map[string]byte{"/other/dev/user/x": 1}); err == nil {
 		t.Fatal("a filter outside the device's namespace was accepted")
 	}
-	if err := r.m.Subscribe(spool.DeviceID{ProductKey: "x", DeviceName: "y"}, nil); !errors.Is(err, ErrUnknownDevice) {
+	if err := r.m.Subscribe(secrets.DeviceID{ProductKey: "x", DeviceName: "y"}, nil); !errors.Is(err, ErrUnknownDevice) {
 		t.Fatalf("Subscribe(unknown) = %v", err)
 	}
-	if err := r.m.Remove(spool.DeviceID{ProductKey: "x", DeviceName: "y"}); !errors.Is(err, ErrUnknownDevice) {
+	if err := r.m.Remove(secrets.DeviceID{ProductKey: "x", DeviceName: "y"}); !errors.Is(err, ErrUnknownDevice) {
 		t.Fatalf("Remove(unknown) = %v", err)
 	}
 }

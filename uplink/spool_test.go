@@ -22,9 +22,9 @@ var (
 func TestDrainWithSpool(t *testing.T) {
 	type queue interface {
 		Queue
-		Stats(spool.DeviceID) spool.DeviceStats
-		DeadLetter(spool.DeviceID, spool.Message, string) error
-		DeadLetters(spool.DeviceID) ([]spool.DeadLetter, error)
+		Stats(secrets.DeviceID) spool.DeviceStats
+		DeadLetter(secrets.DeviceID, spool.Message, string) error
+		DeadLetters(secrets.DeviceID) ([]spool.DeadLetter, error)
 		Close() error
 	}
 	impls := map[string]func(t *testing.T) queue{
@@ -50,7 +50,7 @@ func TestDrainWithSpool(t *testing.T) {
 			cloud := startMochi(t, secrets.Aliyun)
 			kicked := false
 			cloud.hook.set(func(h *cloudHook) {
-				h.kick = func(_ spool.DeviceID, seq uint64) bool {
+				h.kick = func(_ secrets.DeviceID, seq uint64) bool {
 					if seq == 60 && !kicked {
 						kicked = true
 						return true
@@ -60,7 +60,7 @@ func TestDrainWithSpool(t *testing.T) {
 			})
 			r := newRig(t, cloud.url, func(c *ManagerConfig) {
 				c.Queue = q
-				c.DeadLetter = func(id spool.DeviceID, m spool.Message, reason string) {
+				c.DeadLetter = func(id secrets.DeviceID, m spool.Message, reason string) {
 					if err := q.DeadLetter(id, m, reason); err != nil {
 						t.Errorf("dead letter: %v", err)
 					}

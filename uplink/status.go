@@ -7,7 +7,6 @@ import (
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/edgegw/edgegw/secrets"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // State is where a device's cloud session is.
@@ -25,7 +24,7 @@ const (
 
 // SessionStatus is a snapshot of one device's session. It holds no secret.
 type SessionStatus struct {
-	Device  spool.DeviceID
+	Device  secrets.DeviceID
 	Dialect secrets.Dialect
 	State   State
 	// LastError is the last connection or delivery error (empty when none).

@@ -7,6 +7,8 @@ import (
 	"hash/crc32"
 	"math"
 	"time"
+
+	"github.com/edgegw/edgegw/secrets"
 )
 
 // The spool file layout (format version 1):
@@ -56,7 +58,7 @@ type DeadLetter struct {
 	At     time.Time // when
 }
 
-func devPrefix(id DeviceID) []byte {
+func devPrefix(id secrets.DeviceID) []byte {
 	s := id.String()
 	b := make([]byte, 2+len(s), 2+len(s)+8)
 	binary.BigEndian.PutUint16(b, uint16(len(s)))
@@ -250,20 +252,20 @@ func decodeDevice(v []byte, d *devState) error {
 }
 
 // parseDeadKey parses a dead-letter key.
-func parseDeadKey(k []byte) (DeviceID, uint64, error) {
+func parseDeadKey(k []byte) (secrets.DeviceID, uint64, error) {
 	if len(k) < 2 {
-		return DeviceID{}, 0, fmt.Errorf("key %x: %w: too short", k, errRecord)
+		return secrets.DeviceID{}, 0, fmt.Errorf("key %x: %w: too short", k, errRecord)
 	}
 	n := int(binary.BigEndian.Uint16(k))
 	if len(k) != 2+n+8 {
-		return DeviceID{}, 0, fmt.Errorf("key %x: %w: length", k, errRecord)
+		return secrets.DeviceID{}, 0, fmt.Errorf("key %x: %w: length", k, errRecord)
 	}
-	id, err := ParseDeviceID(string(k[2 : 2+n]))
+	id, err := secrets.ParseDeviceID(string(k[2 : 2+n]))
 	if err == nil {
 		err = validateDevice(id)
 	}
 	if err != nil {
-		return DeviceID{}, 0, fmt.Errorf("key %x: %w: %v", k, errRecord, err)
+		return secrets.DeviceID{}, 0, fmt.Errorf("key %x: %w: %v", k, errRecord, err)
 	}
 	return id, keySeq(k), nil
 }

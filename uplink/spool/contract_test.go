@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
@@ -573,7 +574,7 @@ func TestContractClosed(t *testing.T) {
 func TestContractInvalidInput(t *testing.T) {
 	forEachImpl(t, func(t *testing.T, open func(testing.TB, spool.Options) queue) {
 		q := open(t, spool.Options{})
-		for _, d := range []spool.DeviceID{
+		for _, d := range []secrets.DeviceID{
 			{ProductKey: "", DeviceName: "x"},
 			{ProductKey: "pk", DeviceName: ""},
 			{ProductKey: "p/k", DeviceName: "x"},

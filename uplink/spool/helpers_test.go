@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
@@ -15,16 +16,16 @@ import (
 // that these tests do not depend on package uplink, which imports spool)
 // plus the management and visibility methods.
 type queue interface {
-	Append(ctx context.Context, device spool.DeviceID, m spool.Message) (uint64, error)
-	Read(device spool.DeviceID, after uint64, max int) ([]spool.Message, error)
-	Ack(device spool.DeviceID, seq uint64) error
-	Notify(device spool.DeviceID) <-chan struct{}
-	Purge(device spool.DeviceID) (int, error)
-	Remove(device spool.DeviceID) error
-	DeadLetter(device spool.DeviceID, m spool.Message, reason string) error
-	DeadLetters(device spool.DeviceID) ([]spool.DeadLetter, error)
-	ClearDeadLetters(device spool.DeviceID) (int, error)
-	Stats(device spool.DeviceID) spool.DeviceStats
+	Append(ctx context.Context, device secrets.DeviceID, m spool.Message) (uint64, error)
+	Read(device secrets.DeviceID, after uint64, max int) ([]spool.Message, error)
+	Ack(device secrets.DeviceID, seq uint64) error
+	Notify(device secrets.DeviceID) <-chan struct{}
+	Purge(device secrets.DeviceID) (int, error)
+	Remove(device secrets.DeviceID) error
+	DeadLetter(device secrets.DeviceID, m spool.Message, reason string) error
+	DeadLetters(device secrets.DeviceID) ([]spool.DeadLetter, error)
+	ClearDeadLetters(device secrets.DeviceID) (int, error)
+	Stats(device secrets.DeviceID) spool.DeviceStats
 	Devices() []spool.DeviceStats
 	Totals() spool.Totals
 	Sync(ctx context.Context) error
@@ -82,8 +83,8 @@ func mustOpen(t testing.TB, path string, o spool.Options) *spool.Spool {
 	return s
 }
 
-func dev(i int) spool.DeviceID {
-	return spool.DeviceID{ProductKey: "pk", DeviceName: fmt.Sprintf("dev%04d", i)}
+func dev(i int) secrets.DeviceID {
+	return secrets.DeviceID{ProductKey: "pk", DeviceName: fmt.Sprintf("dev%04d", i)}
 }
 
 func msg(payload string) spool.Message {
@@ -97,7 +98,7 @@ func payload200(i int) []byte {
 	return b
 }
 
-func mustAppend(t testing.TB, q queue, d spool.DeviceID, m spool.Message) uint64 {
+func mustAppend(t testing.TB, q queue, d secrets.DeviceID, m spool.Message) uint64 {
 	t.Helper()
 	seq, err := q.Append(context.Background(), d, m)
 	if err != nil {
@@ -106,7 +107,7 @@ func mustAppend(t testing.TB, q queue, d spool.DeviceID, m spool.Message) uint64
 	return seq
 }
 
-func readAll(t testing.TB, q queue, d spool.DeviceID) []spool.Message {
+func readAll(t testing.TB, q queue, d secrets.DeviceID) []spool.Message {
 	t.Helper()
 	var out []spool.Message
 	after := uint64(0)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -59,11 +60,11 @@ func TestSeqQueueModel(t *testing.T) {
 type ledgerSnapshot struct {
 	t    ledgerTotals
 	seq  uint64
-	devs map[DeviceID]string
+	devs map[secrets.DeviceID]string
 }
 
 func snapshot(l *ledger) ledgerSnapshot {
-	s := ledgerSnapshot{t: l.t, seq: l.seq, devs: map[DeviceID]string{}}
+	s := ledgerSnapshot{t: l.t, seq: l.seq, devs: map[secrets.DeviceID]string{}}
 	for id, d := range l.devs {
 		s.devs[id] = fmt.Sprintf("depth %d bytes %d first %d oldest %v dropped %v dl %d/%d q %v heap %v",
 			d.depth, d.bytes, d.firstSeq, d.oldest.UnixNano(), d.dropped, d.dlCount, d.dlBytes, d.q.live(), d.heapIdx >= 0)
@@ -95,7 +96,7 @@ func TestLedgerRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids := []DeviceID{{"pk", "a"}, {"pk", "b"}, {"pk", "c"}}
+	ids := []secrets.DeviceID{{ProductKey: "pk", DeviceName: "a"}, {ProductKey: "pk", DeviceName: "b"}, {ProductKey: "pk", DeviceName: "c"}}
 	var batch []*request
 	for i := range 18 {
 		m := Message{Topic: "t", Payload: []byte("xx"), Received: tick()}
@@ -131,7 +132,7 @@ func TestLedgerRollback(t *testing.T) {
 			{op: opPurge, device: ids[2]},
 			{op: opDeadLetter, device: ids[1], seq: 8, val: []byte("poison")},
 			{op: opRemove, device: ids[0]},
-			{op: opAppend, device: DeviceID{"pk", "new"}, val: encodeMessage("pk/new", &Message{Topic: "t", Received: now}), size: Size(Message{Topic: "t"}), received: now},
+			{op: opAppend, device: secrets.DeviceID{ProductKey: "pk", DeviceName: "new"}, val: encodeMessage("pk/new", &Message{Topic: "t", Received: now}), size: Size(Message{Topic: "t"}), received: now},
 		} {
 			if err := s.apply(st, r, &outcome{}, now); err != nil {
 				return err
@@ -187,7 +188,7 @@ func TestPurgeInChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	a, b := DeviceID{"pk", "a"}, DeviceID{"pk", "b"}
+	a, b := secrets.DeviceID{ProductKey: "pk", DeviceName: "a"}, secrets.DeviceID{ProductKey: "pk", DeviceName: "b"}
 	for i := range 50 {
 		if _, err := s.Append(context.Background(), a, Message{Topic: "t", Payload: []byte{byte(i)}}); err != nil {
 			t.Fatal(err)
@@ -235,10 +236,10 @@ func TestPurgeDeadInOneTransaction(t *testing.T) {
 		go s.run()
 		s.Close()
 	}()
-	a, b := DeviceID{"pk", "a"}, DeviceID{"pk", "b"}
+	a, b := secrets.DeviceID{ProductKey: "pk", DeviceName: "a"}, secrets.DeviceID{ProductKey: "pk", DeviceName: "b"}
 	var batch []*request
 	for i := range 300 {
-		for _, d := range []DeviceID{a, b} {
+		for _, d := range []secrets.DeviceID{a, b} {
 			m := Message{Topic: "t", Payload: []byte{byte(i)}, Received: time.Now()}
 			batch = append(batch, &request{op: opAppend, device: d, val: encodeMessage(d.String(), &m), size: Size(m), received: m.Received, done: make(chan result, 1)})
 		}
@@ -251,7 +252,7 @@ func TestPurgeDeadInOneTransaction(t *testing.T) {
 		defer s.mu.Unlock()
 		s.led.begin()
 		st := newTxStore(s.led, tx)
-		for _, d := range []DeviceID{a, b} {
+		for _, d := range []secrets.DeviceID{a, b} {
 			for _, seq := range slices.Clone(s.led.devs[d].q.live()) {
 				if _, err := st.deadLetter(s.led.devs[d], seq, "poison", time.Now()); err != nil {
 					return err
@@ -271,7 +272,7 @@ func TestPurgeDeadInOneTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.led.commit(time.Now())
-	count := func(d DeviceID) (n int) {
+	count := func(d secrets.DeviceID) (n int) {
 		s.db.View(func(tx *bolt.Tx) error {
 			c := tx.Bucket(bucketDead).Cursor()
 			p := devPrefix(d)
@@ -308,7 +309,7 @@ func TestCloseAbandonsAckBacklog(t *testing.T) {
 				t.Fatal(err)
 			}
 			s.ackFlush = tc.flush
-			d := DeviceID{ProductKey: "pk", DeviceName: "dn"}
+			d := secrets.DeviceID{ProductKey: "pk", DeviceName: "dn"}
 			var seqs []uint64
 			for i := range 50 {
 				seq, err := s.Append(context.Background(), d, Message{Topic: "/pk/dn/user/x", QoS: 1, Payload: []byte{byte(i)}})

@@ -8,13 +8,15 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/edgegw/edgegw/secrets"
 )
 
 // devState is the in-memory account of one device's queue: what the
 // budgets, overflow policy, TTL and statistics need without touching
 // storage. Both Mem and Spool keep one per device in a ledger.
 type devState struct {
-	id     DeviceID
+	id     secrets.DeviceID
 	prefix []byte    // dead-letter key prefix (spool)
 	q      *seqQueue // queued seqs (spool; Mem keeps the messages)
 
@@ -62,7 +64,7 @@ type ledgerTotals struct {
 }
 
 type ledgerEvent struct {
-	dev    DeviceID
+	dev    secrets.DeviceID
 	reason string
 	n      uint64
 }
@@ -71,7 +73,7 @@ type ledgerEvent struct {
 // synchronized: its owner locks.
 type ledger struct {
 	opts  Options
-	devs  map[DeviceID]*devState
+	devs  map[secrets.DeviceID]*devState
 	byAge devHeap // devices with depth > 0, oldest message first
 	t     ledgerTotals
 	seq   uint64 // last Seq assigned
@@ -93,7 +95,7 @@ type undoLog struct {
 func newLedger(o Options) *ledger {
 	return &ledger{
 		opts:  o,
-		devs:  make(map[DeviceID]*devState),
+		devs:  make(map[secrets.DeviceID]*devState),
 		drops: newDropLog(o.Logger, o.DropLogInterval),
 	}
 }
@@ -160,7 +162,7 @@ func (l *ledger) touch(d *devState) {
 
 // device returns the state of id, creating it if create is set (else nil
 // when unknown).
-func (l *ledger) device(id DeviceID, create bool) *devState {
+func (l *ledger) device(id secrets.DeviceID, create bool) *devState {
 	d := l.devs[id]
 	if d == nil && create {
 		d = &devState{id: id, prefix: devPrefix(id), q: &seqQueue{}, heapIdx: -1}
@@ -509,7 +511,7 @@ func (l *ledger) sorted() []*devState {
 	return out
 }
 
-func compareIDs(a, b DeviceID) int {
+func compareIDs(a, b secrets.DeviceID) int {
 	if c := strings.Compare(a.ProductKey, b.ProductKey); c != 0 {
 		return c
 	}
@@ -561,7 +563,7 @@ type dropLog struct {
 }
 
 type dropKey struct {
-	dev    DeviceID
+	dev    secrets.DeviceID
 	reason string
 }
 
@@ -574,7 +576,7 @@ func newDropLog(log *slog.Logger, interval time.Duration) *dropLog {
 	return &dropLog{log: log, interval: interval, entries: make(map[dropKey]*dropEntry)}
 }
 
-func (dl *dropLog) add(now time.Time, dev DeviceID, reason string, n uint64) {
+func (dl *dropLog) add(now time.Time, dev secrets.DeviceID, reason string, n uint64) {
 	k := dropKey{dev, reason}
 	e := dl.entries[k]
 	if e == nil {

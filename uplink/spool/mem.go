@@ -9,6 +9,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/edgegw/edgegw/secrets"
 )
 
 // Mem is the in-memory queue for gateways run with durability off, and
@@ -19,8 +21,8 @@ import (
 type Mem struct {
 	mu     sync.Mutex
 	led    *ledger
-	queues map[DeviceID]*memQueue
-	dead   map[DeviceID][]DeadLetter
+	queues map[secrets.DeviceID]*memQueue
+	dead   map[secrets.DeviceID][]DeadLetter
 	notify notifier
 	now    func() time.Time
 	closed bool
@@ -75,8 +77,8 @@ func NewMem(opts Options) (*Mem, error) {
 	}
 	return &Mem{
 		led:    newLedger(o),
-		queues: make(map[DeviceID]*memQueue),
-		dead:   make(map[DeviceID][]DeadLetter),
+		queues: make(map[secrets.DeviceID]*memQueue),
+		dead:   make(map[secrets.DeviceID][]DeadLetter),
 		now:    o.Now,
 	}, nil
 }
@@ -127,7 +129,7 @@ func (s *memStore) popOldestDeadLetter(d *devState) (int64, error) {
 func (m *Mem) store() *memStore { return (*memStore)(m) }
 
 // lock locks m, fails if closed, and drops expired messages.
-func (m *Mem) lock(op string, device DeviceID) (time.Time, error) {
+func (m *Mem) lock(op string, device secrets.DeviceID) (time.Time, error) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -148,7 +150,7 @@ func (m *Mem) unlock(now time.Time) {
 
 // Append stores msg for device and returns its Seq. It fails with ErrFull
 // or ErrTooLarge when the message does not fit (see Options.Overflow).
-func (m *Mem) Append(ctx context.Context, device DeviceID, msg Message) (uint64, error) {
+func (m *Mem) Append(ctx context.Context, device secrets.DeviceID, msg Message) (uint64, error) {
 	if err := validateDevice(device); err != nil {
 		return 0, fmt.Errorf("append: %w", err)
 	}
@@ -189,7 +191,7 @@ func (m *Mem) Append(ctx context.Context, device DeviceID, msg Message) (uint64,
 
 // Read returns up to max messages of device with Seq > after, oldest
 // first, without removing them. Expired messages are skipped.
-func (m *Mem) Read(device DeviceID, after uint64, max int) ([]Message, error) {
+func (m *Mem) Read(device secrets.DeviceID, after uint64, max int) ([]Message, error) {
 	now, err := m.lock("read", device)
 	if err != nil {
 		return nil, err
@@ -216,7 +218,7 @@ func (m *Mem) Read(device DeviceID, after uint64, max int) ([]Message, error) {
 // Watermark returns the highest Seq assigned so far: every message of
 // device already appended has a Seq no larger, every message appended
 // later gets a larger one (seqs come from one counter for all devices).
-func (m *Mem) Watermark(device DeviceID) (uint64, error) {
+func (m *Mem) Watermark(device secrets.DeviceID) (uint64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -226,7 +228,7 @@ func (m *Mem) Watermark(device DeviceID) (uint64, error) {
 }
 
 // Ack removes message seq of device. Unknown seqs are ignored.
-func (m *Mem) Ack(device DeviceID, seq uint64) error {
+func (m *Mem) Ack(device secrets.DeviceID, seq uint64) error {
 	now, err := m.lock("ack", device)
 	if err != nil {
 		return err
@@ -253,11 +255,11 @@ func (m *Mem) Ack(device DeviceID, seq uint64) error {
 
 // Notify returns the channel signalled (capacity 1, never blocking) when
 // a message is appended for device.
-func (m *Mem) Notify(device DeviceID) <-chan struct{} { return m.notify.get(device) }
+func (m *Mem) Notify(device secrets.DeviceID) <-chan struct{} { return m.notify.get(device) }
 
 // Purge drops all queued messages of device (counted as ReasonPurge) and
 // returns how many. Dead letters stay.
-func (m *Mem) Purge(device DeviceID) (int, error) {
+func (m *Mem) Purge(device secrets.DeviceID) (int, error) {
 	now, err := m.lock("purge", device)
 	if err != nil {
 		return 0, err
@@ -266,7 +268,7 @@ func (m *Mem) Purge(device DeviceID) (int, error) {
 	return m.purgeLocked(device)
 }
 
-func (m *Mem) purgeLocked(device DeviceID) (int, error) {
+func (m *Mem) purgeLocked(device secrets.DeviceID) (int, error) {
 	d := m.led.device(device, false)
 	if d == nil {
 		return 0, nil
@@ -283,7 +285,7 @@ func (m *Mem) purgeLocked(device DeviceID) (int, error) {
 // Remove drops device's queue (counted as ReasonPurge in Totals), its dead
 // letters and its counters. Seqs are never reused: a device that comes
 // back continues above every Seq assigned before.
-func (m *Mem) Remove(device DeviceID) error {
+func (m *Mem) Remove(device secrets.DeviceID) error {
 	now, err := m.lock("remove", device)
 	if err != nil {
 		return err
@@ -308,7 +310,7 @@ func (m *Mem) Remove(device DeviceID) error {
 // DeadLetter moves message msg.Seq of device to the dead letters with
 // reason: it is counted as ReasonDeadLetter and no longer blocks the
 // queue. If the message is no longer queued nothing happens.
-func (m *Mem) DeadLetter(device DeviceID, msg Message, reason string) error {
+func (m *Mem) DeadLetter(device secrets.DeviceID, msg Message, reason string) error {
 	now, err := m.lock("dead-letter", device)
 	if err != nil {
 		return err
@@ -347,7 +349,7 @@ func (m *Mem) DeadLetter(device DeviceID, msg Message, reason string) error {
 }
 
 // DeadLetters returns device's dead letters in Seq order.
-func (m *Mem) DeadLetters(device DeviceID) ([]DeadLetter, error) {
+func (m *Mem) DeadLetters(device secrets.DeviceID) ([]DeadLetter, error) {
 	now, err := m.lock("dead letters", device)
 	if err != nil {
 		return nil, err
@@ -362,7 +364,7 @@ func (m *Mem) DeadLetters(device DeviceID) ([]DeadLetter, error) {
 }
 
 // ClearDeadLetters deletes device's dead letters and returns how many.
-func (m *Mem) ClearDeadLetters(device DeviceID) (int, error) {
+func (m *Mem) ClearDeadLetters(device secrets.DeviceID) (int, error) {
 	now, err := m.lock("clear dead letters", device)
 	if err != nil {
 		return 0, err
@@ -381,7 +383,7 @@ func (m *Mem) ClearDeadLetters(device DeviceID) (int, error) {
 }
 
 // Stats returns device's queue statistics (zero for an unknown device).
-func (m *Mem) Stats(device DeviceID) DeviceStats {
+func (m *Mem) Stats(device secrets.DeviceID) DeviceStats {
 	now, err := m.lock("stats", device)
 	if err != nil {
 		return DeviceStats{Device: device, Dropped: reasonMap([numReasons]uint64{})}
@@ -396,7 +398,7 @@ func (m *Mem) Stats(device DeviceID) DeviceStats {
 
 // Devices returns the statistics of every known device, sorted by id.
 func (m *Mem) Devices() []DeviceStats {
-	now, err := m.lock("devices", DeviceID{})
+	now, err := m.lock("devices", secrets.DeviceID{})
 	if err != nil {
 		return nil
 	}

@@ -1,19 +1,23 @@
 package spool
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/edgegw/edgegw/secrets"
+)
 
 // notifier hands out one capacity-1 channel per device and signals it
 // without blocking.
 type notifier struct {
 	mu sync.Mutex
-	ch map[DeviceID]chan struct{}
+	ch map[secrets.DeviceID]chan struct{}
 }
 
-func (n *notifier) get(d DeviceID) chan struct{} {
+func (n *notifier) get(d secrets.DeviceID) chan struct{} {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.ch == nil {
-		n.ch = make(map[DeviceID]chan struct{})
+		n.ch = make(map[secrets.DeviceID]chan struct{})
 	}
 	c := n.ch[d]
 	if c == nil {
@@ -23,7 +27,7 @@ func (n *notifier) get(d DeviceID) chan struct{} {
 	return c
 }
 
-func (n *notifier) signal(d DeviceID) {
+func (n *notifier) signal(d secrets.DeviceID) {
 	select {
 	case n.get(d) <- struct{}{}:
 	default:

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -93,9 +94,9 @@ func open(path string, opts Options) (*Spool, error) {
 		log:        log,
 		db:         db,
 		led:        newLedger(lo),
-		pending:    make(map[DeviceID]map[uint64]uint64),
+		pending:    make(map[secrets.DeviceID]map[uint64]uint64),
 		limit:      maxDeletesPerTx,
-		lastAck:    make(map[DeviceID]time.Time),
+		lastAck:    make(map[secrets.DeviceID]time.Time),
 		corrupt:    make(map[corruptRef]struct{}),
 		compaction: comp,
 		reqs:       make(chan *request, o.MaxBatch),
@@ -374,7 +375,7 @@ func (s *Spool) rebuild() error {
 			if d := byName[string(name)]; d != nil {
 				return d
 			}
-			id, err := ParseDeviceID(string(name))
+			id, err := secrets.ParseDeviceID(string(name))
 			if err == nil {
 				err = validateDevice(id)
 			}

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 	"unicode/utf8"
+
+	"github.com/edgegw/edgegw/secrets"
 )
 
 // Errors returned (wrapped) by the queues. Test with errors.Is.
@@ -25,7 +27,7 @@ var (
 	ErrCorrupt = errors.New("spool file corrupt")
 	// ErrClosed: the queue was closed.
 	ErrClosed = errors.New("spool closed")
-	// ErrInvalidDevice: the DeviceID cannot be used as a queue name.
+	// ErrInvalidDevice: the secrets.DeviceID cannot be used as a queue name.
 	ErrInvalidDevice = errors.New("invalid device id")
 )
 
@@ -235,7 +237,7 @@ const maxDeviceIDLen = 1024
 // maxReasonLen truncates dead-letter reasons.
 const maxReasonLen = 256
 
-func validateDevice(d DeviceID) error {
+func validateDevice(d secrets.DeviceID) error {
 	switch {
 	case d.ProductKey == "" || d.DeviceName == "":
 		return fmt.Errorf("%w %q: productKey and deviceName must not be empty", ErrInvalidDevice, d.String())
@@ -255,7 +257,7 @@ func validateDevice(d DeviceID) error {
 // maxTopicLen is MQTT's limit; the record stores the length in 2 bytes.
 const maxTopicLen = 65535
 
-func validateMessage(d DeviceID, m *Message) error {
+func validateMessage(d secrets.DeviceID, m *Message) error {
 	if len(m.Topic) > maxTopicLen {
 		return fmt.Errorf("append for %s: %w: topic of %d bytes exceeds %d", d, ErrTooLarge, len(m.Topic), maxTopicLen)
 	}

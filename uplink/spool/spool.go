@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -44,10 +45,10 @@ type Spool struct {
 	// to Read from Ack on (see clearAcks).
 	mu         sync.RWMutex
 	led        *ledger
-	pending    map[DeviceID]map[uint64]uint64 // acknowledged, not yet deleted: seq → ack number
+	pending    map[secrets.DeviceID]map[uint64]uint64 // acknowledged, not yet deleted: seq → ack number
 	npending   int
 	acks       uint64 // Ack calls so far (ack numbers)
-	lastAck    map[DeviceID]time.Time
+	lastAck    map[secrets.DeviceID]time.Time
 	closed     bool // no new requests
 	dbClosed   bool
 	commits    uint64
@@ -86,7 +87,7 @@ type Spool struct {
 }
 
 type corruptRef struct {
-	dev DeviceID
+	dev secrets.DeviceID
 	seq uint64
 }
 
@@ -108,7 +109,7 @@ func (o opKind) String() string {
 // request is one operation for the writer.
 type request struct {
 	op       opKind
-	device   DeviceID
+	device   secrets.DeviceID
 	val      []byte // append: encoded record; dead-letter: reason
 	size     int64
 	received time.Time
@@ -132,7 +133,7 @@ func (s *Spool) Path() string { return s.path }
 // does not fit (see Options.Overflow), with ErrDiskFull when the disk has
 // no room, with ErrClosed after Close. If ctx ends first the error wraps
 // ctx.Err() and the message may still be stored.
-func (s *Spool) Append(ctx context.Context, device DeviceID, m Message) (uint64, error) {
+func (s *Spool) Append(ctx context.Context, device secrets.DeviceID, m Message) (uint64, error) {
 	if err := validateDevice(device); err != nil {
 		return 0, fmt.Errorf("append: %w", err)
 	}
@@ -189,7 +190,7 @@ func (s *Spool) do(ctx context.Context, r *request) (result, error) {
 // first, without removing them. Acknowledged and expired messages are not
 // returned; a damaged record is skipped, logged and deleted (counted as
 // ReasonCorrupt).
-func (s *Spool) Read(device DeviceID, after uint64, max int) ([]Message, error) {
+func (s *Spool) Read(device secrets.DeviceID, after uint64, max int) ([]Message, error) {
 	if max <= 0 {
 		return nil, nil
 	}
@@ -255,7 +256,7 @@ func (s *Spool) Read(device DeviceID, after uint64, max int) ([]Message, error) 
 // Ack removes message seq of device. It takes effect at once for Read and
 // is committed with the writer's next transaction. Unknown seqs are
 // ignored.
-func (s *Spool) Ack(device DeviceID, seq uint64) error {
+func (s *Spool) Ack(device secrets.DeviceID, seq uint64) error {
 	if err := s.stageAck(device, seq); err != nil {
 		return err
 	}
@@ -264,7 +265,7 @@ func (s *Spool) Ack(device DeviceID, seq uint64) error {
 }
 
 // stageAck records an acknowledgement for the writer to commit.
-func (s *Spool) stageAck(device DeviceID, seq uint64) error {
+func (s *Spool) stageAck(device secrets.DeviceID, seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -296,7 +297,7 @@ func (s *Spool) stageAck(device DeviceID, seq uint64) error {
 // Seq (seqs come from one counter for the whole spool, so w is the same
 // for every device). A transaction that is built but not yet committed
 // does not count: its messages are not visible to Read yet.
-func (s *Spool) Watermark(device DeviceID) (uint64, error) {
+func (s *Spool) Watermark(device secrets.DeviceID) (uint64, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.dbClosed {
@@ -318,12 +319,12 @@ func (s *Spool) poke() {
 
 // Notify returns the channel signalled (capacity 1, never blocking) when
 // a message for device is committed.
-func (s *Spool) Notify(device DeviceID) <-chan struct{} { return s.notify.get(device) }
+func (s *Spool) Notify(device secrets.DeviceID) <-chan struct{} { return s.notify.get(device) }
 
 // Purge drops all queued messages of device (counted as ReasonPurge) and
 // returns how many. Dead letters stay. Large queues are deleted over
 // several commits.
-func (s *Spool) Purge(device DeviceID) (int, error) {
+func (s *Spool) Purge(device secrets.DeviceID) (int, error) {
 	res, err := s.do(context.Background(), &request{op: opPurge, device: device})
 	if err != nil {
 		return 0, err
@@ -334,7 +335,7 @@ func (s *Spool) Purge(device DeviceID) (int, error) {
 // Remove drops device's queue (counted as ReasonPurge in Totals), its
 // dead letters and its counters. Seqs are never reused: a device that
 // comes back continues above every Seq assigned before.
-func (s *Spool) Remove(device DeviceID) error {
+func (s *Spool) Remove(device secrets.DeviceID) error {
 	_, err := s.do(context.Background(), &request{op: opRemove, device: device})
 	if err != nil {
 		return err
@@ -348,7 +349,7 @@ func (s *Spool) Remove(device DeviceID) error {
 // message is no longer queued nothing happens. Dead letters are bounded
 // by Options.DeadLetterMax and DeadLetterBudget; the oldest (lowest Seq)
 // are evicted.
-func (s *Spool) DeadLetter(device DeviceID, m Message, reason string) error {
+func (s *Spool) DeadLetter(device secrets.DeviceID, m Message, reason string) error {
 	res, err := s.do(context.Background(), &request{op: opDeadLetter, device: device, seq: m.Seq, val: []byte(truncate(reason))})
 	if err != nil {
 		return err
@@ -357,7 +358,7 @@ func (s *Spool) DeadLetter(device DeviceID, m Message, reason string) error {
 }
 
 // DeadLetters returns device's dead letters in Seq order.
-func (s *Spool) DeadLetters(device DeviceID) ([]DeadLetter, error) {
+func (s *Spool) DeadLetters(device secrets.DeviceID) ([]DeadLetter, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.dbClosed {
@@ -387,7 +388,7 @@ func (s *Spool) DeadLetters(device DeviceID) ([]DeadLetter, error) {
 }
 
 // ClearDeadLetters deletes device's dead letters and returns how many.
-func (s *Spool) ClearDeadLetters(device DeviceID) (int, error) {
+func (s *Spool) ClearDeadLetters(device secrets.DeviceID) (int, error) {
 	res, err := s.do(context.Background(), &request{op: opClearDeadLetters, device: device})
 	if err != nil {
 		return 0, err
@@ -415,7 +416,7 @@ func (s *Spool) Sync(ctx context.Context) error {
 // before bbolt writes it, and reverts them if it fails. A message leaves
 // Depth only once acknowledged (Ack) or dropped (counted in Dropped), so a
 // Depth of 0 means that nothing unacknowledged is queued.
-func (s *Spool) Stats(device DeviceID) DeviceStats {
+func (s *Spool) Stats(device secrets.DeviceID) DeviceStats {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	d := s.led.devs[device]

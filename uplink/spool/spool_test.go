@@ -17,12 +17,13 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // appendConcurrently appends n messages for device d from several
 // goroutines (order between them unspecified) and returns the seqs.
-func appendConcurrently(t testing.TB, s *spool.Spool, d spool.DeviceID, n, workers int, payload func(i int) []byte) []uint64 {
+func appendConcurrently(t testing.TB, s *spool.Spool, d secrets.DeviceID, n, workers int, payload func(i int) []byte) []uint64 {
 	t.Helper()
 	var next atomic.Int64
 	var mu sync.Mutex
@@ -76,7 +77,7 @@ func TestSpoolRestartKeepsMessagesAndSeqs(t *testing.T) {
 	if err := s.DeadLetter(dev(1), ms[2], "refused topic"); err != nil {
 		t.Fatal(err)
 	}
-	before := map[spool.DeviceID][]spool.Message{}
+	before := map[secrets.DeviceID][]spool.Message{}
 	for d := range 3 {
 		before[dev(d)] = readAll(t, s, dev(d))
 	}

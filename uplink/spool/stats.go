@@ -2,11 +2,13 @@ package spool
 
 import (
 	"time"
+
+	"github.com/edgegw/edgegw/secrets"
 )
 
 // DeviceStats is the visible state of one device's queue.
 type DeviceStats struct {
-	Device DeviceID
+	Device secrets.DeviceID
 	// Depth and Bytes are the queued messages and their Size total.
 	Depth int
 	Bytes int64

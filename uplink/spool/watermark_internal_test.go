@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/edgegw/edgegw/secrets"
 )
 
 // A transaction that is built (its seqs indexed) but not committed does
@@ -16,7 +18,7 @@ func TestWatermarkIgnoresUncommittedTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := DeviceID{ProductKey: "pk", DeviceName: "dev"}
+	d := secrets.DeviceID{ProductKey: "pk", DeviceName: "dev"}
 	m1 := Message{Topic: "t", Payload: []byte("1"), Received: time.Now()}
 	r1 := &request{op: opAppend, device: d, val: encodeMessage(d.String(), &m1), size: Size(m1), received: m1.Received, done: make(chan result, 1)}
 	if carry, err := s.commit([]*request{r1}); err != nil || len(carry) != 0 {

@@ -8,13 +8,14 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // watermarker is the uplink.LiveQueue addition (redeclared: these tests
 // do not import uplink).
 type watermarker interface {
-	Watermark(device spool.DeviceID) (uint64, error)
+	Watermark(device secrets.DeviceID) (uint64, error)
 }
 
 var (
@@ -22,7 +23,7 @@ var (
 	_ watermarker = (*spool.Spool)(nil)
 )
 
-func watermark(t testing.TB, q queue, d spool.DeviceID) uint64 {
+func watermark(t testing.TB, q queue, d secrets.DeviceID) uint64 {
 	t.Helper()
 	w, err := q.(watermarker).Watermark(d)
 	if err != nil {
@@ -43,7 +44,7 @@ func TestWatermarkContract(t *testing.T) {
 			}
 			s1 := mustAppend(t, q, a, msg("a1"))
 			s2 := mustAppend(t, q, b, msg("b1"))
-			for _, d := range []spool.DeviceID{a, b, dev(3)} {
+			for _, d := range []secrets.DeviceID{a, b, dev(3)} {
 				if w := watermark(t, q, d); w < max(s1, s2) {
 					t.Fatalf("%s: watermark %d below the queued seqs %d, %d", d, w, s1, s2)
 				}

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -180,7 +181,7 @@ func (s *Spool) hasOtherWork(stopping bool) bool {
 	return fix || s.enforce || len(s.redirty) > 0 || (!stopping && s.led.expiredDue(s.opts.Now()))
 }
 
-type ackSet map[DeviceID][]uint64
+type ackSet map[secrets.DeviceID][]uint64
 
 // takeAcks copies up to s.limit pending acknowledgements. They stay
 // pending (hidden from Read) until clearAcks after the commit.
@@ -337,7 +338,7 @@ func (s *Spool) commit(batch []*request) (carry []*request, _ error) {
 		s.log.Error("spool commit failed", "err", err)
 	}
 
-	notified := make(map[DeviceID]bool)
+	notified := make(map[secrets.DeviceID]bool)
 	for i, r := range batch {
 		o := outs[i]
 		if o.rejected {
@@ -511,7 +512,7 @@ func (s *Spool) diskFull(wall time.Time, err error) {
 	}
 }
 
-func (s *Spool) countRejected(dev DeviceID) {
+func (s *Spool) countRejected(dev secrets.DeviceID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d := s.led.device(dev, true)
