@@ -353,8 +353,11 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 }
 
 // OnPublish hands every device publish to the sink before mochi writes the
-// PUBACK and fans the message out. Admin requests are acknowledged but not
-// fanned out (CodeSuccessIgnore) and handled in OnPublished.
+// PUBACK. Nothing a device publishes is fanned out locally
+// (CodeSuccessIgnore: acknowledged, not delivered, not retained): its
+// messages go to the spool and its cloud session only, as on the cloud,
+// which never echoes a device's publish back to it. Admin requests are
+// acknowledged the same way and handled in OnPublished.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil // admin replies from PublishAdmin
@@ -389,7 +392,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	})
 	if err == nil {
 		b.stats.messagesIn.Add(1)
-		return pk, nil
+		return pk, packets.CodeSuccessIgnore
 	}
 	b.stats.sinkErrors.Add(1)
 	var rej *RejectError
