@@ -60,7 +60,9 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 	if err != nil {
 		return localbroker.Identity{}, err
 	}
-	id := localbroker.Identity{DeviceID: secrets.DeviceID{ProductKey: pk, DeviceName: dn}}
+	// EnOS pushes every downlink to a device without a SUBSCRIBE; an
+	// Alibaba device asks for that with _ss=1 in its signed clientId.
+	id := localbroker.Identity{DeviceID: dev.ID(), ServerSubscribed: prod.Dialect == secrets.EnOS}
 	if strings.Contains(r.ClientID, "|") {
 		if !a.modes[AuthSigned] {
 			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: signed credentials are not enabled (broker.auth)", dev.ID())
@@ -78,6 +80,9 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 		}
 		if err := p.Verify(dev.DeviceSecret, secrets.VerifyOptions{}); err != nil {
 			return localbroker.Identity{}, verifyRefusal(dev.ID(), err)
+		}
+		if ss, _ := p.Param("_ss"); ss == "1" {
+			id.ServerSubscribed = true
 		}
 		id.Method = localbroker.MethodSigned
 		return id, nil
@@ -110,10 +115,11 @@ func (a *authenticator) byCertificate(r localbroker.ConnectRequest) (localbroker
 	if !ok || pk == "" || dn == "" {
 		return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "client certificate CN %q names no device (want productKey/deviceName)", clip(cn))
 	}
-	if _, _, err := a.device(pk, dn); err != nil {
+	dev, prod, err := a.device(pk, dn)
+	if err != nil {
 		return localbroker.Identity{}, err
 	}
-	return localbroker.Identity{DeviceID: secrets.DeviceID{ProductKey: pk, DeviceName: dn}, Method: localbroker.MethodCert}, nil
+	return localbroker.Identity{DeviceID: dev.ID(), ServerSubscribed: prod.Dialect == secrets.EnOS, Method: localbroker.MethodCert}, nil
 }
 
 // device loads an enabled device and its product.

@@ -43,9 +43,15 @@ const (
 // Admin false) or an admin (Admin true; DeviceID is ignored).
 type Identity struct {
 	secrets.DeviceID
-	Admin  bool
-	Name   string // admin user name, or "unix" for the unix socket
-	Method string // one of the Method constants
+	// ServerSubscribed means the connection receives every downlink for
+	// its device without subscribing, as the cloud does for firmware that
+	// relies on server-side subscription (Alibaba "_ss=1" in the clientId,
+	// every EnOS device). Downlinks matching none of its subscriptions
+	// arrive at the QoS the cloud used (at most 1).
+	ServerSubscribed bool
+	Admin            bool
+	Name             string // admin user name, or "unix" for the unix socket
+	Method           string // one of the Method constants
 }
 
 // String names the identity for logs: "pk/dn" or "admin:name".

@@ -18,7 +18,8 @@ var errWriteTimeout = errors.New("write to client timed out")
 
 // Deliver publishes a downlink message to one device: to each of its
 // sessions with a subscription matching topic, at the lower of qos and the
-// subscription's QoS (at most 1). No other client receives it, not even
+// subscription's QoS (at most 1), and to each of its server-subscribed
+// sessions (Identity.ServerSubscribed) at qos (at most 1). No other client receives it, not even
 // another device of the product subscribed to the same /broadcast/ topic.
 // topic must be a concrete topic the device could subscribe to
 // (secrets.TopicAllowed).
@@ -60,7 +61,7 @@ func (b *Broker) deliver(dev secrets.DeviceID, topic string, payload []byte, qos
 	var firstErr error
 	ok := false
 	for _, c := range sessions {
-		err := b.deliverTo(rs.srv, c.cl, topic, payload, qos)
+		err := b.deliverTo(rs.srv, c, topic, payload, qos)
 		if err == nil {
 			ok = true
 		} else if firstErr == nil || errors.Is(firstErr, ErrNotSubscribed) {
@@ -73,14 +74,19 @@ func (b *Broker) deliver(dev secrets.DeviceID, topic string, payload []byte, qos
 	return firstErr
 }
 
-// deliverTo publishes to one session if it has a matching subscription.
+// deliverTo publishes to one session if it has a matching subscription or
+// is server-subscribed.
 // It does what mochi's (unexported) publishToClient does, minus topic
 // aliases: inflight accounting, the client's receive maximum, subscription
 // identifiers, message expiry.
-func (b *Broker) deliverTo(srv *mqtt.Server, cl *mqtt.Client, topic string, payload []byte, qos byte) error {
+func (b *Broker) deliverTo(srv *mqtt.Server, c *conn, topic string, payload []byte, qos byte) error {
+	cl := c.cl
 	subQos, ids, found := matchSubscriptions(cl, topic)
 	if !found {
-		return ErrNotSubscribed
+		if !c.id.ServerSubscribed {
+			return ErrNotSubscribed
+		}
+		subQos = qos
 	}
 	out := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: min(qos, subQos, 1)},

@@ -77,7 +77,11 @@ func (a *testAuth) Authenticate(req localbroker.ConnectRequest) (localbroker.Ide
 	}
 	switch {
 	case req.Username == dnA && req.Password.Reveal() == passA:
-		return idA, nil
+		id := idA
+		// A clientId ending in "+ss" stands for firmware relying on
+		// server-side subscription.
+		id.ServerSubscribed = strings.HasSuffix(req.ClientID, "+ss")
+		return id, nil
 	case req.Username == dnB && req.Password.Reveal() == passB:
 		return idB, nil
 	case req.Username == "admin" && req.Password.Reveal() == passAdmin:
