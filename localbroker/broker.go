@@ -101,11 +101,12 @@ type Stats struct {
 	AcceptErrors        uint64 // temporary accept failures (e.g. out of file descriptors)
 	MessagesDropped     int64  // outbound messages dropped because a client's queue was full
 	InflightDropped     int64  // outbound QoS 1 messages dropped at a client's MaxInflight
+	IDCollisions        uint64 // SUBSCRIBE/UNSUBSCRIBE ids equal to a downlink's in flight (answered normally)
 }
 
 type counters struct {
 	connects, refused, messagesIn, sinkErrors, pubDenied, subDenied,
-	adminRequests, delivered, deliverFailed, acceptErrors, withheldDrops atomic.Uint64
+	adminRequests, delivered, deliverFailed, acceptErrors, withheldDrops, idCollisions atomic.Uint64
 }
 
 // Broker is the local MQTT broker. Create it with New, start it with Run.
@@ -153,6 +154,9 @@ type conn struct {
 	lastPub   atomic.Pointer[string] // last topic the ACL allowed this client to publish to
 	// disconnectSeen is set once mochi reported the disconnect.
 	disconnectSeen atomic.Bool
+	// ids serialises the broker's packet id allocation for downlinks with
+	// the id stash of a SUBSCRIBE or UNSUBSCRIBE (idstash.go).
+	ids idStash
 	// Guarded by Broker.mu.
 	established bool
 	offline     bool
@@ -489,6 +493,7 @@ func (b *Broker) Stats() Stats {
 		Delivered:           b.stats.delivered.Load(),
 		DeliverFailed:       b.stats.deliverFailed.Load(),
 		AcceptErrors:        b.stats.acceptErrors.Load(),
+		IDCollisions:        b.stats.idCollisions.Load(),
 	}
 	if info := b.info.Load(); info != nil {
 		s.ClientsConnected = atomic.LoadInt64(&info.ClientsConnected)

@@ -112,8 +112,10 @@ func (b *Broker) deliverTo(srv *mqtt.Server, c *conn, topic string, payload []by
 		atomic.AddInt64(&srv.Info.InflightDropped, 1)
 		return ErrInflightFull
 	}
+	c.ids.mu.Lock()
 	pid, err := cl.NextPacketID()
 	if err != nil {
+		c.ids.mu.Unlock()
 		atomic.AddInt64(&srv.Info.InflightDropped, 1)
 		return ErrInflightFull
 	}
@@ -129,6 +131,7 @@ func (b *Broker) deliverTo(srv *mqtt.Server, c *conn, topic string, payload []by
 	if cl.State.Inflight.Set(out) {
 		atomic.AddInt64(&srv.Info.Inflight, 1)
 	}
+	c.ids.mu.Unlock()
 	if held {
 		return nil // sent when the session resumes / the quota frees up
 	}

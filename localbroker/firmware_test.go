@@ -1,9 +1,16 @@
 package localbroker_test
 
 import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"strings"
 	"testing"
+	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // A device's own publish goes to the sink only, never back to the device:
@@ -67,5 +74,151 @@ func TestServerSubscribedDelivery(t *testing.T) {
 	case m := <-plain:
 		t.Fatalf("a session without server-side subscription got %q", m.Topic())
 	default:
+	}
+}
+
+// rawClient speaks MQTT 3.1.1 packet by packet, to control packet ids.
+type rawClient struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr, clientID, user, pass string, clean bool) (*rawClient, packets.Packet) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &rawClient{t: t, conn: conn, r: bufio.NewReader(conn)}
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: clientID, Clean: clean, Keepalive: 60,
+			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(pass)}})
+	ack := c.read()
+	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK: type %d code %d", ack.FixedHeader.Type, ack.ReasonCode)
+	}
+	return c, ack
+}
+
+func (c *rawClient) send(pk packets.Packet) {
+	c.t.Helper()
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Subscribe:
+		pk.FixedHeader.Qos = 1
+		err = pk.SubscribeEncode(&buf)
+	case packets.Unsubscribe:
+		pk.FixedHeader.Qos = 1
+		err = pk.UnsubscribeEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&buf)
+	default:
+		c.t.Fatalf("rawClient cannot send packet type %d", pk.FixedHeader.Type)
+	}
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := c.conn.Write(buf.Bytes()); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// read returns the next packet from the broker (within 10 s).
+func (c *rawClient) read() packets.Packet {
+	c.t.Helper()
+	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	hb, err := c.r.ReadByte()
+	if err != nil {
+		c.t.Fatalf("read packet: %v", err)
+	}
+	var pk packets.Packet
+	pk.ProtocolVersion = 4
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		c.t.Fatal(err)
+	}
+	n, _, err := packets.DecodeLength(c.r)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(c.r, body); err != nil {
+		c.t.Fatal(err)
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Unsuback:
+		err = pk.UnsubackDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	}
+	if err != nil {
+		c.t.Fatalf("decode packet type %d: %v", pk.FixedHeader.Type, err)
+	}
+	return pk
+}
+
+// A resumed persistent session gets its queued downlinks resent at once,
+// with the packet ids the broker chose; a client that then subscribes with
+// one of those ids (its own id space, independent of the broker's: MQTT
+// 3.1.1 §2.3.1) must get its SUBACK, not 0x80 "packet identifier in use".
+// mosquitto_sub -c does exactly this. mochi checks the ids of both
+// directions against one inflight store; the broker works around it.
+func TestSubscribeIDCollidesWithQueuedDownlink(t *testing.T) {
+	h := startBroker(t, nil)
+	addr := strings.TrimPrefix(h.url(t, "tcp"), "tcp://")
+	c, _ := dialRaw(t, addr, "resume", dnA, passA, false)
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 7,
+		Filters: packets.Subscriptions{{Filter: topicA("down/#"), Qos: 1}}})
+	if ack := c.read(); ack.FixedHeader.Type != packets.Suback || ack.ReasonCodes[0] != 1 {
+		t.Fatalf("first SUBACK: %+v", ack)
+	}
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	eventually(t, "session offline", func() bool { return h.b.Stats().ClientsConnected == 0 })
+
+	if err := h.b.Deliver(idA.DeviceID, topicA("down/queued"), []byte("q"), 1); err != nil {
+		t.Fatalf("Deliver to the offline session: %v", err)
+	}
+	c, ack := dialRaw(t, addr, "resume", dnA, passA, false)
+	if !ack.SessionPresent {
+		t.Fatal("session not resumed")
+	}
+	pub := c.read()
+	if pub.FixedHeader.Type != packets.Publish || pub.TopicName != topicA("down/queued") {
+		t.Fatalf("want the queued downlink first, got type %d %q", pub.FixedHeader.Type, pub.TopicName)
+	}
+	for _, typ := range []byte{packets.Subscribe, packets.Unsubscribe} {
+		c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: pub.PacketID,
+			Filters: packets.Subscriptions{{Filter: topicA("cmd/#"), Qos: 1}}})
+		got := c.read()
+		switch {
+		case typ == packets.Subscribe && (got.FixedHeader.Type != packets.Suback || got.ReasonCodes[0] != 1):
+			t.Errorf("SUBSCRIBE with id %d (in flight downstream): got type %d codes %v, want SUBACK granting QoS 1",
+				pub.PacketID, got.FixedHeader.Type, got.ReasonCodes)
+		case typ == packets.Unsubscribe && got.FixedHeader.Type != packets.Unsuback:
+			t.Errorf("UNSUBSCRIBE with id %d: got type %d, want UNSUBACK", pub.PacketID, got.FixedHeader.Type)
+		}
+	}
+	if n := h.b.Stats().IDCollisions; n != 2 {
+		t.Errorf("IDCollisions = %d, want 2", n)
+	}
+	// The downlink is still in flight under its id: the PUBACK completes it.
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pub.PacketID})
+	if err := h.b.Deliver(idA.DeviceID, topicA("down/next"), []byte("n"), 1); err != nil {
+		t.Fatalf("Deliver: %v", err)
+	}
+	if next := c.read(); next.TopicName != topicA("down/next") || next.FixedHeader.Dup {
+		t.Fatalf("after the PUBACK got %q dup=%v, want the next downlink", next.TopicName, next.FixedHeader.Dup)
 	}
 }

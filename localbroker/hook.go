@@ -58,6 +58,7 @@ var provided = []byte{
 	mqtt.OnDisconnect,
 	mqtt.OnPacketRead,
 	mqtt.OnPacketEncode,
+	mqtt.OnPacketProcessed,
 	mqtt.OnPublish,
 	mqtt.OnPublished,
 	mqtt.OnSubscribed,
@@ -325,7 +326,15 @@ func filtersOf(cl *mqtt.Client) []string {
 // downgrade the message and answer the PUBREC-expecting client with a
 // PUBACK; MQTT 5 clients were told the maximum QoS in the CONNACK and get a
 // DISCONNECT 0x9B first.
+//
+// It also sets aside a downlink in flight whose packet id a SUBSCRIBE or
+// UNSUBSCRIBE reuses (see idStash).
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Subscribe, packets.Unsubscribe:
+		h.b.stashCollidingID(cl, pk)
+		return pk, nil
+	}
 	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos < 2 {
 		return pk, nil
 	}
