@@ -415,10 +415,19 @@ func TestLocalAuthAndNamespace(t *testing.T) {
 	if codes := tok.(*mqtt.SubscribeToken).Result(); codes[d1.DownlinkTopic()] != 0x80 {
 		t.Errorf("subscribe to another device's topic granted: %v", codes)
 	}
-	// Publishing into another device's namespace closes the connection
-	// and nothing reaches the cloud.
-	c.Publish(d1.UplinkTopic(), 1, false, `{"id":"1","params":{"seq":1}}`).WaitTimeout(2 * time.Second)
-	waitFor(t, "forbidden publisher disconnected", 10*time.Second, func() bool { return !c.IsConnectionOpen() })
+	// Publishing into another device's namespace is acknowledged and
+	// dropped (no reconnect loop for a 3.1.1 device); nothing reaches the
+	// cloud. The device's own publish after it does.
+	if tok := c.Publish(d1.UplinkTopic(), 1, false, `{"id":"1","params":{"seq":1}}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("forbidden publish not acknowledged: %v", tok.Error())
+	}
+	if tok := c.Publish(d0.UplinkTopic(), 1, false, `{"id":"2","params":{"seq":2}}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("own publish after the forbidden one: %v", tok.Error())
+	}
+	waitFor(t, "own publish at the cloud", 20*time.Second, func() bool { return len(r.sim.MessagesFor(testPK, d0.DeviceName)) > 0 })
+	if !c.IsConnectionOpen() {
+		t.Error("the forbidden publish closed the connection")
+	}
 	if n := len(r.sim.MessagesFor(testPK, d1.DeviceName)); n != 0 {
 		t.Errorf("cloud received %d messages for %s from another device", n, d1.DeviceName)
 	}

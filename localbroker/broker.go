@@ -115,7 +115,10 @@ type Broker struct {
 	log   *slog.Logger
 	specs []listenerSpec
 	limit *limiter
-	stats counters
+	// perDevice limits log lines about one device\'s misbehaviour to one
+	// per device and minute (keys are "what:pk/dn").
+	perDevice *limiter
+	stats     counters
 
 	started atomic.Bool
 	ready   chan struct{}
@@ -235,6 +238,7 @@ func New(cfg Config) (*Broker, error) {
 		log:        cfg.Logger,
 		specs:      specs,
 		limit:      newLimiter(10*time.Second, 10),
+		perDevice:  newLimiter(time.Minute, 1),
 		ready:      make(chan struct{}),
 		failed:     make(chan error, len(specs)),
 		devices:    map[secrets.DeviceID]map[*conn]struct{}{},

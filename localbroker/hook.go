@@ -12,6 +12,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -36,9 +37,6 @@ var pubackCodes = map[byte]packets.Code{
 	ReasonQuotaExceeded:          packets.ErrQuotaExceeded,
 	ReasonPayloadFormatInvalid:   packets.ErrPayloadFormatInvalid,
 }
-
-// maxLoggedUsername bounds how much of a client-chosen user name is logged.
-const maxLoggedUsername = 128
 
 // hook is the broker's single mochi hook: authentication, ACL, the sink,
 // admin requests and session bookkeeping.
@@ -164,11 +162,7 @@ func (h *hook) refuse(cl *mqtt.Client, req ConnectRequest, id *Identity, code by
 	} else if code < RefuseProtocolVersion || code > RefuseNotAuthorized {
 		rc = RefuseNotAuthorized
 	}
-	user := req.Username
-	if len(user) > maxLoggedUsername {
-		user = user[:maxLoggedUsername] + "…"
-	}
-	args := []any{"client", cl.ID, "username", user, "remote", req.Remote, "listener", req.Listener,
+	args := []any{"client", logsafe.Clip(cl.ID), "username", logsafe.Clip(req.Username), "remote", req.Remote, "listener", req.Listener,
 		"code", code, "reason", reason}
 	if id != nil {
 		args = append(args, "device", id.String())
@@ -200,6 +194,24 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if !write {
 		return canReceive(&c.id, topic)
 	}
+	if !c.id.Admin {
+		// A device's publish outside its namespace is refused in
+		// OnPublish, where it can be acknowledged instead of closing
+		// the connection (see refuseTopic).
+		return true
+	}
+	if canPublish(&c.id, topic) {
+		return true
+	}
+	h.b.stats.pubDenied.Add(1)
+	h.b.logLimited("acl-publish", slog.LevelInfo, "publish denied: topic outside the namespace",
+		"admin", c.id.String(), "client", c.clientID, "topic", topic, "remote", c.remote)
+	return false
+}
+
+// publishAllowed reports whether a device may publish to topic, caching the
+// last allowed topic (devices publish to few topics, mostly the same one).
+func (c *conn) publishAllowed(topic string) bool {
 	if last := c.lastPub.Load(); last != nil && *last == topic {
 		return true
 	}
@@ -207,10 +219,24 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		c.rememberPub(topic)
 		return true
 	}
-	h.b.stats.pubDenied.Add(1)
-	h.b.logLimited("acl-publish", slog.LevelInfo, "publish denied: topic outside the namespace",
-		"device", c.id.String(), "client", c.clientID, "topic", topic, "remote", c.remote)
 	return false
+}
+
+// refuseTopic answers a device's publish outside its namespace. Nothing
+// of it is forwarded; it is counted and logged at most once per device and
+// log window. mochi's own answer, closing a 3.1.1 connection after a
+// refused QoS 1 publish, made firmware that publishes such a topic right
+// after CONNACK (a version report, say) reconnect and resend it for ever.
+// So an MQTT 5 client gets PUBACK 0x87 "not authorized", a 3.1.1 client a
+// PUBACK (it has no negative one), and QoS 0 is dropped.
+func (h *hook) refuseTopic(cl *mqtt.Client, c *conn, pk packets.Packet) (packets.Packet, error) {
+	h.b.stats.pubDenied.Add(1)
+	h.b.logDevice("acl-publish", c.id.DeviceID, slog.LevelWarn, "publish refused: topic outside the device's namespace; acknowledged and dropped",
+		"device", c.id.String(), "client", logsafe.Clip(c.clientID), "topic", logsafe.Clip(pk.TopicName), "qos", pk.FixedHeader.Qos, "remote", c.remote)
+	if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion == 5 {
+		return pk, packets.ErrNotAuthorized
+	}
+	return pk, packets.CodeSuccessIgnore
 }
 
 // OnSessionEstablished indexes the session once its CONNACK is written.
@@ -390,6 +416,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, packets.CodeSuccessIgnore
 	}
 
+	if !c.publishAllowed(pk.TopicName) {
+		return h.refuseTopic(cl, c, pk)
+	}
 	err := b.cfg.Sink.Publish(h.sinkCtx, Message{
 		Device:   c.id,
 		ClientID: c.clientID,

@@ -228,3 +228,24 @@ func BenchmarkACLCheck(b *testing.B) {
 		})
 	}
 }
+
+// Per-device keys do not accumulate: past maxLimiterKeys, keys whose window
+// has passed are forgotten; a key still holding back lines is kept.
+func TestLimiterForgetsOldKeys(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newLimiter(time.Minute, 1)
+	l.now = func() time.Time { return now }
+	l.allow("busy")
+	l.allow("busy") // held back: must survive pruning
+	for i := range maxLimiterKeys {
+		l.allow(fmt.Sprint("dev-", i))
+	}
+	now = now.Add(2 * time.Minute)
+	l.allow("new")
+	if len(l.keys) != 2 {
+		t.Fatalf("%d keys after pruning, want 2 (busy, new)", len(l.keys))
+	}
+	if ok, suppressed := l.allow("busy"); !ok || suppressed != 1 {
+		t.Errorf("busy: allow = %v, %d; want true, 1", ok, suppressed)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgegw/edgegw/secrets"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -40,6 +41,9 @@ func (l *limiter) allow(key string) (ok bool, suppressed int) {
 	now := l.now()
 	s := l.keys[key]
 	if s == nil {
+		if len(l.keys) >= maxLimiterKeys {
+			l.prune(now)
+		}
 		s = &limitState{start: now}
 		l.keys[key] = s
 	}
@@ -53,6 +57,35 @@ func (l *limiter) allow(key string) (ok bool, suppressed int) {
 	s.n++
 	suppressed, s.suppressed = s.suppressed, 0
 	return true, suppressed
+}
+
+// maxLimiterKeys is the size at which a limiter forgets keys whose window
+// has passed (per-device keys would otherwise accumulate for ever).
+const maxLimiterKeys = 4096
+
+// prune forgets the keys whose window has passed with nothing held back.
+func (l *limiter) prune(now time.Time) {
+	for k, s := range l.keys {
+		if now.Sub(s.start) >= l.window && s.suppressed == 0 {
+			delete(l.keys, k)
+		}
+	}
+}
+
+// logDevice logs at level at most once per device, category and minute
+// (what names the category), adding a count of the lines held back.
+func (b *Broker) logDevice(what string, dev secrets.DeviceID, level slog.Level, msg string, args ...any) {
+	if !b.log.Enabled(context.Background(), level) {
+		return
+	}
+	ok, suppressed := b.perDevice.allow(what + ":" + dev.String())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	b.log.Log(context.Background(), level, msg, args...)
 }
 
 // logLimited logs at level under the rate limit of key, adding a
