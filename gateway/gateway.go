@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -40,6 +41,9 @@ type Options struct {
 	Inherited map[string][]net.Listener
 	// Clock drives the cloud sessions (default: the system clock).
 	Clock uplink.Clock
+	// Version is the edgegw version gateway.status reports (default: the
+	// main module's version from the build info, else "devel").
+	Version string
 }
 
 // Gateway is one edgegw instance: registry, local broker, spool and cloud
@@ -48,6 +52,7 @@ type Gateway struct {
 	cfg     *Config
 	log     *slog.Logger
 	opts    Options
+	version string
 	budget  stopBudget // shutdown.timeout split among the stop steps
 	started time.Time
 
@@ -76,11 +81,12 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Gateway{
-		cfg:    cfg,
-		log:    opts.Logger,
-		opts:   opts,
-		budget: newStopBudget(cfg.Shutdown.Timeout.Std()),
-		ready:  make(chan struct{}),
+		cfg:     cfg,
+		log:     opts.Logger,
+		opts:    opts,
+		version: cmp.Or(opts.Version, versionString()),
+		budget:  newStopBudget(cfg.Shutdown.Timeout.Std()),
+		ready:   make(chan struct{}),
 	}, nil
 }
 
