@@ -155,3 +155,22 @@ func TestStopBudget(t *testing.T) {
 		t.Errorf("New's budget = %+v", gw.budget)
 	}
 }
+
+// TestVersionOption: the version gateway.status reports comes from
+// Options, with the build info as the fallback.
+func TestVersionOption(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	for _, tt := range []struct{ opt, want string }{
+		{"v1.2.3", "v1.2.3"},
+		{"", versionString()},
+	} {
+		gw, err := New(cfg, Options{Version: tt.opt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gw.version != tt.want || gw.version == "" {
+			t.Errorf("Options.Version %q: version %q, want %q", tt.opt, gw.version, tt.want)
+		}
+	}
+}
