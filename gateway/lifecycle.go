@@ -14,9 +14,9 @@ var ErrAlreadyRun = errors.New("gateway: Run was already called on this gateway"
 
 // stopBudget is shutdown.timeout (kept below systemd's TimeoutStopSec)
 // split among the stop steps. New computes it once; every part takes its
-// bound from here and from nowhere else (see docs/architecture.md, clean
-// stop: stop accepting, finish in-flight commits, close the cloud sessions,
-// exit within the bound; what is not delivered stays in the spool).
+// bound from here and from nowhere else (docs/architecture.md §7: stop
+// accepting, finish in-flight commits, close the cloud sessions, exit
+// within the bound; what is not delivered stays in the spool).
 type stopBudget struct {
 	total time.Duration // shutdown.timeout
 
