@@ -20,11 +20,6 @@ import (
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
-// Version is the edgegw version gateway.status reports. cmd/edgegw sets it
-// from its build stamp; when it is empty the main module's version from the
-// build info is reported, else "devel".
-var Version string
-
 // Admin API methods (see design §4, "Admin topic").
 const (
 	MethodGatewayStatus = "gateway.status"
@@ -569,7 +564,7 @@ func (a *admin) status(c *call, p *params) (result, error) {
 		return result{}, err
 	}
 	st := AdminStatus{
-		Version:       versionString(),
+		Version:       a.g.version,
 		Started:       a.g.started.UTC().Format(time.RFC3339),
 		UptimeSeconds: time.Since(a.g.started).Round(time.Millisecond).Seconds(),
 		Devices: AdminDeviceCounts{Total: len(devs), ByState: map[string]int{
@@ -627,9 +622,6 @@ func (a *admin) status(c *call, p *params) (result, error) {
 }
 
 func versionString() string {
-	if Version != "" {
-		return Version
-	}
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
 	}

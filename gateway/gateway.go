@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgegw/edgegw/localbroker"
@@ -39,6 +41,9 @@ type Options struct {
 	Inherited map[string][]net.Listener
 	// Clock drives the cloud sessions (default: the system clock).
 	Clock uplink.Clock
+	// Version is the edgegw version gateway.status reports (default: the
+	// main module's version from the build info, else "devel").
+	Version string
 }
 
 // Gateway is one edgegw instance: registry, local broker, spool and cloud
@@ -47,7 +52,12 @@ type Gateway struct {
 	cfg     *Config
 	log     *slog.Logger
 	opts    Options
+	version string
+	budget  stopBudget // shutdown.timeout split among the stop steps
 	started time.Time
+
+	ran atomic.Bool              // Run was called
+	obs atomic.Pointer[observer] // set while Run runs (see startObserver)
 
 	ready     chan struct{}
 	mu        sync.Mutex
@@ -70,7 +80,14 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Gateway{cfg: cfg, log: opts.Logger, opts: opts, ready: make(chan struct{})}, nil
+	return &Gateway{
+		cfg:     cfg,
+		log:     opts.Logger,
+		opts:    opts,
+		version: cmp.Or(opts.Version, versionString()),
+		budget:  newStopBudget(cfg.Shutdown.Timeout.Std()),
+		ready:   make(chan struct{}),
+	}, nil
 }
 
 // Ready is closed once the registry is open, the spool is open and every
@@ -99,17 +116,21 @@ func (g *Gateway) Registry() *secrets.Registry {
 }
 
 // Run opens the state, starts the local broker and the cloud sessions and
-// blocks until ctx ends; then it stops in order — local broker first (no new
-// publishes, in-flight commits finish), then the cloud sessions, then the
-// spool and the registry — within the configured shutdown timeout.
-// Undelivered messages stay in the spool.
+// blocks until ctx ends. Each part, once started, registers a named stop
+// step; at the end the steps run last-in-first-out — local broker first (no
+// new publishes, in-flight commits finish), then the cloud sessions, the
+// metrics server, the spool and the registry — each within its share of
+// the shutdown budget (see stopBudget). Undelivered messages stay in the
+// spool. Run may be called once; a second call returns ErrAlreadyRun.
 func (g *Gateway) Run(ctx context.Context) (err error) {
+	if !g.ran.CompareAndSwap(false, true) {
+		return ErrAlreadyRun
+	}
 	g.started = time.Now()
-	var cleanups []func() error
+	stops := &stopSteps{log: g.log}
 	defer func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			err = errors.Join(err, cleanups[i]())
-		}
+		err = errors.Join(err, stops.run())
+		g.obs.Store(nil) // also when the metrics step was left behind
 	}()
 
 	if err := os.MkdirAll(g.cfg.StateDir, 0o700); err != nil {
@@ -124,13 +145,13 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	cleanups = append(cleanups, reg.Close)
+	stops.add("registry", g.budget.registry, reg.Close)
 
 	q, err := g.openQueue()
 	if err != nil {
 		return err
 	}
-	cleanups = append(cleanups, q.Close)
+	stops.add("spool", g.budget.spool, q.Close)
 
 	mgr, err := g.newManager(q)
 	if err != nil {
@@ -151,58 +172,46 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 
 	// Liveness, and the metrics and health server: it reads the parts
-	// above, so it stops (deferred here) before they are closed.
+	// above, so it stops before they are closed.
 	stopObserver, err := g.startObserver(ctx)
 	if err != nil {
 		return err
 	}
-	defer stopObserver()
+	stops.add("metrics", g.budget.metrics, stopObserver)
 
-	mgrCtx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopMgr()
-	brokerCtx, stopBroker := context.WithCancel(ctx)
-	defer stopBroker()
-	mgrDone := make(chan error, 1)
-	go func() { mgrDone <- mgr.Run(mgrCtx) }()
-	brokerDone := make(chan error, 1)
-	go func() { brokerDone <- broker.Run(brokerCtx) }()
+	// The cloud sessions outlive ctx: they stop (and flush) only after the
+	// local broker has stopped feeding them.
+	up := startRunner(context.WithoutCancel(ctx), mgr.Run)
+	stops.add("uplink", g.budget.uplink, up.stop)
+	local := startRunner(ctx, broker.Run)
+	stops.add("broker", g.budget.broker, local.stop)
 
 	select {
 	case <-broker.Ready():
 		g.log.Info("edgegw ready", "devices", n, "listeners", addrList(broker.Addrs()),
 			"cloud", g.cfg.Cloud.EffectiveEndpoint(), "durable", g.cfg.Spool.Durable)
 		close(g.ready)
-	case err := <-brokerDone:
-		stopMgr()
-		<-mgrDone
-		return fmt.Errorf("local broker: %w", err)
+	case <-local.done:
+		return fmt.Errorf("local broker: %w", local.result())
 	}
 
-	var runErr error
 	select {
 	case <-ctx.Done():
-		runErr = <-brokerDone
-	case runErr = <-brokerDone:
-	case err := <-mgrDone:
-		// The manager only ends early on a fatal error: stop the broker too.
-		stopBroker()
-		<-brokerDone
-		return fmt.Errorf("uplink manager: %w", err)
+		g.log.Info("edgegw stopping", "budget", g.budget.total)
+		return nil // the stop steps report what did not stop cleanly
+	case <-local.done:
+		if ctx.Err() != nil {
+			return nil // stopping anyway: the broker's stop step reports
+		}
+		// A listener that can no longer accept ends the broker.
+		if err := local.result(); err != nil {
+			return fmt.Errorf("local broker: %w", err)
+		}
+		return nil
+	case <-up.done:
+		// The manager only ends early on a fatal error: stop the rest too.
+		return fmt.Errorf("uplink manager: %w", up.result())
 	}
-	stopMgr()
-	select {
-	case err := <-mgrDone:
-		runErr = errors.Join(runErr, err)
-	case <-time.After(g.cfg.Shutdown.Timeout.Std()):
-		runErr = errors.Join(runErr, errors.New("uplink manager did not stop within the shutdown timeout"))
-	}
-	if runErr != nil && ctx.Err() == nil {
-		return fmt.Errorf("local broker: %w", runErr)
-	}
-	if errors.Is(runErr, context.Canceled) {
-		runErr = nil
-	}
-	return runErr
 }
 
 func addrList(m map[string]net.Addr) string {
@@ -222,10 +231,8 @@ func (g *Gateway) openQueue() (Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The shutdown budget is shared: 40% for the local broker, 40% for the
-	// cloud sessions, 20% for the spool's last commits.
 	opts := spool.Options{
-		CloseTimeout: max(g.cfg.Shutdown.Timeout.Std()/5, 2*time.Second),
+		CloseTimeout: g.budget.spool,
 		Budget:       int64(g.cfg.Spool.Budget),
 		DeviceBudget: int64(g.cfg.Spool.DeviceBudget),
 		Overflow:     overflow,
@@ -286,7 +293,7 @@ func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
 		GatewayRate:  uplink.Rate{PerSecond: c.GatewayRate, Burst: max(1, int(c.GatewayRate))},
 		StallTimeout: c.AckTimeout.Std(),
 		LiveFirst:    g.cfg.Spool.LiveFirst,
-		StopTimeout:  g.cfg.Shutdown.Timeout.Std() * 2 / 5,
+		StopTimeout:  g.budget.uplink,
 		Downlink:     g.downlink,
 		DeadLetter: func(id secrets.DeviceID, m spool.Message, reason string) {
 			if err := q.DeadLetter(id, m, reason); err != nil {
@@ -336,7 +343,7 @@ func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager)
 		MaxClients:      int64(b.MaxClients),
 		WritesPending:   b.WritesPending,
 		Logger:          g.log.With("part", "broker"),
-		ShutdownTimeout: g.cfg.Shutdown.Timeout.Std() * 2 / 5,
+		ShutdownTimeout: g.budget.broker,
 		Auth:            auth,
 		Sink:            &sink{q: q, mgr: mgr, qos0: g.cfg.Spool.QoS0, log: g.log},
 		Observer:        g.subs,

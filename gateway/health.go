@@ -48,16 +48,9 @@ type observer struct {
 	probe   *aliveProbe // running, or the last one finished
 }
 
-// observers maps a running *Gateway to its *observer, from Run's start
-// of the observer until Run returns.
-var observers sync.Map
-
-func (g *Gateway) observer() *observer {
-	if v, ok := observers.Load(g); ok {
-		return v.(*observer)
-	}
-	return nil
-}
+// observer returns this Run's observer, nil before the observer starts and
+// after Run returns.
+func (g *Gateway) observer() *observer { return g.obs.Load() }
 
 // ready reports whether the gateway is ready and not shutting down.
 func (o *observer) ready() bool {

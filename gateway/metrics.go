@@ -369,8 +369,8 @@ func (g *Gateway) MetricsAddr() net.Addr {
 // fatal, like a local listener's: a misconfigured port shows at start, not
 // when the monitoring finds nothing. stop ends the server (in-flight
 // requests get a short grace) and must be called before the parts it
-// reads are closed.
-func (g *Gateway) startObserver(ctx context.Context) (stop func(), err error) {
+// reads are closed. stop's error is always nil; it fits the stop steps.
+func (g *Gateway) startObserver(ctx context.Context) (stop func() error, err error) {
 	o := &observer{g: g, ctx: ctx}
 	if addr := g.cfg.Metrics.Listen; addr != "" {
 		ln, err := net.Listen("tcp", addr)
@@ -380,12 +380,7 @@ func (g *Gateway) startObserver(ctx context.Context) (stop func(), err error) {
 		o.ln = ln
 		o.srv = g.metricsServer(o)
 	}
-	if _, loaded := observers.LoadOrStore(g, o); loaded {
-		if o.ln != nil {
-			_ = o.ln.Close()
-		}
-		return nil, errors.New("run gateway: it is already running")
-	}
+	g.obs.Store(o) // Run runs once, so there is no other
 	if o.srv != nil {
 		o.served = make(chan struct{})
 		go func() {
@@ -396,22 +391,20 @@ func (g *Gateway) startObserver(ctx context.Context) (stop func(), err error) {
 		}()
 		g.log.Info("metrics and health endpoints listening", "address", o.ln.Addr().String())
 	}
-	return func() {
+	return func() error {
 		o.stopping.Store(true)
 		if o.srv != nil {
-			sctx, cancel := context.WithTimeout(context.Background(), metricsStopGrace)
+			sctx, cancel := context.WithTimeout(context.Background(), g.budget.metrics)
 			if err := o.srv.Shutdown(sctx); err != nil {
 				_ = o.srv.Close()
 			}
 			cancel()
 			<-o.served
 		}
-		observers.CompareAndDelete(g, o)
+		g.obs.CompareAndSwap(o, nil)
+		return nil
 	}, nil
 }
-
-// metricsStopGrace bounds how long stopping waits for in-flight requests.
-const metricsStopGrace = time.Second
 
 func (g *Gateway) metricsServer(o *observer) *http.Server {
 	reg := prometheus.NewRegistry()

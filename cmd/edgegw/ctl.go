@@ -29,7 +29,6 @@ import (
 
 func init() {
 	commands["ctl"] = runCtl
-	gateway.Version = Version()
 }
 
 // DefaultAdminSocket is where edgegw ctl finds the gateway by default (the

@@ -84,7 +84,8 @@ var commands = map[string]func(ctx context.Context, args []string, stdin io.Read
 var errUsage = errors.New("usage")
 
 // Version returns the stamped version, else the module version from the
-// build info, else "devel".
+// build info, else "devel". run and demo pass it to the gateway
+// (gateway.Options.Version), which reports it in gateway.status.
 func Version() string {
 	if version != "" {
 		return version

@@ -65,7 +65,7 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 		// Usable listeners are still returned; a bad fd is named in err.
 		log.Error("socket activation", "err", err)
 	}
-	g, err := gateway.New(cfg, gateway.Options{Logger: log, Inherited: inherited})
+	g, err := gateway.New(cfg, gateway.Options{Logger: log, Inherited: inherited, Version: Version()})
 	if err != nil {
 		return err
 	}
