@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -82,7 +82,7 @@ type actCloud struct {
 	dialect secrets.Dialect
 	pk      string
 	sim     *cloudsim.Sim
-	cfg     *gateway.Config
+	cfg     *config.Config
 }
 
 // newActCloud starts a simulator for dialect d (Alibaba over TLS, since
@@ -111,7 +111,7 @@ func newActCloud(t *testing.T, d secrets.Dialect, tcpOnly bool) *actCloud {
 	t.Cleanup(func() { sim.Close() })
 	c.sim = sim
 
-	cfg := gateway.DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = filepath.Join(dir, "state")
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Cloud.Dialect = d
@@ -122,11 +122,11 @@ func newActCloud(t *testing.T, d secrets.Dialect, tcpOnly bool) *actCloud {
 			cfg.Cloud.CAFile = caFile
 		}
 		// EnOS keeps its defaults: its backoff floor (30 s) exceeds these.
-		cfg.Cloud.BackoffMin = gateway.Duration(50 * time.Millisecond)
-		cfg.Cloud.BackoffMax = gateway.Duration(500 * time.Millisecond)
+		cfg.Cloud.BackoffMin = config.Duration(50 * time.Millisecond)
+		cfg.Cloud.BackoffMax = config.Duration(500 * time.Millisecond)
 	}
 	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = gateway.Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
 	c.cfg = cfg
 	return c
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
@@ -578,7 +579,7 @@ func (a *admin) status(c *call, p *params) (result, error) {
 		}
 	}
 	cl := &st.Cloud
-	cl.Endpoint = redactURL(a.g.cfg.Cloud.EffectiveEndpoint())
+	cl.Endpoint = config.RedactURL(a.g.cfg.Cloud.EffectiveEndpoint())
 	cl.Dialect = string(a.g.cfg.Cloud.Dialect)
 	errCount := map[string]int{}
 	for _, s := range mgr.Statuses() {

@@ -19,6 +19,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -57,7 +58,7 @@ func (l *admLog) String() string {
 type admRig struct {
 	t       *testing.T
 	sim     *cloudsim.Sim
-	cfg     *gateway.Config
+	cfg     *config.Config
 	gw      *gateway.Gateway
 	log     *admLog
 	sock    string // the admin unix socket
@@ -112,15 +113,15 @@ func newAdmRig(t *testing.T) *admRig {
 	if err := os.WriteFile(pwFile, []byte(admAdminPassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := gateway.DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = filepath.Join(dir, "state")
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(sockDir, "admin.sock")}
-	cfg.Broker.Admin = []gateway.AdminUser{{User: "ops", PasswordFile: pwFile}}
+	cfg.Broker.Admin = []config.AdminUser{{User: "ops", PasswordFile: pwFile}}
 	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
-	cfg.Cloud.BackoffMin = gateway.Duration(50 * time.Millisecond)
-	cfg.Cloud.BackoffMax = gateway.Duration(300 * time.Millisecond)
+	cfg.Cloud.BackoffMin = config.Duration(50 * time.Millisecond)
+	cfg.Cloud.BackoffMax = config.Duration(300 * time.Millisecond)
 	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = gateway.Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
 	r := &admRig{t: t, sim: sim, cfg: cfg, log: &admLog{}, sock: filepath.Join(sockDir, "admin.sock"), replies: &admReplies{}}
 	r.start()
 	return r

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 )
@@ -47,7 +48,7 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 		}
 	}
 	if r.Username == "" {
-		if len(r.PeerCertificates) > 0 && a.modes[AuthCert] {
+		if len(r.PeerCertificates) > 0 && a.modes[config.AuthCert] {
 			return a.byCertificate(r)
 		}
 		return localbroker.Identity{}, refusal(localbroker.RefuseBadCredentials, "no username (want deviceName&productKey)")
@@ -64,7 +65,7 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 	// Alibaba device asks for that with _ss=1 in its signed clientId.
 	id := localbroker.Identity{DeviceID: dev.ID(), ServerSubscribed: prod.Dialect == secrets.EnOS}
 	if strings.Contains(r.ClientID, "|") {
-		if !a.modes[AuthSigned] {
+		if !a.modes[config.AuthSigned] {
 			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: signed credentials are not enabled (broker.auth)", dev.ID())
 		}
 		p, err := secrets.ParseConnect(prod.Dialect, r.ClientID, r.Username, r.Password)
@@ -87,7 +88,7 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 		id.Method = localbroker.MethodSigned
 		return id, nil
 	}
-	if !a.modes[AuthPassword] {
+	if !a.modes[config.AuthPassword] {
 		return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: local passwords are not enabled (broker.auth)", dev.ID())
 	}
 	if r.Password.IsZero() {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 )
@@ -33,7 +34,7 @@ func TestAuthenticateServerSubscribed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a := &authenticator{reg: reg, modes: map[string]bool{AuthSigned: true}, log: slog.New(slog.DiscardHandler)}
+	a := &authenticator{reg: reg, modes: map[string]bool{config.AuthSigned: true}, log: slog.New(slog.DiscardHandler)}
 
 	tests := []struct {
 		name    string

@@ -12,7 +12,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -63,7 +63,7 @@ const (
 )
 
 func benchForwarding(b *testing.B, n int, durable bool) {
-	r := newGWRig(b, gwRigOptions{devices: n, simRate: cloudsim.RateUnlimited, maxRecords: 1000, mutate: func(c *gateway.Config) {
+	r := newGWRig(b, gwRigOptions{devices: n, simRate: cloudsim.RateUnlimited, maxRecords: 1000, mutate: func(c *config.Config) {
 		c.Spool.Durable = durable
 		unlimited := 0.0
 		c.Cloud.DeviceRate = &unlimited

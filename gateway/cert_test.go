@@ -18,8 +18,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 )
 
 // testCA is a throwaway certificate authority for TLS tests.
@@ -99,7 +98,7 @@ func TestClientCertificateAuth(t *testing.T) {
 	certFile, keyFile := writeFile(t, dir, "server.pem", srvCert), writeFile(t, dir, "server.key", srvKey)
 	caFile := writeFile(t, dir, "ca.pem", ca.pem)
 
-	r := newRig(t, 2, 0, func(c *gateway.Config) {
+	r := newRig(t, 2, 0, func(c *config.Config) {
 		c.Broker.Listeners = append(c.Broker.Listeners, "tls://127.0.0.1:0")
 		c.Broker.TLSCert, c.Broker.TLSKey, c.Broker.ClientCA = certFile, keyFile, caFile
 	})

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -33,8 +33,8 @@ func (c *jumpClock) jump(d time.Duration) { c.off.Add(int64(d)) }
 func TestClockJumps(t *testing.T) {
 	const ndev = 6
 	clk := &jumpClock{}
-	r := newRigWith(t, rigOptions{devices: ndev, simRate: cloudsim.RateUnlimited, clock: clk, mutate: func(c *gateway.Config) {
-		c.Cloud.AckTimeout = gateway.Duration(2 * time.Second)
+	r := newRigWith(t, rigOptions{devices: ndev, simRate: cloudsim.RateUnlimited, clock: clk, mutate: func(c *config.Config) {
+		c.Cloud.AckTimeout = config.Duration(2 * time.Second)
 		perDevice := 200.0
 		c.Cloud.DeviceRate = &perDevice
 		c.Cloud.ConnectRate, c.Cloud.ConnectBurst = 50, 2

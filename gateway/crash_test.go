@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -106,7 +106,7 @@ func TestCrashKill9(t *testing.T) {
 
 	dir := t.TempDir()
 	local := freePort(t)
-	cfg := gateway.DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = filepath.Join(dir, "state")
 	seedRegistry(t, cfg, devs, 0)
 	conf := filepath.Join(dir, "edgegw.toml")

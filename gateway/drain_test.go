@@ -10,7 +10,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -26,7 +26,7 @@ type gwRigOptions struct {
 	// (Alibaba 30/s), cloudsim.RateUnlimited turns the limit off.
 	simRate    float64
 	maxRecords int
-	mutate     func(*gateway.Config)
+	mutate     func(*config.Config)
 }
 
 func newGWRig(tb testing.TB, o gwRigOptions) *gwRig {
@@ -104,7 +104,7 @@ func TestDrainRespectsDeviceRate(t *testing.T) {
 		ndev    = 4
 		backlog = 60
 	)
-	r := newGWRig(t, gwRigOptions{devices: ndev, simRate: cloudsim.RateUnlimited, mutate: func(c *gateway.Config) {
+	r := newGWRig(t, gwRigOptions{devices: ndev, simRate: cloudsim.RateUnlimited, mutate: func(c *config.Config) {
 		rt := float64(rate)
 		c.Cloud.DeviceRate = &rt
 	}})
@@ -144,12 +144,12 @@ func TestDrainFairAcrossDevices(t *testing.T) {
 		gwRate  = 100
 	)
 	devRate := 10.0 // above the fair share (gwRate/ndev): the gateway rate binds
-	r := newGWRig(t, gwRigOptions{devices: ndev, simRate: cloudsim.RateUnlimited, mutate: func(c *gateway.Config) {
+	r := newGWRig(t, gwRigOptions{devices: ndev, simRate: cloudsim.RateUnlimited, mutate: func(c *config.Config) {
 		c.Cloud.GatewayRate = gwRate
 		c.Cloud.DeviceRate = &devRate
 		// Reconnect together after the outage: the gateway bucket's
 		// burst (one second's worth) goes to whoever is connected first.
-		c.Cloud.BackoffMax = gateway.Duration(100 * time.Millisecond)
+		c.Cloud.BackoffMax = config.Duration(100 * time.Millisecond)
 		c.Cloud.ConnectRate, c.Cloud.ConnectBurst = 1000, 1000
 	}})
 	acks := r.backlog(backlog)
@@ -306,7 +306,7 @@ func TestLiveFirstEndToEnd(t *testing.T) {
 		live      = 15
 		liveStart = 1001 // live posts carry seqs from here
 	)
-	r := newGWRig(t, gwRigOptions{devices: 1, simRate: cloudsim.RateUnlimited, mutate: func(c *gateway.Config) {
+	r := newGWRig(t, gwRigOptions{devices: 1, simRate: cloudsim.RateUnlimited, mutate: func(c *config.Config) {
 		c.Spool.LiveFirst = true
 		rt := 20.0
 		c.Cloud.DeviceRate = &rt

@@ -17,6 +17,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
@@ -30,7 +31,7 @@ const testPK = "a1TestProd1"
 type rig struct {
 	t       testing.TB
 	sim     *cloudsim.Sim
-	cfg     *gateway.Config
+	cfg     *config.Config
 	gw      *gateway.Gateway
 	local   string // tcp host:port of the local broker
 	devices []devsim.Device
@@ -49,14 +50,14 @@ type rigOptions struct {
 	simRate    float64
 	maxRecords int
 	nameFormat string // device names, default "dev-%03d"
-	mutate     func(*gateway.Config)
+	mutate     func(*config.Config)
 	clock      uplink.Clock // the gateway's clock (default: the system's)
 }
 
 // newRig starts a cloud simulator without rate limit with n devices and a
 // gateway whose registry holds the same devices; the first `passwords`
 // devices also get a local password "pw-<deviceName>".
-func newRig(t *testing.T, n, passwords int, mutate func(*gateway.Config)) *rig {
+func newRig(t *testing.T, n, passwords int, mutate func(*config.Config)) *rig {
 	t.Helper()
 	return newRigWith(t, rigOptions{devices: n, passwords: passwords, simRate: cloudsim.RateUnlimited, mutate: mutate})
 }
@@ -86,14 +87,14 @@ func newRigWith(tb testing.TB, o rigOptions) *rig {
 	r.sim = sim
 
 	dir := tb.TempDir()
-	cfg := gateway.DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(dir, "admin.sock")}
 	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
-	cfg.Cloud.BackoffMin = gateway.Duration(50 * time.Millisecond)
-	cfg.Cloud.BackoffMax = gateway.Duration(200 * time.Millisecond)
+	cfg.Cloud.BackoffMin = config.Duration(50 * time.Millisecond)
+	cfg.Cloud.BackoffMax = config.Duration(200 * time.Millisecond)
 	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = gateway.Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
 	if o.mutate != nil {
 		o.mutate(cfg)
 	}
@@ -103,7 +104,7 @@ func newRigWith(tb testing.TB, o rigOptions) *rig {
 	return r
 }
 
-func seedRegistry(tb testing.TB, cfg *gateway.Config, devs []devsim.Device, passwords int) {
+func seedRegistry(tb testing.TB, cfg *config.Config, devs []devsim.Device, passwords int) {
 	tb.Helper()
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		tb.Fatal(err)

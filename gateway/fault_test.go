@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -311,12 +311,12 @@ func TestFaultProxy(t *testing.T) {
 	}
 	proxy := newFaultProxy(t)
 	const ackTimeout = 2 * time.Second
-	r := newRig(t, ndev, 0, func(c *gateway.Config) {
+	r := newRig(t, ndev, 0, func(c *config.Config) {
 		target := strings.TrimPrefix(c.Cloud.Endpoint, "tcp://")
 		proxy.target.Store(&target)
 		c.Cloud.Endpoint = "tcp://" + proxy.addr()
-		c.Cloud.AckTimeout = gateway.Duration(ackTimeout)
-		c.Cloud.Keepalive = gateway.Duration(30 * time.Second)
+		c.Cloud.AckTimeout = config.Duration(ackTimeout)
+		c.Cloud.Keepalive = config.Duration(30 * time.Second)
 		unlimited := 0.0
 		c.Cloud.DeviceRate = &unlimited
 		c.Cloud.ConnectRate, c.Cloud.ConnectBurst = 200, 200

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
@@ -49,7 +50,7 @@ type Options struct {
 // Gateway is one edgegw instance: registry, local broker, spool and cloud
 // sessions, wired together. Create it with New and run it with Run.
 type Gateway struct {
-	cfg     *Config
+	cfg     *config.Config
 	log     *slog.Logger
 	opts    Options
 	version string
@@ -70,7 +71,7 @@ type Gateway struct {
 }
 
 // New checks cfg and prepares a gateway; it opens nothing yet.
-func New(cfg *Config, opts Options) (*Gateway, error) {
+func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if cfg == nil {
 		return nil, errors.New("gateway: no configuration")
 	}

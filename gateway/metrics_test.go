@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
@@ -77,14 +78,14 @@ func newMetRig(t *testing.T, n int) *metRig {
 	r.sim = sim
 
 	dir := t.TempDir()
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
-	cfg.Cloud.BackoffMin = Duration(50 * time.Millisecond)
-	cfg.Cloud.BackoffMax = Duration(500 * time.Millisecond)
+	cfg.Cloud.BackoffMin = config.Duration(50 * time.Millisecond)
+	cfg.Cloud.BackoffMax = config.Duration(500 * time.Millisecond)
 	cfg.Metrics.Listen = "127.0.0.1:0"
-	cfg.Shutdown.Timeout = Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
 	metSeedRegistry(t, cfg, regDevs)
 
 	gw, err := New(cfg, Options{})
@@ -127,7 +128,7 @@ func (r *metRig) stop() error {
 	}
 }
 
-func metSeedRegistry(t *testing.T, cfg *Config, devs []secrets.Device) {
+func metSeedRegistry(t *testing.T, cfg *config.Config, devs []secrets.Device) {
 	t.Helper()
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -355,7 +356,7 @@ func TestMetricsAndHealth(t *testing.T) {
 			t.Errorf("dropped{reason=%s} = %v, want 0", reason, v)
 		}
 	}
-	if v := s.must(t, "edgegw_spool_budget_bytes"); v != float64(DefaultConfig().Spool.Budget) {
+	if v := s.must(t, "edgegw_spool_budget_bytes"); v != float64(config.Default().Spool.Budget) {
 		t.Errorf("spool budget = %v", v)
 	}
 	if v := s.must(t, "edgegw_spool_info", "durable", "true", "overflow", "drop-oldest"); v != 1 {
@@ -506,7 +507,7 @@ func TestMetricsListenInUse(t *testing.T) {
 	}
 	defer ln.Close()
 	dir := t.TempDir()
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(dir, "admin.sock")}
 	cfg.Metrics.Listen = ln.Addr().String()
@@ -534,7 +535,7 @@ func TestMetricsListenInUse(t *testing.T) {
 // works (the watchdog needs it).
 func TestMetricsDisabled(t *testing.T) {
 	dir := t.TempDir()
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Metrics.Listen = ""
@@ -573,7 +574,7 @@ func TestMetricsDisabled(t *testing.T) {
 // (one spool commit) instead of starting one each.
 func TestAliveSharesProbes(t *testing.T) {
 	dir := t.TempDir()
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Metrics.Listen = ""
@@ -741,7 +742,7 @@ func (q *wedgedQueue) Sync(context.Context) error {
 // the writer does.
 func TestAliveDetectsWedgedSpool(t *testing.T) {
 	dir := t.TempDir()
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Metrics.Listen = "127.0.0.1:0"

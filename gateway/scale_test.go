@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 )
 
@@ -26,13 +26,13 @@ func TestScaleDevices(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	g0 := runtime.NumGoroutine()
 
-	r := newRig(t, n, 0, func(c *gateway.Config) {
+	r := newRig(t, n, 0, func(c *config.Config) {
 		c.Cloud.ConnectRate = 2000
 		c.Cloud.ConnectBurst = 2000
 		// This test measures size, not stop time (TestShutdownWithManyClients
 		// in localbroker bounds that): under -race on a busy 2-core CI box,
 		// closing 200 connections has taken over the rig's 2 s broker share.
-		c.Shutdown.Timeout = gateway.Duration(30 * time.Second)
+		c.Shutdown.Timeout = config.Duration(30 * time.Second)
 	})
 	start := time.Now()
 	const count = 3

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -80,15 +81,15 @@ func newCtlRig(t *testing.T) *ctlRig {
 	if err := os.WriteFile(r.pwFile, []byte(ctlAdminPass+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := gateway.DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = filepath.Join(dir, "state")
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + r.sock}
-	cfg.Broker.Admin = []gateway.AdminUser{{User: "ops", PasswordFile: r.pwFile}}
+	cfg.Broker.Admin = []config.AdminUser{{User: "ops", PasswordFile: r.pwFile}}
 	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
-	cfg.Cloud.BackoffMin = gateway.Duration(50 * time.Millisecond)
-	cfg.Cloud.BackoffMax = gateway.Duration(300 * time.Millisecond)
+	cfg.Cloud.BackoffMin = config.Duration(50 * time.Millisecond)
+	cfg.Cloud.BackoffMax = config.Duration(300 * time.Millisecond)
 	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = gateway.Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
 	gw, err := gateway.New(cfg, gateway.Options{Logger: slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)

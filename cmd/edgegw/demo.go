@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -91,16 +92,16 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	defer sim.Close()
 
 	// The gateway, configured as an operator would, with the devices in its registry.
-	cfg := gateway.DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Cloud.Dialect = d
 	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
 	if d == secrets.EnOS {
-		cfg.Cloud.Keepalive = gateway.Duration(60 * time.Second)
+		cfg.Cloud.Keepalive = config.Duration(60 * time.Second)
 	}
-	cfg.Cloud.BackoffMin = gateway.Duration(500 * time.Millisecond)
-	cfg.Cloud.BackoffMax = gateway.Duration(5 * time.Second)
+	cfg.Cloud.BackoffMin = config.Duration(500 * time.Millisecond)
+	cfg.Cloud.BackoffMax = config.Duration(5 * time.Second)
 	cfg.Metrics.Listen = ""
 	if err := seedRegistry(cfg, d, devices, slog.New(slog.DiscardHandler)); err != nil {
 		return err
@@ -197,7 +198,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 
 // seedRegistry puts the demo product and devices into the gateway's
 // registry, as 'edgegw ctl import' would.
-func seedRegistry(cfg *gateway.Config, d secrets.Dialect, devices []devsim.Device, log *slog.Logger) error {
+func seedRegistry(cfg *config.Config, d secrets.Dialect, devices []devsim.Device, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 )
 
 func healthCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -24,11 +25,11 @@ func healthCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // loopback port, until the test ends; it returns the server's address.
 func startGateway(t *testing.T) string {
 	t.Helper()
-	cfg := gateway.DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = t.TempDir()
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Metrics.Listen = "127.0.0.1:0"
-	cfg.Shutdown.Timeout = gateway.Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
 	gw, err := gateway.New(cfg, gateway.Options{})
 	if err != nil {
 		t.Fatal(err)

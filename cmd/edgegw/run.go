@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/systemd"
 )
@@ -36,7 +37,7 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg, err := gateway.LoadConfig(*cfgPath)
+	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
 
@@ -310,7 +310,7 @@ func TestGatewayConfigTransport(t *testing.T) {
 		if err := g.writeConfig(); err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := gateway.LoadConfig(g.configPath())
+		cfg, err := config.Load(g.configPath())
 		if err != nil {
 			t.Fatal(err)
 		}

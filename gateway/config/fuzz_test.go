@@ -1,4 +1,4 @@
-package gateway
+package config
 
 import (
 	"bytes"
@@ -8,13 +8,13 @@ import (
 	"testing"
 )
 
-// FuzzParseConfig feeds arbitrary documents to ParseConfig. It must never
+// FuzzParseConfig feeds arbitrary documents to Parse. It must never
 // panic; an accepted configuration must validate and survive a round trip
 // through the TOML encoder; every error must be one line, carry the file
 // name and a line inside the document, and an unknown key's line must be
 // one that names it.
 func FuzzParseConfig(f *testing.F) {
-	seeds, err := filepath.Glob("testdata/config/*.toml")
+	seeds, err := filepath.Glob("testdata/*.toml")
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -39,22 +39,22 @@ func FuzzParseConfig(f *testing.F) {
 		f.Add([]byte(doc))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := ParseConfig(bytes.NewReader(data), "fuzz.toml")
+		cfg, err := Parse(bytes.NewReader(data), "fuzz.toml")
 		if err == nil {
 			if verr := cfg.Validate(); verr != nil {
-				t.Fatalf("ParseConfig accepted a config that Validate rejects: %v", verr)
+				t.Fatalf("Parse accepted a config that Validate rejects: %v", verr)
 			}
 			roundTrip(t, cfg)
 			return
 		}
 		if cfg != nil {
-			t.Fatalf("ParseConfig returned a config with error %v", err)
+			t.Fatalf("Parse returned a config with error %v", err)
 		}
 		text := string(data)
 		lines := strings.Split(stripBOM(text), "\n")
 		errs := configErrors(t, err)
 		if len(errs) == 0 {
-			t.Fatalf("error %q holds no *ConfigError", err)
+			t.Fatalf("error %q holds no *Error", err)
 		}
 		for _, ce := range errs {
 			msg := ce.Error()
