@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/atomicfile"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -426,25 +427,16 @@ func (r *Registry) create(timeout time.Duration) (created bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if err := fsyncFile(tmp); err != nil {
+	if err := atomicfile.SyncFile(tmp); err != nil {
 		return false, err
 	}
-	if err := publishFile(tmp, r.path); err != nil {
+	if err := atomicfile.Link(tmp, r.path); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return false, nil
 		}
 		return false, err
 	}
 	return true, nil
-}
-
-func fsyncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 type openStats struct {
