@@ -2,7 +2,7 @@
 // consoles (Alibaba Cloud IoT Platform, EnOS) export in batch: a header
 // naming the columns, then one record per line. Both `edgegw ctl import`
 // and the cloud simulator read them through this package, so they accept
-// exactly the same files (docs/protocol.md describes the format).
+// exactly the same files.
 //
 // What is accepted: the required columns in any order and any letter case,
 // surrounded by spaces or not; other columns, which are ignored; a UTF-8
