@@ -11,7 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"syscall"
+
+	"github.com/edgegw/edgegw/internal/atomicfile"
 )
 
 // KeySize is the size in bytes of the registry key.
@@ -71,7 +72,7 @@ func LoadOrCreateKey(path string, log *slog.Logger) (key []byte, created bool, e
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, false, fmt.Errorf("create key file %s: %w", path, err)
 	}
-	err = createFileAtomic(path, ".edgegw-key-*.tmp", func(f *os.File) error {
+	err = atomicfile.Create(path, 0o600, func(f *os.File) error {
 		_, err := f.Write(key)
 		return err
 	})
@@ -151,76 +152,4 @@ func parseKeyFile(data []byte) ([]byte, error) {
 		return nil, errors.New("key is all zeros (a placeholder, not a key)")
 	}
 	return key, nil
-}
-
-// createFileAtomic makes path appear complete or not at all: write fills a
-// temporary file in the same directory, which is fsynced, closed and then
-// hard-linked to path, so an existing path is never replaced (the error then
-// wraps fs.ErrExist). On filesystems without hard links it falls back to
-// rename after checking that path does not exist. The directory is fsynced
-// so the new name survives a power cut.
-func createFileAtomic(path, tmpPattern string, write func(*os.File) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, tmpPattern)
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		_ = os.Remove(tmp) // after a successful link the name is just an extra link
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if err := write(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return publishFile(tmp, path)
-}
-
-// publishFile links the finished temporary file tmp to path without
-// replacing an existing path, removes tmp and fsyncs the directory.
-func publishFile(tmp, path string) error {
-	err := os.Link(tmp, path)
-	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		var errno syscall.Errno
-		if !errors.As(err, &errno) || (errno != syscall.EPERM && errno != syscall.ENOTSUP && errno != syscall.EOPNOTSUPP && errno != syscall.EXDEV && errno != syscall.EMLINK) {
-			return err
-		}
-		// No hard links here (some FUSE or vfat mounts): rename, which
-		// would replace a file created in the last microseconds; check first.
-		if _, statErr := os.Lstat(path); statErr == nil {
-			return &fs.PathError{Op: "create", Path: path, Err: fs.ErrExist}
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			return err
-		}
-	}
-	_ = os.Remove(tmp)
-	return fsyncDir(filepath.Dir(path))
-}
-
-// fsyncDir fsyncs a directory so that entries created in it are durable.
-func fsyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,11 +10,8 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/internal/consolecsv"
 )
-
-// The batch-export columns of both clouds' consoles (any order, any case;
-// other columns are ignored).
-var importColumns = []string{"ProductKey", "DeviceName", "DeviceSecret"}
 
 // importRow is one device line of an import file.
 type importRow struct {
@@ -32,7 +28,7 @@ func (r importRow) wire() gateway.AdminImportRow {
 // huge field must not make a request exceed the broker's packet limit.
 const (
 	importIdentMax  = 128
-	importSecretMax = 512
+	importSecretMax = consolecsv.MaxSecretLen
 )
 
 // ImportSummary is the outcome of 'edgegw ctl import' (its -json output).
@@ -195,73 +191,39 @@ func sortRowErrors(es []gateway.AdminRowError) {
 	}
 }
 
-// readDevicesCSV reads a device list in the consoles' batch-export form: a
-// required header naming ProductKey, DeviceName and DeviceSecret (any
-// order, case-insensitive, other columns ignored), then one device per
-// line. A UTF-8 byte order mark and CRLF line ends are tolerated and blank
-// lines skipped. An empty DeviceSecret means the device is to obtain one by
-// dynamic activation. A line that cannot be read (wrong number of fields, a
-// stray quote) or that repeats a device is returned as a problem and the
-// others are still read; only a missing or incomplete header is an error.
-// Problems never quote a secret.
+// readDevicesCSV reads a device list in the consoles' batch-export form
+// (see internal/consolecsv): a required header naming ProductKey,
+// DeviceName and DeviceSecret (any order, case-insensitive, other columns
+// ignored), then one device per line. A UTF-8 byte order mark and CRLF
+// line ends are tolerated and blank lines skipped. An empty DeviceSecret
+// means the device is to obtain one by dynamic activation. A line that
+// cannot be read (wrong number of fields, a stray quote) or that repeats a
+// device is returned as a problem and the others are still read; only a
+// missing or incomplete header is an error. Problems never quote a secret.
 func readDevicesCSV(r io.Reader, name string) ([]importRow, []gateway.AdminRowError, error) {
-	cr := csv.NewReader(r)
-	cr.FieldsPerRecord = 0
-	header, err := cr.Read()
-	if errors.Is(err, io.EOF) {
-		return nil, nil, fmt.Errorf("%s:1: missing header (want %s)", name, strings.Join(importColumns, ","))
-	}
+	cr, err := consolecsv.NewReader(r, name, consolecsv.DeviceColumns)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s:1: header: %w", name, csvCause(err))
+		return nil, nil, err
 	}
-	header[0] = strings.TrimPrefix(header[0], "\uFEFF")
-	col := map[string]int{}
-	for i, h := range header {
-		key := strings.ToLower(strings.TrimSpace(h))
-		if key == "" {
-			continue
-		}
-		if _, dup := col[key]; dup {
-			return nil, nil, fmt.Errorf("%s:1: header names column %q twice", name, strings.TrimSpace(h))
-		}
-		col[key] = i
-	}
-	for _, want := range importColumns {
-		if _, ok := col[strings.ToLower(want)]; !ok {
-			return nil, nil, fmt.Errorf("%s:1: header lacks column %s (want %s)", name, want, strings.Join(importColumns, ","))
-		}
-	}
-	cPK, cDN, cDS := col["productkey"], col["devicename"], col["devicesecret"]
-
 	var rows []importRow
 	var problems []gateway.AdminRowError
 	seen := map[string]int{}
-	lastErrLine := -1
 	for {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
 			break
 		}
+		var ce *consolecsv.Error
+		if errors.As(err, &ce) {
+			problems = append(problems, gateway.AdminRowError{Line: ce.Line, Code: 400, Message: ce.Detail()})
+			continue
+		}
 		if err != nil {
-			var pe *csv.ParseError
-			line := 0
-			if errors.As(err, &pe) {
-				line = pe.StartLine
-			}
-			if line == lastErrLine {
-				// The reader did not move on: give up on the rest.
-				return rows, append(problems, gateway.AdminRowError{Line: line, Code: 400, Message: "unreadable CSV; stopped reading here"}), nil
-			}
-			lastErrLine = line
-			problems = append(problems, gateway.AdminRowError{Line: line, Code: 400, Message: csvCause(err).Error()})
-			continue
+			return nil, nil, err
 		}
-		line, _ := cr.FieldPos(0)
-		if allBlank(rec) {
-			continue
-		}
-		row := importRow{line: line, productKey: strings.TrimSpace(rec[cPK]), deviceName: strings.TrimSpace(rec[cDN]),
-			secret: strings.TrimSpace(rec[cDS])}
+		line := rec.Line
+		row := importRow{line: line, productKey: strings.TrimSpace(rec.Fields[0]), deviceName: strings.TrimSpace(rec.Fields[1]),
+			secret: strings.TrimSpace(rec.Fields[2])}
 		id := row.productKey + "/" + row.deviceName
 		if tooLong := fieldTooLong(row); tooLong != "" {
 			problems = append(problems, gateway.AdminRowError{Line: line, Code: 400, Message: tooLong})
@@ -289,26 +251,4 @@ func fieldTooLong(r importRow) string {
 		return fmt.Sprintf("DeviceSecret: is %d bytes, at most %d allowed", len(r.secret), importSecretMax)
 	}
 	return ""
-}
-
-// csvCause strips the position from a csv.ParseError (lines are reported
-// separately) and keeps its cause, which never quotes field contents.
-func csvCause(err error) error {
-	var pe *csv.ParseError
-	if errors.As(err, &pe) {
-		if errors.Is(pe.Err, csv.ErrFieldCount) {
-			return errors.New("wrong number of fields (the header has a different count)")
-		}
-		return pe.Err
-	}
-	return err
-}
-
-func allBlank(rec []string) bool {
-	for _, f := range rec {
-		if strings.TrimSpace(f) != "" {
-			return false
-		}
-	}
-	return true
 }
