@@ -299,13 +299,13 @@ func (s *session) rejects(m spool.Message) string {
 	return ""
 }
 
+// deadLetter moves m, which the cloud would never accept, out of the
+// queue. If the queue fails, m stays queued and is tried again on the next
+// connection.
 func (s *session) deadLetter(m spool.Message, reason string) {
 	s.log.Warn("message dead-lettered", "seq", m.Seq, "topic", m.Topic, "bytes", len(m.Payload), "reason", reason)
-	if f := s.m.cfg.DeadLetter; f != nil {
-		f(s.dev.ID, m, reason)
-	}
-	if err := s.m.cfg.Queue.Ack(s.dev.ID, m.Seq); err != nil {
-		s.log.Error("acknowledge dead-lettered message", "seq", m.Seq, "err", err)
+	if err := s.m.cfg.Queue.DeadLetter(s.dev.ID, m.Seq, reason); err != nil {
+		s.log.Error("dead-letter a message", "seq", m.Seq, "topic", m.Topic, "err", err)
 	}
 	s.updateStatus(func(st *SessionStatus) { st.DeadLettered++ })
 }
