@@ -11,12 +11,13 @@
 // Remove/Add. Each connection attempt builds a new paho.mqtt.golang client
 // with fresh credentials (the clientId's timestamp is the injected clock's
 // now in milliseconds and the password is signed again), configured for
-// exact acknowledgements (see docs/architecture.md): AutoReconnect off,
+// exact acknowledgements (docs/architecture.md §5.2): AutoReconnect off,
 // CleanSession on, MQTT 3.1.1, OrderMatters off, ConnectRetry off; one
-// function builds these options for sessions and activation alike. Reconnection is the session's own loop: exponential
-// backoff with full jitter, reset after a connection that stayed up (or saw
-// a PUBACK); CONNACK refusals (return codes 1, 2, 4, 5) put the device in
-// state auth-failed and are retried slowly; return code 3 backs off long. A
+// function builds these options for sessions and activation alike.
+// Reconnection is the session's own loop: exponential backoff with full
+// jitter, reset after a connection that stayed up (or saw a PUBACK);
+// CONNACK refusals (return codes 1, 2, 4, 5) put the device in state
+// auth-failed and are retried slowly; return code 3 backs off long. A
 // gateway-wide token bucket paces all connection attempts, and EnOS devices
 // additionally keep under the cloud's "4 connects in 2 minutes" block.
 //

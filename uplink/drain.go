@@ -117,7 +117,7 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 	d := s.newDrainer(c, subs)
 	defer d.close()
 	for {
-		if err := d.collect(); err != nil {
+		if err := d.settleTokens(); err != nil {
 			return err
 		}
 		d.fillWindow()
@@ -129,7 +129,8 @@ func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
 
 // drainer is the drain of one connection: the window of flights handed to
 // paho, the lanes they are taken from, and the timers that pace them. Its
-// loop is collect, fillWindow, wait, on the session's goroutine only.
+// loop is settleTokens, fillWindow, wait (docs/architecture.md §3.6), on
+// the session's goroutine only.
 type drainer struct {
 	s      *session
 	c      *conn
@@ -176,9 +177,10 @@ func (d *drainer) close() {
 	d.pub.close()
 }
 
-// collect settles finished tokens, oldest first: a success is acknowledged
-// to the queue and counts as progress, a failure ends the connection.
-func (d *drainer) collect() error {
+// settleTokens settles finished tokens, oldest first: a success is
+// acknowledged to the queue and counts as progress, a failure ends the
+// connection.
+func (d *drainer) settleTokens() error {
 	for len(d.inflight) > 0 {
 		f := d.inflight[0]
 		if !f.finished() {
@@ -287,7 +289,7 @@ func (d *drainer) wait(ctx context.Context) error {
 	}
 	select {
 	case <-ctx.Done():
-		d.settle()
+		d.quiesce()
 		return ctx.Err()
 	case <-d.c.lost:
 		return d.c.lostErr
@@ -339,9 +341,9 @@ func (d *drainer) stalled() error {
 	return nil
 }
 
-// settle gives in-flight messages up to Quiesce to be acknowledged before
+// quiesce gives in-flight messages up to Quiesce to be acknowledged before
 // a deliberate shutdown, so fewer are sent twice after a restart.
-func (d *drainer) settle() {
+func (d *drainer) quiesce() {
 	if len(d.inflight) == 0 {
 		return
 	}
