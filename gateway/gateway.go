@@ -28,7 +28,6 @@ type Queue interface {
 	uplink.Queue
 	Purge(device secrets.DeviceID) (int, error)
 	Remove(device secrets.DeviceID) error
-	DeadLetter(device secrets.DeviceID, m spool.Message, reason string) error
 	Stats(device secrets.DeviceID) spool.DeviceStats
 	Totals() spool.Totals
 	Close() error
@@ -296,11 +295,6 @@ func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
 		LiveFirst:    g.cfg.Spool.LiveFirst,
 		StopTimeout:  g.budget.uplink,
 		Downlink:     g.downlink,
-		DeadLetter: func(id secrets.DeviceID, m spool.Message, reason string) {
-			if err := q.DeadLetter(id, m, reason); err != nil {
-				g.log.Error("dead-letter a message", "device", id.String(), "topic", m.Topic, "err", err)
-			}
-		},
 	}
 	if c.GatewayRate == 0 {
 		mc.GatewayRate = uplink.Rate{}

@@ -367,54 +367,22 @@ func (s *session) replyActivation(c *conn, topic string, msgID json.RawMessage) 
 // request's topics go to got; the handler runs in paho's router (ordered)
 // and never blocks.
 func (s *session) dialActivation(ctx context.Context, req activationRequest, got chan<- mqtt.Message) (*conn, error) {
-	cfg := &s.m.cfg
-	u, err := s.ep.url(s.dev.ID.ProductKey)
-	if err != nil {
-		return nil, &ConnectError{Err: err}
-	}
-	s.updateStatus(func(st *SessionStatus) {
-		st.Attempts++
-		st.ClientID = req.creds.ClientID
-	})
-	c := &conn{lost: make(chan struct{})}
-	opts := mqtt.NewClientOptions()
-	opts.AddBroker(u.String())
-	opts.SetClientID(req.creds.ClientID)
-	opts.SetUsername(req.creds.Username)
-	opts.SetPassword(req.creds.Password.Reveal())
-	opts.SetProtocolVersion(4)
-	opts.SetCleanSession(true)
-	opts.SetAutoReconnect(false)
-	opts.SetConnectRetry(false)
-	opts.SetResumeSubs(false)
-	// Ordered: the handler runs in the router before a connection loss is
-	// reported, so a secret read just before the cloud closes is not missed.
-	opts.SetOrderMatters(true)
-	opts.SetKeepAlive(s.lim.KeepAlive)
-	opts.SetPingTimeout(20 * time.Second)
-	opts.SetConnectTimeout(cfg.ConnectTimeout)
-	opts.SetWriteTimeout(cfg.WriteTimeout)
-	opts.SetCustomOpenConnectionFn(s.dialFor(ctx, c))
-	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.setLost(err) })
-	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
-		for _, t := range req.topics {
-			if m.Topic() == t {
-				select {
-				case got <- m:
-				default:
+	return s.dialCloud(ctx, req.creds, connectMode{
+		what:    "connecting to activate",
+		ordered: true,
+		onMessage: func(_ mqtt.Client, m mqtt.Message) {
+			for _, t := range req.topics {
+				if m.Topic() == t {
+					select {
+					case got <- m:
+					default:
+					}
+					return
 				}
-				return
 			}
-		}
-		s.log.Debug("activation: ignoring a message", "topic", m.Topic())
+			s.log.Debug("activation: ignoring a message", "topic", m.Topic())
+		},
 	})
-	c.client = s.m.newClient(opts)
-
-	s.log.Debug("connecting to activate", "attempt", s.attempt, "url", u.Redacted(), "client_id", req.creds.ClientID)
-	if err := s.awaitConnack(ctx, c, cfg.ConnectTimeout); err != nil {
-		return nil, err
-	}
-	return c, nil
 }
 
 // parseIssued extracts the deviceSecret from the cloud's message: EnOS

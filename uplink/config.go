@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/secrets"
-	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // Device is one registered device as its cloud session needs it.
@@ -241,9 +240,6 @@ type ManagerConfig struct {
 	// on its own goroutine per message (paho's OrderMatters is off) and the
 	// cloud's PUBACK follows its return, so it should hand off and return.
 	Downlink func(id secrets.DeviceID, topic string, payload []byte, qos byte)
-	// DeadLetter receives a message the cloud will never accept, before it
-	// is acknowledged to the queue. reason says why (no secret in it).
-	DeadLetter func(id secrets.DeviceID, m spool.Message, reason string)
 	// OnState is called on every state change of a session, on the
 	// session's goroutine: it must not block.
 	OnState func(SessionStatus)

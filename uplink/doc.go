@@ -10,13 +10,14 @@
 // its socket closed before the next one dials), also across Update and
 // Remove/Add. Each connection attempt builds a new paho.mqtt.golang client
 // with fresh credentials (the clientId's timestamp is the injected clock's
-// now in milliseconds and the password is signed again), configured as
-// ../shared/libraries.md §2.3 recommends for exact acknowledgements:
-// AutoReconnect off, CleanSession on, MQTT 3.1.1, OrderMatters off,
-// ConnectRetry off. Reconnection is the session's own loop: exponential
-// backoff with full jitter, reset after a connection that stayed up (or saw
-// a PUBACK); CONNACK refusals (return codes 1, 2, 4, 5) put the device in
-// state auth-failed and are retried slowly; return code 3 backs off long. A
+// now in milliseconds and the password is signed again), configured for
+// exact acknowledgements (docs/architecture.md §5.2): AutoReconnect off,
+// CleanSession on, MQTT 3.1.1, OrderMatters off, ConnectRetry off; one
+// function builds these options for sessions and activation alike.
+// Reconnection is the session's own loop: exponential backoff with full
+// jitter, reset after a connection that stayed up (or saw a PUBACK);
+// CONNACK refusals (return codes 1, 2, 4, 5) put the device in state
+// auth-failed and are retried slowly; return code 3 backs off long. A
 // gateway-wide token bucket paces all connection attempts, and EnOS devices
 // additionally keep under the cloud's "4 connects in 2 minutes" block.
 //
@@ -40,8 +41,9 @@
 // served in request order, so backlogged devices take turns). A session with
 // messages in flight that sees no PUBACK within StallTimeout is torn down and
 // reconnected even though TCP looks up. A message the cloud can never accept
-// (larger than the dialect's limit, or an invalid or foreign topic) is handed
-// to the DeadLetter callback and acknowledged, so it does not block the queue.
+// (larger than the dialect's limit, or an invalid or foreign topic) is moved
+// to the queue's dead letters (Queue.DeadLetter, one step, no Ack), so it
+// does not block the queue.
 //
 // # Downlink
 //

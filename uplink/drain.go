@@ -114,167 +114,255 @@ const readRetry = time.Second
 // connection starts again from the oldest unacknowledged message. With
 // LiveFirst the queue is drained as two lanes (see lanes), each in order.
 func (s *session) drain(ctx context.Context, c *conn, subs *subSync) error {
-	var (
-		q      = s.m.cfg.Queue
-		id     = s.dev.ID
-		clk    = s.m.clk
-		window = s.m.cfg.Window
-		stall  = s.m.cfg.StallTimeout
-
-		ls       = s.newLanes()
-		inflight = make([]*flight, 0, window) // oldest first
-		pinned   *lane                        // the lane whose head holds rate tokens
-		readErr  bool                         // the last Read failed; retry on readTimer
-		readyAt  time.Time                    // when pinned's head may be published
-		rateWait time.Duration                // the wait reserved for it
-		stallRef time.Time                    // lastAck when the stall timer was armed
-		lastAck  time.Time                    // last progress: a PUBACK, or the window opening
-
-		rateTimer, stallTimer, readTimer lazyTimer
-	)
-	pub := startPublisher(c, window)
-	defer pub.close()
-	defer rateTimer.stop()
-	defer stallTimer.stop()
-	defer readTimer.stop()
-
+	d := s.newDrainer(c, subs)
+	defer d.close()
 	for {
-		// 1. Settle finished tokens, oldest first.
-		for len(inflight) > 0 {
-			f := inflight[0]
-			if !f.finished() {
-				break
-			}
-			if err := f.tok.Error(); err != nil {
-				return fmt.Errorf("publish seq %d: %w", f.seq, err)
-			}
-			inflight[0] = nil
-			inflight = inflight[1:]
-			lastAck = clk.Now()
-			s.delivered(c, f.seq, len(inflight), lastAck)
+		if err := d.settleTokens(); err != nil {
+			return err
 		}
-
-		// 2. Fill the window as far as the queue and the rates allow.
-		for len(inflight) < window && !c.isLost() {
-			l := pinned
-			if l == nil {
-				if readErr {
-					break
-				}
-				var err error
-				if l, err = ls.next(q, id, window-len(inflight)); err != nil {
-					s.log.Error("read queue", "err", err)
-					readErr = true
-					readTimer.arm(clk, readRetry)
-					break
-				}
-				if l == nil {
-					break
-				}
-			}
-			m := l.buf[0]
-			if reason := s.rejects(m); reason != "" {
-				l.take()
-				s.deadLetter(m, reason)
-				continue
-			}
-			now := clk.Now()
-			if pinned == nil {
-				rateWait = s.reserve(now, m)
-				readyAt, pinned = now.Add(rateWait), l
-			}
-			if readyAt.Sub(now) > rateWait {
-				// The clock stepped back: never wait longer than reserved.
-				readyAt = now.Add(rateWait)
-			}
-			if now.Before(readyAt) {
-				rateTimer.arm(clk, readyAt.Sub(now))
-				break
-			}
-			pinned = nil
-			resent := ls.resent(l, m.Seq, &s.sl.maxPublished)
-			l.take()
-			f := &flight{seq: m.Seq, topic: m.Topic, qos: min(m.QoS, 1), payload: m.Payload, ready: make(chan struct{})}
-			pub.reqs <- f // never blocks: at most window flights exist
-			if len(inflight) == 0 {
-				lastAck = now
-			}
-			inflight = append(inflight, f)
-			s.published(resent, len(inflight))
-		}
-
-		// 3. Wait for something to do.
-		var doneC, notifyC <-chan struct{}
-		var stallC <-chan time.Time
-		if len(inflight) > 0 {
-			doneC = inflight[0].wait()
-			// Armed afresh for the whole timeout at every progress, so the
-			// timer itself measures the time without a PUBACK: comparing
-			// clock readings would take a clock step for a stall.
-			if !stallTimer.armed || !lastAck.Equal(stallRef) {
-				stallRef = lastAck
-				stallTimer.arm(clk, stall)
-			}
-			stallC = stallTimer.c()
-		} else if stallTimer.armed {
-			stallTimer.disarm()
-		}
-		if ls.fresh.exhausted {
-			// Also while the backlog lane still has messages: a fresh
-			// message must be seen at once, not after the backlog.
-			notifyC = s.notify
-		}
-		select {
-		case <-ctx.Done():
-			s.settle(c, inflight)
-			return ctx.Err()
-		case <-c.lost:
-			return c.lostErr
-		case <-doneC:
-		case <-notifyC:
-			ls.fresh.exhausted = false
-		case <-rateTimer.c():
-			rateTimer.armed = false
-		case <-readTimer.c():
-			readTimer.armed, readErr, ls.fresh.exhausted = false, false, false
-		case <-stallC:
-			stallTimer.armed = false
-			if len(inflight) > 0 && lastAck.Equal(stallRef) {
-				return fmt.Errorf("%d messages in flight since %s: %w", len(inflight), lastAck.Format(time.RFC3339Nano), errStalled)
-			}
-		case <-s.subsChanged:
-			s.syncSubs(c, subs)
-		case tok := <-subs.result:
-			if err := s.finishSubs(subs, tok); err != nil {
-				return err
-			}
-			s.syncSubs(c, subs)
+		d.fillWindow()
+		if err := d.wait(ctx); err != nil {
+			return err
 		}
 	}
 }
 
-// settle gives in-flight messages up to Quiesce to be acknowledged before
+// drainer is the drain of one connection: the window of flights handed to
+// paho, the lanes they are taken from, and the timers that pace them. Its
+// loop is settleTokens, fillWindow, wait (docs/architecture.md §3.6), on
+// the session's goroutine only.
+type drainer struct {
+	s      *session
+	c      *conn
+	subs   *subSync
+	pub    *publisher
+	q      Queue
+	id     secrets.DeviceID
+	clk    Clock
+	window int
+	stall  time.Duration
+
+	ls       *lanes
+	inflight []*flight     // oldest first
+	pinned   *lane         // the lane whose head holds rate tokens
+	readErr  bool          // the last Read failed; retry on readTimer
+	readyAt  time.Time     // when pinned's head may be published
+	rateWait time.Duration // the wait reserved for it
+	stallRef time.Time     // lastAck when the stall timer was armed
+	lastAck  time.Time     // last progress: a PUBACK, or the window opening
+
+	rateTimer, stallTimer, readTimer lazyTimer
+}
+
+func (s *session) newDrainer(c *conn, subs *subSync) *drainer {
+	window := s.m.cfg.Window
+	return &drainer{
+		s: s, c: c, subs: subs,
+		pub:      startPublisher(c, window),
+		q:        s.m.cfg.Queue,
+		id:       s.dev.ID,
+		clk:      s.m.clk,
+		window:   window,
+		stall:    s.m.cfg.StallTimeout,
+		ls:       s.newLanes(),
+		inflight: make([]*flight, 0, window),
+	}
+}
+
+// close stops the timers and the publisher.
+func (d *drainer) close() {
+	d.readTimer.stop()
+	d.stallTimer.stop()
+	d.rateTimer.stop()
+	d.pub.close()
+}
+
+// settleTokens settles finished tokens, oldest first: a success is
+// acknowledged to the queue and counts as progress, a failure ends the
+// connection.
+func (d *drainer) settleTokens() error {
+	for len(d.inflight) > 0 {
+		f := d.inflight[0]
+		if !f.finished() {
+			break
+		}
+		if err := f.tok.Error(); err != nil {
+			return fmt.Errorf("publish seq %d: %w", f.seq, err)
+		}
+		d.inflight[0] = nil
+		d.inflight = d.inflight[1:]
+		d.lastAck = d.clk.Now()
+		d.s.delivered(d.c, f.seq, len(d.inflight), d.lastAck)
+	}
+	return nil
+}
+
+// fillWindow publishes lane heads while the window has room, as far as the
+// queue and the rates allow; messages the cloud would never accept are
+// dead-lettered on the way.
+func (d *drainer) fillWindow() {
+	for len(d.inflight) < d.window && !d.c.isLost() {
+		l := d.nextLane()
+		if l == nil {
+			return
+		}
+		m := l.buf[0]
+		if reason := d.s.rejects(m); reason != "" {
+			l.take()
+			d.s.deadLetter(m, reason)
+			continue
+		}
+		now := d.clk.Now()
+		if !d.rateReady(l, m, now) {
+			return
+		}
+		d.publish(l, m, now)
+	}
+}
+
+// nextLane returns the lane whose head goes next: the pinned one, else the
+// one the lanes choose, or nil when there is none now. A failed Read is
+// logged and retried on the read timer.
+func (d *drainer) nextLane() *lane {
+	if d.pinned != nil {
+		return d.pinned
+	}
+	if d.readErr {
+		return nil
+	}
+	l, err := d.ls.next(d.q, d.id, d.window-len(d.inflight))
+	if err != nil {
+		d.s.log.Error("read queue", "err", err)
+		d.readErr = true
+		d.readTimer.arm(d.clk, readRetry)
+		return nil
+	}
+	return l
+}
+
+// rateReady reports whether m, the head of l, may be published at now.
+// The first time it reserves m's rate tokens and pins l, so the tokens
+// stay with m; while m must wait the rate timer is armed for it.
+func (d *drainer) rateReady(l *lane, m spool.Message, now time.Time) bool {
+	if d.pinned == nil {
+		d.rateWait = d.s.reserve(now, m)
+		d.readyAt, d.pinned = now.Add(d.rateWait), l
+	}
+	if d.readyAt.Sub(now) > d.rateWait {
+		// The clock stepped back: never wait longer than reserved.
+		d.readyAt = now.Add(d.rateWait)
+	}
+	if now.Before(d.readyAt) {
+		d.rateTimer.arm(d.clk, d.readyAt.Sub(now))
+		return false
+	}
+	d.pinned = nil
+	return true
+}
+
+// publish takes m from l and hands it to the publisher.
+func (d *drainer) publish(l *lane, m spool.Message, now time.Time) {
+	resent := d.ls.resent(l, m.Seq, &d.s.sl.maxPublished)
+	l.take()
+	f := &flight{seq: m.Seq, topic: m.Topic, qos: min(m.QoS, 1), payload: m.Payload, ready: make(chan struct{})}
+	d.pub.reqs <- f // never blocks: at most window flights exist
+	if len(d.inflight) == 0 {
+		d.lastAck = now
+	}
+	d.inflight = append(d.inflight, f)
+	d.s.published(resent, len(d.inflight))
+}
+
+// wait blocks until there is something to do: a token finished, a message
+// appended, a timer fired, the subscriptions changed. It returns an error
+// when the drain must end.
+func (d *drainer) wait(ctx context.Context) error {
+	var doneC, notifyC <-chan struct{}
+	if len(d.inflight) > 0 {
+		doneC = d.inflight[0].wait()
+	}
+	stallC := d.armStall()
+	if d.ls.fresh.exhausted {
+		// Also while the backlog lane still has messages: a fresh
+		// message must be seen at once, not after the backlog.
+		notifyC = d.s.notify
+	}
+	select {
+	case <-ctx.Done():
+		d.quiesce()
+		return ctx.Err()
+	case <-d.c.lost:
+		return d.c.lostErr
+	case <-doneC:
+	case <-notifyC:
+		d.ls.fresh.exhausted = false
+	case <-d.rateTimer.c():
+		d.rateTimer.armed = false
+	case <-d.readTimer.c():
+		d.readTimer.armed, d.readErr, d.ls.fresh.exhausted = false, false, false
+	case <-stallC:
+		return d.stalled()
+	case <-d.s.subsChanged:
+		d.s.syncSubs(d.c, d.subs)
+	case tok := <-d.subs.result:
+		if err := d.s.finishSubs(d.subs, tok); err != nil {
+			return err
+		}
+		d.s.syncSubs(d.c, d.subs)
+	}
+	return nil
+}
+
+// armStall returns the stall timer's channel while messages are in flight
+// (nil otherwise). The timer is armed afresh for the whole timeout at
+// every progress, so the timer itself measures the time without a PUBACK:
+// comparing clock readings would take a clock step for a stall.
+func (d *drainer) armStall() <-chan time.Time {
+	if len(d.inflight) == 0 {
+		if d.stallTimer.armed {
+			d.stallTimer.disarm()
+		}
+		return nil
+	}
+	if !d.stallTimer.armed || !d.lastAck.Equal(d.stallRef) {
+		d.stallRef = d.lastAck
+		d.stallTimer.arm(d.clk, d.stall)
+	}
+	return d.stallTimer.c()
+}
+
+// stalled handles the stall timer firing: with no progress since it was
+// armed, the connection is stalled.
+func (d *drainer) stalled() error {
+	d.stallTimer.armed = false
+	if len(d.inflight) > 0 && d.lastAck.Equal(d.stallRef) {
+		return fmt.Errorf("%d messages in flight since %s: %w", len(d.inflight), d.lastAck.Format(time.RFC3339Nano), errStalled)
+	}
+	return nil
+}
+
+// quiesce gives in-flight messages up to Quiesce to be acknowledged before
 // a deliberate shutdown, so fewer are sent twice after a restart.
-func (s *session) settle(c *conn, inflight []*flight) {
-	if len(inflight) == 0 {
+func (d *drainer) quiesce() {
+	if len(d.inflight) == 0 {
 		return
 	}
-	t := time.NewTimer(s.m.cfg.Quiesce)
+	t := time.NewTimer(d.s.m.cfg.Quiesce)
 	defer t.Stop()
-	for i, f := range inflight {
+	for i, f := range d.inflight {
 		for !f.finished() {
 			select {
 			case <-f.wait():
 			case <-t.C:
 				return
-			case <-c.lost:
+			case <-d.c.lost:
 				return
 			}
 		}
 		if f.tok.Error() != nil {
 			return
 		}
-		s.delivered(c, f.seq, len(inflight)-i-1, s.m.clk.Now())
+		d.s.delivered(d.c, f.seq, len(d.inflight)-i-1, d.clk.Now())
 	}
 }
 
@@ -299,13 +387,13 @@ func (s *session) rejects(m spool.Message) string {
 	return ""
 }
 
+// deadLetter moves m, which the cloud would never accept, out of the
+// queue. If the queue fails, m stays queued and is tried again on the next
+// connection.
 func (s *session) deadLetter(m spool.Message, reason string) {
 	s.log.Warn("message dead-lettered", "seq", m.Seq, "topic", m.Topic, "bytes", len(m.Payload), "reason", reason)
-	if f := s.m.cfg.DeadLetter; f != nil {
-		f(s.dev.ID, m, reason)
-	}
-	if err := s.m.cfg.Queue.Ack(s.dev.ID, m.Seq); err != nil {
-		s.log.Error("acknowledge dead-lettered message", "seq", m.Seq, "err", err)
+	if err := s.m.cfg.Queue.DeadLetter(s.dev.ID, m.Seq, reason); err != nil {
+		s.log.Error("dead-letter a message", "seq", m.Seq, "topic", m.Topic, "err", err)
 	}
 	s.updateStatus(func(st *SessionStatus) { st.DeadLettered++ })
 }

@@ -91,8 +91,8 @@ func TestDrainStalledPubacks(t *testing.T) {
 	t.Logf("stall detected after %d connects; %d duplicates", st.Connects, dups)
 }
 
-// Messages the cloud would never accept go to DeadLetter and are
-// acknowledged; the rest flows in order around them.
+// Messages the cloud would never accept are moved to the queue's dead
+// letters; the rest flows in order around them.
 func TestDrainDeadLetter(t *testing.T) {
 	cloud := startMochi(t, secrets.Aliyun)
 	r := newRig(t, cloud.url, func(c *ManagerConfig) {

@@ -29,13 +29,15 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// memQueue is an in-memory Queue for these tests. It records every Ack.
+// memQueue is an in-memory Queue for these tests. It records every Ack
+// and keeps dead letters in the order they came.
 type memQueue struct {
 	mu      sync.Mutex
 	next    map[secrets.DeviceID]uint64
 	msgs    map[secrets.DeviceID][]spool.Message
 	notify  map[secrets.DeviceID]chan struct{}
 	acks    map[secrets.DeviceID][]uint64
+	dead    []deadMsg
 	readErr error
 }
 
@@ -84,14 +86,35 @@ func (q *memQueue) Ack(id secrets.DeviceID, seq uint64) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.acks[id] = append(q.acks[id], seq)
+	q.removeLocked(id, seq)
+	return nil
+}
+
+func (q *memQueue) DeadLetter(id secrets.DeviceID, seq uint64, reason string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if m, ok := q.removeLocked(id, seq); ok {
+		q.dead = append(q.dead, deadMsg{id, m, reason})
+	}
+	return nil
+}
+
+// removeLocked removes message seq of id and returns it.
+func (q *memQueue) removeLocked(id secrets.DeviceID, seq uint64) (spool.Message, bool) {
 	ms := q.msgs[id]
 	for i, m := range ms {
 		if m.Seq == seq {
 			q.msgs[id] = append(ms[:i:i], ms[i+1:]...)
-			break
+			return m, true
 		}
 	}
-	return nil
+	return spool.Message{}, false
+}
+
+func (q *memQueue) deadLetters() []deadMsg {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]deadMsg(nil), q.dead...)
 }
 
 func (q *memQueue) Notify(id secrets.DeviceID) <-chan struct{} {

@@ -21,6 +21,11 @@ type Queue interface {
 	// cloud acknowledged that exact message. Acking an unknown seq is not
 	// an error (it may have been acked before a restart).
 	Ack(device secrets.DeviceID, seq uint64) error
+	// DeadLetter moves the message seq of device, which the cloud would
+	// never accept, to the queue's dead-letter store with reason (no
+	// secret in it), in one step: it leaves the queue and needs no Ack.
+	// Dead-lettering an unknown seq is not an error.
+	DeadLetter(device secrets.DeviceID, seq uint64, reason string) error
 	// Notify returns a channel that receives a value (non-blocking send,
 	// capacity 1) whenever a message is appended for device.
 	Notify(device secrets.DeviceID) <-chan struct{}

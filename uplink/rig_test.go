@@ -52,7 +52,6 @@ type rig struct {
 
 	mu        sync.Mutex
 	down      []downMsg
-	dead      []deadMsg
 	states    map[secrets.DeviceID][]State
 	open      map[secrets.DeviceID]int // sockets open per identity
 	dials     map[secrets.DeviceID]int
@@ -89,11 +88,6 @@ func newRig(t testing.TB, url string, opts ...rigOption) *rig {
 		Downlink: func(id secrets.DeviceID, topic string, payload []byte, qos byte) {
 			r.mu.Lock()
 			r.down = append(r.down, downMsg{id, topic, string(payload), qos})
-			r.mu.Unlock()
-		},
-		DeadLetter: func(id secrets.DeviceID, m spool.Message, reason string) {
-			r.mu.Lock()
-			r.dead = append(r.dead, deadMsg{id, m, reason})
 			r.mu.Unlock()
 		},
 		OnState: func(st SessionStatus) {
@@ -174,11 +168,7 @@ func (r *rig) downlinks() []downMsg {
 	return append([]downMsg(nil), r.down...)
 }
 
-func (r *rig) deadLetters() []deadMsg {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]deadMsg(nil), r.dead...)
-}
+func (r *rig) deadLetters() []deadMsg { return r.q.deadLetters() }
 
 func (r *rig) openSockets(id secrets.DeviceID) int {
 	r.mu.Lock()

@@ -244,7 +244,6 @@ func (s *session) dialFor(ctx context.Context, c *conn) mqtt.OpenConnectionFunc 
 
 // connect makes one attempt with fresh credentials and a new paho client.
 func (s *session) connect(ctx context.Context) (*conn, error) {
-	cfg := &s.m.cfg
 	now := s.m.clk.Now()
 	creds, err := secrets.Sign(secrets.SignParams{
 		Dialect:    s.dev.Dialect,
@@ -259,6 +258,25 @@ func (s *session) connect(ctx context.Context) (*conn, error) {
 	if err != nil {
 		return nil, &ConnectError{Err: fmt.Errorf("sign credentials: %w", err)}
 	}
+	return s.dialCloud(ctx, creds, connectMode{what: "connecting", onMessage: s.onMessage})
+}
+
+// connectMode is what a normal connect and an activation connect do
+// differently.
+type connectMode struct {
+	what      string              // the attempt's log message
+	onMessage mqtt.MessageHandler // every message the cloud sends
+	// ordered is paho's OrderMatters. Off for sessions: paho runs the
+	// handler on its own goroutine per message (see
+	// ManagerConfig.Downlink). On for activation: the handler then runs in
+	// paho's router before a connection loss is reported, so a secret read
+	// just before the cloud closes is not missed.
+	ordered bool
+}
+
+// dialCloud makes one attempt with creds and a new paho client, and waits
+// for the CONNACK.
+func (s *session) dialCloud(ctx context.Context, creds secrets.Credentials, mode connectMode) (*conn, error) {
 	u, err := s.ep.url(s.dev.ID.ProductKey)
 	if err != nil {
 		return nil, &ConnectError{Err: err}
@@ -268,6 +286,22 @@ func (s *session) connect(ctx context.Context) (*conn, error) {
 		st.ClientID = creds.ClientID
 	})
 	c := &conn{lost: make(chan struct{})}
+	c.client = s.m.newClient(s.clientOptions(ctx, c, u, creds, mode))
+
+	s.log.Debug(mode.what, "attempt", s.attempt, "url", u.Redacted(), "client_id", creds.ClientID)
+	if err := s.awaitConnack(ctx, c, s.m.cfg.ConnectTimeout); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// clientOptions returns paho's options for attempt c to u: MQTT 3.1.1, a
+// clean session, and none of paho's own reconnects or retries (the session
+// reconnects with fresh credentials and its own backoff, and mirrors the
+// subscriptions itself). paho dials through dialFor, and a lost connection
+// is reported on c.
+func (s *session) clientOptions(ctx context.Context, c *conn, u *url.URL, creds secrets.Credentials, mode connectMode) *mqtt.ClientOptions {
+	cfg := &s.m.cfg
 	opts := mqtt.NewClientOptions()
 	opts.AddBroker(u.String())
 	opts.SetClientID(creds.ClientID)
@@ -278,21 +312,15 @@ func (s *session) connect(ctx context.Context) (*conn, error) {
 	opts.SetAutoReconnect(false)
 	opts.SetConnectRetry(false)
 	opts.SetResumeSubs(false)
-	opts.SetOrderMatters(false)
+	opts.SetOrderMatters(mode.ordered)
 	opts.SetKeepAlive(s.lim.KeepAlive)
 	opts.SetPingTimeout(20 * time.Second)
 	opts.SetConnectTimeout(cfg.ConnectTimeout)
 	opts.SetWriteTimeout(cfg.WriteTimeout)
 	opts.SetCustomOpenConnectionFn(s.dialFor(ctx, c))
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.setLost(err) })
-	opts.SetDefaultPublishHandler(s.onMessage)
-	c.client = s.m.newClient(opts)
-
-	s.log.Debug("connecting", "attempt", s.attempt, "url", u.Redacted(), "client_id", creds.ClientID)
-	if err := s.awaitConnack(ctx, c, cfg.ConnectTimeout); err != nil {
-		return nil, err
-	}
-	return c, nil
+	opts.SetDefaultPublishHandler(mode.onMessage)
+	return opts
 }
 
 // awaitConnack sends c's CONNECT and waits for the CONNACK, the end of ctx

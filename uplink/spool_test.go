@@ -18,12 +18,11 @@ var (
 )
 
 // The drain against the real queues: in order across a kick, nothing left
-// behind, dead letters handed to the spool's dead-letter store.
+// behind, dead letters moved to the spool's dead-letter store.
 func TestDrainWithSpool(t *testing.T) {
 	type queue interface {
 		Queue
 		Stats(secrets.DeviceID) spool.DeviceStats
-		DeadLetter(secrets.DeviceID, spool.Message, string) error
 		DeadLetters(secrets.DeviceID) ([]spool.DeadLetter, error)
 		Close() error
 	}
@@ -58,14 +57,7 @@ func TestDrainWithSpool(t *testing.T) {
 					return false
 				}
 			})
-			r := newRig(t, cloud.url, func(c *ManagerConfig) {
-				c.Queue = q
-				c.DeadLetter = func(id secrets.DeviceID, m spool.Message, reason string) {
-					if err := q.DeadLetter(id, m, reason); err != nil {
-						t.Errorf("dead letter: %v", err)
-					}
-				}
-			})
+			r := newRig(t, cloud.url, func(c *ManagerConfig) { c.Queue = q })
 			dev := testDevice(1)
 			cloud.register(dev.ID, dev.Secret)
 			const n = 200

@@ -403,7 +403,7 @@ func TestContractDeadLetter(t *testing.T) {
 			mustAppend(t, q, dev(1), msg(strconv.Itoa(i)))
 		}
 		ms := readAll(t, q, dev(1))
-		if err := q.DeadLetter(dev(1), ms[1], "payload exceeds the 256 KiB limit"); err != nil {
+		if err := q.DeadLetter(dev(1), ms[1].Seq, "payload exceeds the 256 KiB limit"); err != nil {
 			t.Fatal(err)
 		}
 		if got := seqs(readAll(t, q, dev(1))); !slices.Equal(got, []uint64{1, 3, 4, 5}) {
@@ -423,7 +423,7 @@ func TestContractDeadLetter(t *testing.T) {
 		// Bounded: the oldest dead letter goes.
 		clk.Advance(time.Second)
 		for _, m := range []spool.Message{ms[0], ms[2]} {
-			if err := q.DeadLetter(dev(1), m, "refused topic"); err != nil {
+			if err := q.DeadLetter(dev(1), m.Seq, "refused topic"); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -437,7 +437,7 @@ func TestContractDeadLetter(t *testing.T) {
 			t.Errorf("stats %+v", st)
 		}
 		// Not queued any more: nothing happens.
-		if err := q.DeadLetter(dev(1), ms[1], "again"); err != nil {
+		if err := q.DeadLetter(dev(1), ms[1].Seq, "again"); err != nil {
 			t.Error(err)
 		}
 		if st := q.Stats(dev(1)); st.Dropped[spool.ReasonDeadLetter] != 3 {
@@ -456,6 +456,37 @@ func TestContractDeadLetter(t *testing.T) {
 	})
 }
 
+// DeadLetter is the whole move: once it returns the message has left the
+// queue and is a dead letter, and no acknowledgement was involved (none
+// is pending, none is counted), so the drain needs no Ack after it.
+func TestContractDeadLetterIsNotAnAck(t *testing.T) {
+	forEachImpl(t, func(t *testing.T, open func(testing.TB, spool.Options) queue) {
+		q := open(t, spool.Options{})
+		for i := 1; i <= 3; i++ {
+			mustAppend(t, q, dev(1), msg(strconv.Itoa(i)))
+		}
+		ms := readAll(t, q, dev(1))
+		for _, m := range ms[:2] {
+			if err := q.DeadLetter(dev(1), m.Seq, "poison"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := seqs(readAll(t, q, dev(1))); !slices.Equal(got, []uint64{ms[2].Seq}) {
+			t.Errorf("queue after dead-letter: %v", got)
+		}
+		dls, err := q.DeadLetters(dev(1))
+		if err != nil || len(dls) != 2 || dls[0].Seq != ms[0].Seq || dls[1].Seq != ms[1].Seq {
+			t.Fatalf("dead letters %+v, %v", dls, err)
+		}
+		if st := q.Stats(dev(1)); st.PendingAcks != 0 || st.Depth != 1 || st.Dropped[spool.ReasonDeadLetter] != 2 {
+			t.Errorf("stats %+v", st)
+		}
+		if tot := q.Totals(); tot.Acked != 0 || tot.DeadLetters != 2 {
+			t.Errorf("totals %+v", tot)
+		}
+	})
+}
+
 func TestContractDeadLetterBudget(t *testing.T) {
 	forEachImpl(t, func(t *testing.T, open func(testing.TB, spool.Options) queue) {
 		size := spool.Size(msg("0"))
@@ -467,7 +498,7 @@ func TestContractDeadLetterBudget(t *testing.T) {
 		}
 		for d := range 2 {
 			for _, m := range readAll(t, q, dev(d)) {
-				if err := q.DeadLetter(dev(d), m, "poison"); err != nil {
+				if err := q.DeadLetter(dev(d), m.Seq, "poison"); err != nil {
 					t.Fatal(err)
 				}
 				if tot := q.Totals(); tot.DeadLetterBytes > 3*size {
@@ -492,7 +523,7 @@ func TestContractPurgeRemove(t *testing.T) {
 			mustAppend(t, q, b, msg(strconv.Itoa(i)))
 		}
 		first, _ := q.Read(a, 0, 1)
-		if err := q.DeadLetter(a, first[0], "poison"); err != nil {
+		if err := q.DeadLetter(a, first[0].Seq, "poison"); err != nil {
 			t.Fatal(err)
 		}
 		if n, err := q.Purge(a); err != nil || n != 9 {
@@ -704,7 +735,7 @@ func TestContractClearManyDeadLetters(t *testing.T) {
 		}
 		for _, d := range []int{1, 2, 3} {
 			for _, m := range readAll(t, q, dev(d)) {
-				if err := q.DeadLetter(dev(d), m, "poison"); err != nil {
+				if err := q.DeadLetter(dev(d), m.Seq, "poison"); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -734,7 +765,7 @@ func TestContractForeignSeq(t *testing.T) {
 		if err := q.Ack(dev(1), sb); err != nil {
 			t.Fatal(err)
 		}
-		if err := q.DeadLetter(dev(1), spool.Message{Seq: sb}, "wrong device"); err != nil {
+		if err := q.DeadLetter(dev(1), sb, "wrong device"); err != nil {
 			t.Fatal(err)
 		}
 		if err := q.Ack(dev(2), sa); err != nil {

@@ -22,7 +22,7 @@ type queue interface {
 	Notify(device secrets.DeviceID) <-chan struct{}
 	Purge(device secrets.DeviceID) (int, error)
 	Remove(device secrets.DeviceID) error
-	DeadLetter(device secrets.DeviceID, m spool.Message, reason string) error
+	DeadLetter(device secrets.DeviceID, seq uint64, reason string) error
 	DeadLetters(device secrets.DeviceID) ([]spool.DeadLetter, error)
 	ClearDeadLetters(device secrets.DeviceID) (int, error)
 	Stats(device secrets.DeviceID) spool.DeviceStats

@@ -307,10 +307,11 @@ func (m *Mem) Remove(device secrets.DeviceID) error {
 	return nil
 }
 
-// DeadLetter moves message msg.Seq of device to the dead letters with
-// reason: it is counted as ReasonDeadLetter and no longer blocks the
-// queue. If the message is no longer queued nothing happens.
-func (m *Mem) DeadLetter(device secrets.DeviceID, msg Message, reason string) error {
+// DeadLetter moves message seq of device to the dead letters with reason:
+// it leaves the queue, is counted as ReasonDeadLetter (not as
+// acknowledged) and no longer blocks the queue. If the message is no
+// longer queued nothing happens.
+func (m *Mem) DeadLetter(device secrets.DeviceID, seq uint64, reason string) error {
 	now, err := m.lock("dead-letter", device)
 	if err != nil {
 		return err
@@ -321,8 +322,8 @@ func (m *Mem) DeadLetter(device secrets.DeviceID, msg Message, reason string) er
 	if d == nil || q == nil {
 		return nil
 	}
-	i := q.index(msg.Seq)
-	if i == len(q.msgs) || q.msgs[i].Seq != msg.Seq {
+	i := q.index(seq)
+	if i == len(q.msgs) || q.msgs[i].Seq != seq {
 		return nil
 	}
 	wasFirst := i == q.head
@@ -331,12 +332,12 @@ func (m *Mem) DeadLetter(device secrets.DeviceID, msg Message, reason string) er
 	m.led.removed(d, size, ReasonDeadLetter)
 	if wasFirst {
 		if err := m.led.refreshFirst(d, m.store()); err != nil {
-			return fmt.Errorf("dead-letter %s seq %d: %w", device, msg.Seq, err)
+			return fmt.Errorf("dead-letter %s seq %d: %w", device, seq, err)
 		}
 	}
 	ok, err := m.led.admitDeadLetter(d, size, m.store())
 	if err != nil {
-		return fmt.Errorf("dead-letter %s seq %d: %w", device, msg.Seq, err)
+		return fmt.Errorf("dead-letter %s seq %d: %w", device, seq, err)
 	}
 	if ok {
 		// Kept in Seq order, like the spool's keys.

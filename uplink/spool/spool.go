@@ -343,14 +343,15 @@ func (s *Spool) Remove(device secrets.DeviceID) error {
 	return nil
 }
 
-// DeadLetter moves message m.Seq of device to the dead letters with
-// reason (truncated to 256 bytes): it is counted as ReasonDeadLetter and
-// no longer blocks the queue. The stored copy is moved, not m. If the
-// message is no longer queued nothing happens. Dead letters are bounded
-// by Options.DeadLetterMax and DeadLetterBudget; the oldest (lowest Seq)
-// are evicted.
-func (s *Spool) DeadLetter(device secrets.DeviceID, m Message, reason string) error {
-	res, err := s.do(context.Background(), &request{op: opDeadLetter, device: device, seq: m.Seq, val: []byte(truncate(reason))})
+// DeadLetter moves message seq of device to the dead letters with reason
+// (truncated to 256 bytes), in one commit: it leaves the queue, is counted
+// as ReasonDeadLetter (not as acknowledged) and no longer blocks the queue.
+// It returns once that commit is durable. If the message is no longer
+// queued nothing happens. Dead letters are bounded by
+// Options.DeadLetterMax and DeadLetterBudget; the oldest (lowest Seq) are
+// evicted.
+func (s *Spool) DeadLetter(device secrets.DeviceID, seq uint64, reason string) error {
+	res, err := s.do(context.Background(), &request{op: opDeadLetter, device: device, seq: seq, val: []byte(truncate(reason))})
 	if err != nil {
 		return err
 	}

@@ -74,7 +74,7 @@ func TestSpoolRestartKeepsMessagesAndSeqs(t *testing.T) {
 		}
 	}
 	ms := readAll(t, s, dev(1))
-	if err := s.DeadLetter(dev(1), ms[2], "refused topic"); err != nil {
+	if err := s.DeadLetter(dev(1), ms[2].Seq, "refused topic"); err != nil {
 		t.Fatal(err)
 	}
 	before := map[secrets.DeviceID][]spool.Message{}
