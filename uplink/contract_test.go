@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -65,13 +66,13 @@ func TestContractDeliveryAcrossKicks(t *testing.T) {
 			r.q.appendN(t, d.ID, userTopic(d.ID), 1, n)
 		}
 		for _, d := range devs {
-			eventually(t, 10*time.Second, "a third delivered", func() bool { return obs.distinct(userTopic(d.ID)) >= n/3 })
+			testutil.Eventually(t, 10*time.Second, func() bool { return obs.distinct(userTopic(d.ID)) >= n/3 }, "a third delivered")
 			st, _ := r.m.Status(d.ID)
 			cloud.kick(t, st.ClientID)
 		}
 		for _, d := range devs {
 			st := r.waitStatus(d.ID, "all acknowledged", func(st SessionStatus) bool { return st.Sent == n })
-			eventually(t, 10*time.Second, "broker forwarded all", func() bool { return obs.distinct(userTopic(d.ID)) == n })
+			testutil.Eventually(t, 10*time.Second, func() bool { return obs.distinct(userTopic(d.ID)) == n }, "broker forwarded all")
 			got := obs.seen(userTopic(d.ID))
 			dups := checkOrder(t, d.ID.String(), got, n)
 			seen := make(map[uint64]bool)
@@ -119,7 +120,7 @@ func TestContractDownlink(t *testing.T) {
 		// deliver publishes probes on topic until one reaches the device.
 		deliver := func(topic string) {
 			t.Helper()
-			eventually(t, 10*time.Second, "downlink on "+topic, func() bool {
+			testutil.Eventually(t, 10*time.Second, func() bool {
 				probe++
 				want := strconv.Itoa(probe)
 				obs.publish(t, topic, want)
@@ -136,7 +137,7 @@ func TestContractDownlink(t *testing.T) {
 					time.Sleep(2 * time.Millisecond)
 				}
 				return false
-			})
+			}, "downlink on %s", topic)
 		}
 		svc := "/sys/" + d1.ID.ProductKey + "/" + d1.ID.DeviceName + "/thing/service/reboot"
 		deliver(get)
@@ -158,7 +159,7 @@ func TestContractDownlink(t *testing.T) {
 		// the removed one, the UNSUBSCRIBE has landed; nothing on the
 		// removed filter may arrive after that.
 		var marker int
-		eventually(t, 10*time.Second, "unsubscribe effective", func() bool {
+		testutil.Eventually(t, 10*time.Second, func() bool {
 			probe++
 			obs.publish(t, get, "u"+strconv.Itoa(probe))
 			obs.publish(t, svc, "c"+strconv.Itoa(probe))
@@ -176,7 +177,7 @@ func TestContractDownlink(t *testing.T) {
 				time.Sleep(2 * time.Millisecond)
 			}
 			return false
-		})
+		}, "unsubscribe effective")
 		probe++
 		obs.publish(t, get, "u"+strconv.Itoa(probe))
 		deliver(svc)
@@ -206,7 +207,7 @@ func TestContractQoS0(t *testing.T) {
 		r.waitStatus(d.ID, "connected", func(st SessionStatus) bool { return st.State == StateConnected })
 		r.q.appendN(t, d.ID, userTopic(d.ID), 0, 100)
 		r.waitStatus(d.ID, "all written", func(st SessionStatus) bool { return st.Sent == 100 })
-		eventually(t, 10*time.Second, "broker forwarded all", func() bool { return obs.distinct(userTopic(d.ID)) == 100 })
+		testutil.Eventually(t, 10*time.Second, func() bool { return obs.distinct(userTopic(d.ID)) == 100 }, "broker forwarded all")
 		checkOrder(t, fmt.Sprint(d.ID), obs.seen(userTopic(d.ID)), 100)
 	})
 }
