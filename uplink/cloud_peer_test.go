@@ -101,7 +101,7 @@ func newObserver(t testing.TB, url string) *observer {
 	o := &observer{topics: make(map[string][]uint64)}
 	opts := mqtt.NewClientOptions().AddBroker(url).
 		SetClientID(fmt.Sprintf("observer-%d", time.Now().UnixNano())).
-		SetUsername(observerUser).SetPassword("x").
+		SetUsername(observerUser).SetPassword(observerPassword).
 		SetProtocolVersion(4).SetAutoReconnect(false).SetCleanSession(true)
 	o.client = mqtt.NewClient(opts)
 	if tok := o.client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
