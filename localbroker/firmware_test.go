@@ -10,6 +10,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -62,7 +63,7 @@ func TestServerSubscribedDelivery(t *testing.T) {
 
 	// Offline with a persistent session: queued and sent on resume.
 	a.Disconnect(250)
-	eventually(t, "session offline", func() bool { return h.b.Stats().ClientsConnected == 1 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return h.b.Stats().ClientsConnected == 1 }, "session offline")
 	if err := h.b.Deliver(idA.DeviceID, set, []byte(`{"id":"2"}`), 1); err != nil {
 		t.Fatalf("Deliver to an offline server-subscribed session: %v", err)
 	}
@@ -185,7 +186,7 @@ func TestSubscribeIDCollidesWithQueuedDownlink(t *testing.T) {
 		t.Fatalf("first SUBACK: %+v", ack)
 	}
 	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
-	eventually(t, "session offline", func() bool { return h.b.Stats().ClientsConnected == 0 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return h.b.Stats().ClientsConnected == 0 }, "session offline")
 
 	if err := h.b.Deliver(idA.DeviceID, topicA("down/queued"), []byte("q"), 1); err != nil {
 		t.Fatalf("Deliver to the offline session: %v", err)
