@@ -1,28 +1,20 @@
 package gateway_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	mrand "math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -33,48 +25,6 @@ const (
 	actProductKey  = "productSecret-0123456789"
 	actWrongSecret = "wrongProductSecret-0001"
 )
-
-// actPKI writes a test CA to dir and returns its file and a server TLS
-// configuration for 127.0.0.1 signed by it.
-func actPKI(t *testing.T, dir string) (caFile string, server *tls.Config) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edgegw activation test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile = filepath.Join(dir, "cloud-ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return caFile, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
-}
 
 // actCloud is a simulated cloud with one product that allows dynamic
 // activation, and the gateway configuration that reaches it.
@@ -97,7 +47,8 @@ func newActCloud(t *testing.T, d secrets.Dialect, tcpOnly bool) *actCloud {
 	var caFile string
 	if d == secrets.Aliyun {
 		c.pk = actAliPK
-		caFile, simCfg.TLSConfig = actPKI(t, dir)
+		pki := testutil.NewPKI(t)
+		caFile, simCfg.TLSConfig = pki.CAFile, pki.ServerTLS(tls.NoClientCert)
 		simCfg.TLSListen = "127.0.0.1:0"
 	}
 	simCfg.Products = []cloudsim.Product{{ProductKey: c.pk, Secret: secrets.NewSecret(actProductKey)}}
@@ -234,7 +185,7 @@ func TestActivationEndToEnd(t *testing.T) {
 			acks := newAckLog()
 			r.fleet(devsim.Config{Devices: []devsim.Device{dev}, QoS: 1, Window: 4, Count: count, OnAck: acks.add})
 			if tt.cloudIsDown {
-				waitFor(t, "posts acknowledged while awaiting activation", 20*time.Second, func() bool { return len(acks.of(dev.DeviceName)) == count })
+				testutil.Eventually(t, 20*time.Second, func() bool { return len(acks.of(dev.DeviceName)) == count }, "posts acknowledged while awaiting activation")
 				d, err := r.gw.Registry().GetDevice(c.pk, dev.DeviceName)
 				if err != nil || d.State != secrets.StateAwaitingActivation || !d.DeviceSecret.IsZero() {
 					t.Fatalf("while the cloud is down: device %v, err %v", d, err)
@@ -246,7 +197,7 @@ func TestActivationEndToEnd(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			waitFor(t, "spooled posts in the cloud", 20*time.Second, func() bool { return len(r.seqs(dev)) >= count })
+			testutil.Eventually(t, 20*time.Second, func() bool { return len(r.seqs(dev)) >= count }, "spooled posts in the cloud")
 			if dups := reconcile(t, dev.DeviceName, r.seqs(dev), acks.of(dev.DeviceName)); dups != 0 {
 				t.Errorf("%d duplicates", dups)
 			}
@@ -259,9 +210,9 @@ func TestActivationEndToEnd(t *testing.T) {
 			before := c.sim.Stats()
 			r.stop()
 			r.start()
-			waitFor(t, "session up again after the restart", 20*time.Second, func() bool {
+			testutil.Eventually(t, 20*time.Second, func() bool {
 				return c.sim.Stats().ConnectsAccepted > before.ConnectsAccepted && r.gw.Snapshot().Sessions["connected"] == 1
-			})
+			}, "session up again after the restart")
 			if st := c.sim.Stats(); st.Activations != 1 || len(st.ConnectsRefused) != 0 {
 				t.Errorf("after the restart: %d activations (want 1), refusals %v", st.Activations, st.ConnectsRefused)
 			}
@@ -301,11 +252,11 @@ func TestActivationRefusedState(t *testing.T) {
 			}
 			r := c.rig(t)
 			var d secrets.Device
-			waitFor(t, "activation-failed in the registry", 20*time.Second, func() bool {
+			testutil.Eventually(t, 20*time.Second, func() bool {
 				var err error
 				d, err = r.gw.Registry().GetDevice(c.pk, "field02")
 				return err == nil && d.State == secrets.StateActivationFailed
-			})
+			}, "activation-failed in the registry")
 			if !strings.Contains(d.StateReason, tt.wantReason) || !d.DeviceSecret.IsZero() {
 				t.Errorf("reason %q (want %q), has a secret: %t", d.StateReason, tt.wantReason, !d.DeviceSecret.IsZero())
 			}
@@ -314,9 +265,9 @@ func TestActivationRefusedState(t *testing.T) {
 					t.Fatalf("reason %q contains a secret", d.StateReason)
 				}
 			}
-			waitFor(t, "the session parked as activation-failed", 10*time.Second, func() bool {
+			testutil.Eventually(t, 10*time.Second, func() bool {
 				return r.gw.Snapshot().Sessions["activation-failed"] == 1
-			})
+			}, "the session parked as activation-failed")
 			// Sessions are started before Ready: right after a restart it is
 			// settled that none runs for the failed device.
 			r.stop()
@@ -344,10 +295,10 @@ func TestActivationRefusedState(t *testing.T) {
 			}
 			reg.Close()
 			r.start()
-			waitFor(t, "activated after the fix", 20*time.Second, func() bool {
+			testutil.Eventually(t, 20*time.Second, func() bool {
 				d, err := r.gw.Registry().GetDevice(c.pk, "field02")
 				return err == nil && d.State == secrets.StateReady
-			})
+			}, "activated after the fix")
 			source := "enos-activate"
 			if tt.dialect == secrets.Aliyun {
 				source = "aliyun-register"
@@ -402,13 +353,11 @@ listen = ""
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs strings.Builder
-	var logMu sync.Mutex
+	var logs testutil.SyncBuffer
 	var child *exec.Cmd
 	start := func() {
 		child = exec.Command(bin, "run", "-config", conf)
-		w := &actLockedWriter{mu: &logMu, w: &logs}
-		child.Stdout, child.Stderr = w, w
+		child.Stdout, child.Stderr = &logs, &logs
 		if err := child.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -419,9 +368,7 @@ listen = ""
 			child.Wait()
 		}
 		if t.Failed() {
-			logMu.Lock()
 			t.Logf("gateway log:\n%s", logs.String())
-			logMu.Unlock()
 		}
 	})
 
@@ -540,14 +487,14 @@ listen = ""
 		defer fleet.Close() // idempotent
 	}
 	for _, d := range devs {
-		waitFor(t, d.DeviceName+": a post in the cloud on a securemode=2 login", 30*time.Second, func() bool {
+		testutil.Eventually(t, 30*time.Second, func() bool {
 			for _, rec := range c.sim.MessagesFor(c.pk, d.DeviceName) {
 				if rec.Topic == d.UplinkTopic() && strings.Contains(rec.ClientID, "securemode=2") && !strings.Contains(rec.ClientID, "authType") {
 					return true
 				}
 			}
 			return false
-		})
+		}, "%s: a post in the cloud on a securemode=2 login", d.DeviceName)
 	}
 	if dialect == secrets.EnOS {
 		// Devices whose secret was lost and that were not refused yet are
@@ -585,15 +532,4 @@ func actIssued(issued []secrets.Secret, s secrets.Secret) bool {
 		}
 	}
 	return false
-}
-
-type actLockedWriter struct {
-	mu *sync.Mutex
-	w  *strings.Builder
-}
-
-func (l *actLockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
 
@@ -69,7 +70,7 @@ func benchForwarding(b *testing.B, n int, durable bool) {
 		c.Cloud.DeviceRate = &unlimited
 		c.Cloud.ConnectRate, c.Cloud.ConnectBurst = 5000, 5000
 	}})
-	pollTB(b, "all cloud sessions up", 120*time.Second, func() bool { return r.gw.Snapshot().Sessions["connected"] == n })
+	testutil.Eventually(b, 120*time.Second, func() bool { return r.gw.Snapshot().Sessions["connected"] == n }, "all cloud sessions up")
 	clients := make([]mqtt.Client, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -96,7 +97,7 @@ func benchForwarding(b *testing.B, n int, durable bool) {
 			}
 		}
 		dw.Wait()
-		pollTB(b, "the local broker to see every device gone", 60*time.Second, func() bool { return r.gw.Snapshot().LocalClients == 0 })
+		testutil.Eventually(b, 60*time.Second, func() bool { return r.gw.Snapshot().LocalClients == 0 }, "the local broker to see every device gone")
 	})
 	for _, err := range errs {
 		if err != nil {

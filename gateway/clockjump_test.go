@@ -7,6 +7,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -46,9 +47,9 @@ func TestClockJumps(t *testing.T) {
 	flowing := func(what string, n int64) {
 		t.Helper()
 		target := stats().Messages + n
-		waitFor(t, what, 30*time.Second, func() bool { return stats().Messages >= target })
+		testutil.Eventually(t, 30*time.Second, func() bool { return stats().Messages >= target }, "%s", what)
 	}
-	waitFor(t, "every cloud session up", 30*time.Second, func() bool { return stats().Connected == ndev })
+	testutil.Eventually(t, 30*time.Second, func() bool { return stats().Connected == ndev }, "every cloud session up")
 	flowing("traffic before the jumps", 200)
 
 	drops := 0
@@ -62,10 +63,10 @@ func TestClockJumps(t *testing.T) {
 		// New sessions sign with the jumped time.
 		before = stats()
 		drops += r.sim.Drop()
-		waitFor(t, "every session back after a jump of "+j.String(), 30*time.Second, func() bool {
+		testutil.Eventually(t, 30*time.Second, func() bool {
 			st := stats()
 			return st.ConnectsAccepted >= before.ConnectsAccepted+ndev && st.Connected == ndev
-		})
+		}, "every session back after a jump of %s", j)
 		flowing("traffic on the new sessions after a jump of "+j.String(), 200)
 	}
 

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -57,13 +57,13 @@ func crashPrelude(t *testing.T, envVar string, defaultIters int) (bin string, it
 // waitListening waits until a child gateway accepts TCP connections on addr.
 func waitListening(t *testing.T, addr string) {
 	t.Helper()
-	waitFor(t, "child gateway listening on "+addr, 20*time.Second, func() bool {
+	testutil.Eventually(t, 20*time.Second, func() bool {
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
 		}
 		return err == nil
-	})
+	}, "child gateway listening on %s", addr)
 }
 
 // freePort returns a loopback port that was free a moment ago. The crash
@@ -127,12 +127,10 @@ listen = ""
 		t.Fatal(err)
 	}
 
-	var logs bytes.Buffer
-	var logMu sync.Mutex
+	var logs testutil.SyncBuffer
 	start := func() *exec.Cmd {
 		cmd := exec.Command(bin, "run", "-config", conf)
-		w := &lockedWriter{mu: &logMu, w: &logs}
-		cmd.Stdout, cmd.Stderr = w, w
+		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -146,9 +144,7 @@ listen = ""
 			child.Wait()
 		}
 		if t.Failed() {
-			logMu.Lock()
 			t.Logf("gateway log:\n%s", logs.String())
-			logMu.Unlock()
 		}
 	})
 
@@ -172,7 +168,7 @@ listen = ""
 			}
 		}
 		target := f.Stats().Acked + int64(20+rng.IntN(200))
-		waitFor(t, "traffic before the kill", 30*time.Second, func() bool { return f.Stats().Acked >= target })
+		testutil.Eventually(t, 30*time.Second, func() bool { return f.Stats().Acked >= target }, "traffic before the kill")
 		if err := child.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -194,7 +190,7 @@ listen = ""
 	dups := 0
 	for _, d := range devs {
 		want := acks.of(d.DeviceName)
-		waitFor(t, d.DeviceName+": every acknowledged message in the cloud", 60*time.Second, func() bool {
+		testutil.Eventually(t, 60*time.Second, func() bool {
 			seen := map[int64]bool{}
 			for _, rec := range sim.MessagesFor(d.ProductKey, d.DeviceName) {
 				seen[devsim.SeqOf(rec.Payload)] = true
@@ -205,7 +201,7 @@ listen = ""
 				}
 			}
 			return true
-		})
+		}, "%s: every acknowledged message in the cloud", d.DeviceName)
 		var arrived []int64
 		for _, rec := range sim.MessagesFor(d.ProductKey, d.DeviceName) {
 			arrived = append(arrived, devsim.SeqOf(rec.Payload))
@@ -216,15 +212,4 @@ listen = ""
 		iters, total, acked, dups, 100*float64(dups)/float64(max(total, 1)))
 	child.Process.Signal(syscall.SIGTERM)
 	child.Wait()
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -61,23 +62,12 @@ func (r *gwRig) backlog(count int) *ackLog {
 	acks := newAckLog()
 	f := r.fleet(devsim.Config{Devices: r.devices, QoS: 1, Window: 8, Count: count, OnAck: acks.add})
 	want := int64(len(r.devices) * count)
-	pollTB(tb, "the backlog acknowledged by the gateway while the cloud is down", 60*time.Second, func() bool { return f.Stats().Acked >= want })
+	testutil.Eventually(tb, 60*time.Second, func() bool { return f.Stats().Acked >= want }, "the backlog acknowledged by the gateway while the cloud is down")
 	f.Close()
 	if n := len(r.sim.Messages()); n != 0 {
 		tb.Fatalf("the cloud is down but recorded %d messages", n)
 	}
 	return acks
-}
-
-func pollTB(tb testing.TB, what string, d time.Duration, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // maxInWindow returns the most arrivals within any window of length w.
@@ -113,7 +103,7 @@ func TestDrainRespectsDeviceRate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range r.devices {
-		pollTB(t, d.DeviceName+" backlog drained", 30*time.Second, func() bool { s, _ := r.seqTimes(d); return len(s) >= backlog })
+		testutil.Eventually(t, 30*time.Second, func() bool { s, _ := r.seqTimes(d); return len(s) >= backlog }, "%s backlog drained", d.DeviceName)
 	}
 	for _, d := range r.devices {
 		seqs, times := r.seqTimes(d)
@@ -157,7 +147,7 @@ func TestDrainFairAcrossDevices(t *testing.T) {
 	if err := r.sim.Up(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	pollTB(t, "all backlogs drained", 60*time.Second, func() bool { return len(r.sim.Messages()) >= ndev*backlog })
+	testutil.Eventually(t, 60*time.Second, func() bool { return len(r.sim.Messages()) >= ndev*backlog }, "all backlogs drained")
 
 	var starts, finishes []time.Time
 	all := map[string][]time.Time{}
@@ -229,7 +219,7 @@ func TestDrainWithinCloudRateLimit(t *testing.T) {
 	start := time.Now()
 	// The gateway counts PUBACKs, which the simulator sends for dropped
 	// messages too: wait for those, then look at what was recorded.
-	pollTB(t, "all backlogs acknowledged by the cloud", 30*time.Second, func() bool { return r.gw.Snapshot().Sent >= ndev*backlog })
+	testutil.Eventually(t, 30*time.Second, func() bool { return r.gw.Snapshot().Sent >= ndev*backlog }, "all backlogs acknowledged by the cloud")
 	st := r.sim.Stats()
 	if st.RateDropped != 0 {
 		t.Errorf("the cloud's rate limiter dropped %d messages", st.RateDropped)
@@ -326,15 +316,15 @@ func TestLiveFirstEndToEnd(t *testing.T) {
 	}
 	// Once the cloud has a message the drain runs: what is published from
 	// now on was appended after the session came up.
-	pollTB(t, "the drain started", 30*time.Second, func() bool { s, _ := r.seqTimes(d); return len(s) > 0 })
+	testutil.Eventually(t, 30*time.Second, func() bool { s, _ := r.seqTimes(d); return len(s) > 0 }, "the drain started")
 	arrived := func() int { s, _ := r.seqTimes(d); return len(s) }
 	for s := int64(liveStart); s < liveStart+live; s++ {
 		n := arrived()
 		publish(t, c, d, s)
 		acked[true][s] = true
-		pollTB(t, "progress", 30*time.Second, func() bool { return arrived() >= n+2 })
+		testutil.Eventually(t, 30*time.Second, func() bool { return arrived() >= n+2 }, "progress")
 	}
-	pollTB(t, "everything delivered", 30*time.Second, func() bool { return arrived() >= backlog+live })
+	testutil.Eventually(t, 30*time.Second, func() bool { return arrived() >= backlog+live }, "everything delivered")
 	seqs, _ := r.seqTimes(d)
 	var old, fresh []int64
 	for _, s := range seqs {

@@ -19,6 +19,7 @@ import (
 	"github.com/edgegw/edgegw/gateway"
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -188,17 +189,6 @@ func (r *rig) fleet(cfg devsim.Config) *devsim.Fleet {
 	return f
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // seqs returns the sequence numbers the cloud recorded for a device, in
 // arrival order.
 func (r *rig) seqs(d devsim.Device) []int64 {
@@ -257,7 +247,7 @@ func (r *rig) reconcileAll(t *testing.T, acks *ackLog, timeout time.Duration) (t
 	for _, d := range r.devices {
 		want := acks.of(d.DeviceName)
 		total += len(want)
-		waitFor(t, d.DeviceName+": every acknowledged message in the cloud", timeout, func() bool {
+		testutil.Eventually(t, timeout, func() bool {
 			seen := map[int64]bool{}
 			for _, s := range r.seqs(d) {
 				seen[s] = true
@@ -268,7 +258,7 @@ func (r *rig) reconcileAll(t *testing.T, acks *ackLog, timeout time.Duration) (t
 				}
 			}
 			return true
-		})
+		}, "%s: every acknowledged message in the cloud", d.DeviceName)
 		n := reconcile(t, d.DeviceName, r.seqs(d), want)
 		if n > 0 {
 			t.Logf("%s: %d duplicates", d.DeviceName, n)
@@ -313,7 +303,7 @@ func TestEndToEndInOrder(t *testing.T) {
 	acks := newAckLog()
 	r.fleet(devsim.Config{Devices: devs, QoS: 1, Window: 8, Count: count, OnAck: acks.add})
 	for _, d := range devs {
-		waitFor(t, d.DeviceName+" messages in the cloud", 30*time.Second, func() bool { return len(r.seqs(d)) >= count })
+		testutil.Eventually(t, 30*time.Second, func() bool { return len(r.seqs(d)) >= count }, "%s messages in the cloud", d.DeviceName)
 	}
 	for _, d := range devs {
 		arrived := r.seqs(d)
@@ -346,14 +336,14 @@ func TestDownlinkReachesOnlyItsDevice(t *testing.T) {
 	body := []byte(`{"id":"77","version":"1.0","method":"thing.service.property.set","params":{"setpoint":42}}`)
 	// The device's local subscription is mirrored on its cloud session
 	// asynchronously: the cloud can deliver once it is there.
-	waitFor(t, "downlink subscription mirrored to the cloud", 20*time.Second, func() bool {
+	testutil.Eventually(t, 20*time.Second, func() bool {
 		return r.sim.Publish(target.ProductKey, target.DeviceName, target.DownlinkTopic(), body, 1) == nil
-	})
-	waitFor(t, "downlink delivered", 10*time.Second, func() bool {
+	}, "downlink subscription mirrored to the cloud")
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got[target.DeviceName]) > 0
-	})
+	}, "downlink delivered")
 	mu.Lock()
 	defer mu.Unlock()
 	if got[target.DeviceName][0] != string(body) {
@@ -425,7 +415,7 @@ func TestLocalAuthAndNamespace(t *testing.T) {
 	if tok := c.Publish(d0.UplinkTopic(), 1, false, `{"id":"2","params":{"seq":2}}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("own publish after the forbidden one: %v", tok.Error())
 	}
-	waitFor(t, "own publish at the cloud", 20*time.Second, func() bool { return len(r.sim.MessagesFor(testPK, d0.DeviceName)) > 0 })
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(r.sim.MessagesFor(testPK, d0.DeviceName)) > 0 }, "own publish at the cloud")
 	if !c.IsConnectionOpen() {
 		t.Error("the forbidden publish closed the connection")
 	}
@@ -444,7 +434,7 @@ func TestRestartWhileOfflineDelivers(t *testing.T) {
 	const count = 30
 	acks := newAckLog()
 	f := r.fleet(devsim.Config{Devices: r.devices, QoS: 1, Window: 4, Count: count, OnAck: acks.add})
-	waitFor(t, "all posts acknowledged by the gateway while offline", 20*time.Second, func() bool { return f.Stats().Acked >= 2*count })
+	testutil.Eventually(t, 20*time.Second, func() bool { return f.Stats().Acked >= 2*count }, "all posts acknowledged by the gateway while offline")
 	f.Close()
 	r.stop()
 	if n := len(r.sim.Messages()); n != 0 {
@@ -455,7 +445,7 @@ func TestRestartWhileOfflineDelivers(t *testing.T) {
 	}
 	r.start() // same state directory: the spool is found again
 	for _, d := range r.devices {
-		waitFor(t, d.DeviceName+" backlog drained after restart", 30*time.Second, func() bool { return len(r.seqs(d)) >= count })
+		testutil.Eventually(t, 30*time.Second, func() bool { return len(r.seqs(d)) >= count }, "%s backlog drained after restart", d.DeviceName)
 		reconcile(t, d.DeviceName, r.seqs(d), acks.of(d.DeviceName))
 	}
 }
@@ -464,7 +454,7 @@ func TestRestartWhileOfflineDelivers(t *testing.T) {
 // as third-party device firmware, publish through the gateway and receive a
 // downlink.
 func TestMosquittoClientsAsDevices(t *testing.T) {
-	pub, sub := lookPeer(t, "mosquitto_pub"), lookPeer(t, "mosquitto_sub")
+	pub, sub := testutil.Peer(t, "mosquitto_pub"), testutil.Peer(t, "mosquitto_sub")
 	r := newRig(t, 2, 2, nil)
 	d := r.devices[0]
 	host, port, _ := net.SplitHostPort(r.local)
@@ -486,14 +476,14 @@ func TestMosquittoClientsAsDevices(t *testing.T) {
 			t.Fatalf("mosquitto_pub: %v: %s", err, out)
 		}
 	}
-	waitFor(t, "mosquitto_pub messages in the cloud", 20*time.Second, func() bool { return len(r.seqs(d)) >= 3 })
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(r.seqs(d)) >= 3 }, "mosquitto_pub messages in the cloud")
 	if got := r.seqs(d); fmt.Sprint(got) != "[1 2 3]" {
 		t.Errorf("cloud got seqs %v, want [1 2 3]", got)
 	}
 	body := []byte(`{"id":"9","params":{"setpoint":1}}`)
-	waitFor(t, "mosquitto_sub subscription mirrored to the cloud", 20*time.Second, func() bool {
+	testutil.Eventually(t, 20*time.Second, func() bool {
 		return r.sim.Publish(d.ProductKey, d.DeviceName, d.DownlinkTopic(), body, 1) == nil
-	})
+	}, "mosquitto_sub subscription mirrored to the cloud")
 	if err := subCmd.Wait(); err != nil {
 		t.Fatalf("mosquitto_sub: %v (output %q)", err, subOut.String())
 	}
@@ -506,19 +496,4 @@ func TestMosquittoClientsAsDevices(t *testing.T) {
 	if err == nil || !strings.Contains(strings.ToLower(string(out)), "not authori") {
 		t.Errorf("mosquitto_pub with a wrong password: err %v, output %q", err, out)
 	}
-}
-
-// lookPeer finds a Debian peer tool, skipping (or failing when
-// EDGEGW_REQUIRE_PEERS=1) when it is missing.
-func lookPeer(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("EDGEGW_REQUIRE_PEERS") == "1" {
-		t.Fatalf("%s not found and EDGEGW_REQUIRE_PEERS=1: apt-get install mosquitto-clients", name)
-	}
-	t.Skipf("%s not found: apt-get install mosquitto-clients (set EDGEGW_REQUIRE_PEERS=1 to make this a failure)", name)
-	return ""
 }

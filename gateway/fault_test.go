@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
 
@@ -329,17 +330,17 @@ func TestFaultProxy(t *testing.T) {
 	flowing := func(what string, n int64) {
 		t.Helper()
 		target := stats().Messages + n
-		waitFor(t, what, 60*time.Second, func() bool { return stats().Messages >= target })
+		testutil.Eventually(t, 60*time.Second, func() bool { return stats().Messages >= target }, "%s", what)
 	}
 	// reconnected waits until every device opened a new cloud session.
 	reconnected := func(what string, before cloudsim.Stats) {
 		t.Helper()
-		waitFor(t, what, 60*time.Second, func() bool {
+		testutil.Eventually(t, 60*time.Second, func() bool {
 			st := stats()
 			return st.ConnectsAccepted >= before.ConnectsAccepted+int64(ndev) && st.Connected == ndev
-		})
+		}, "%s", what)
 	}
-	waitFor(t, "every cloud session up", 30*time.Second, func() bool { return stats().Connected == ndev })
+	testutil.Eventually(t, 30*time.Second, func() bool { return stats().Connected == ndev }, "every cloud session up")
 	flowing("traffic before the faults", 200)
 
 	for cycle := range cycles {
@@ -362,9 +363,9 @@ func TestFaultProxy(t *testing.T) {
 		before = stats()
 		held := proxy.stall(upstream)
 		ackedBefore := f.Stats().Acked
-		waitFor(t, "devices acknowledged while the upstream is stalled", 10*time.Second, func() bool {
+		testutil.Eventually(t, 10*time.Second, func() bool {
 			return f.Stats().Acked >= ackedBefore+int64(20*ndev)
-		})
+		}, "devices acknowledged while the upstream is stalled")
 		if stats().ConnectsAccepted != before.ConnectsAccepted {
 			t.Logf("cycle %d: a session reconnected during the short stall", cycle)
 		}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgegw/edgegw/gateway/config"
 )
 
 // syncBuffer is a log destination safe for concurrent writers.
@@ -38,11 +40,11 @@ func (s *syncBuffer) String() string {
 // one log line each.
 func TestRunOnce(t *testing.T) {
 	dir := t.TempDir()
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(dir, "admin.sock")}
 	cfg.Metrics.Listen = "127.0.0.1:0"
-	cfg.Shutdown.Timeout = Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
 	var logs syncBuffer
 	gw, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
@@ -145,7 +147,7 @@ func TestStopBudget(t *testing.T) {
 			t.Errorf("newStopBudget(%v) = %+v", tt.total, b)
 		}
 	}
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = t.TempDir()
 	gw, err := New(cfg, Options{})
 	if err != nil {
@@ -159,7 +161,7 @@ func TestStopBudget(t *testing.T) {
 // TestVersionOption: the version gateway.status reports comes from
 // Options, with the build info as the fallback.
 func TestVersionOption(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.StateDir = t.TempDir()
 	for _, tt := range []struct{ opt, want string }{
 		{"v1.2.3", "v1.2.3"},

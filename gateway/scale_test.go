@@ -7,6 +7,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
+	"github.com/edgegw/edgegw/internal/testutil"
 )
 
 // TestScaleDevices runs 1,000 devices in one process — each with its local
@@ -37,11 +38,11 @@ func TestScaleDevices(t *testing.T) {
 	start := time.Now()
 	const count = 3
 	f := r.fleet(devsim.Config{Devices: r.devices, QoS: 1, Count: count})
-	waitFor(t, "all cloud sessions up", 120*time.Second, func() bool {
+	testutil.Eventually(t, 120*time.Second, func() bool {
 		return r.gw.Snapshot().Sessions["connected"] == n
-	})
+	}, "all cloud sessions up")
 	up := time.Since(start)
-	waitFor(t, "all messages in the cloud", 120*time.Second, func() bool { return len(r.sim.Messages()) >= n*count })
+	testutil.Eventually(t, 120*time.Second, func() bool { return len(r.sim.Messages()) >= n*count }, "all messages in the cloud")
 	if st := f.Stats(); st.Connected != n {
 		t.Errorf("%d of %d devices connected locally", st.Connected, n)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -60,9 +61,12 @@ func TestServerSubscribedDelivery(t *testing.T) {
 		t.Fatalf("got %q at QoS %d, want %q at QoS 1", m.Topic(), m.Qos(), set)
 	}
 
-	// Offline with a persistent session: queued and sent on resume.
+	// Offline with a persistent session: queued and sent on resume. (Both
+	// sessions are counted first, so that the count dropping to one means
+	// this one went offline.)
+	testutil.Eventually(t, 10*time.Second, func() bool { return h.b.Stats().ClientsConnected == 2 }, "both sessions counted")
 	a.Disconnect(250)
-	eventually(t, "session offline", func() bool { return h.b.Stats().ClientsConnected == 1 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return h.b.Stats().ClientsConnected == 1 }, "session offline")
 	if err := h.b.Deliver(idA.DeviceID, set, []byte(`{"id":"2"}`), 1); err != nil {
 		t.Fatalf("Deliver to an offline server-subscribed session: %v", err)
 	}
@@ -185,7 +189,7 @@ func TestSubscribeIDCollidesWithQueuedDownlink(t *testing.T) {
 		t.Fatalf("first SUBACK: %+v", ack)
 	}
 	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
-	eventually(t, "session offline", func() bool { return h.b.Stats().ClientsConnected == 0 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return h.b.Stats().ClientsConnected == 0 }, "session offline")
 
 	if err := h.b.Deliver(idA.DeviceID, topicA("down/queued"), []byte("q"), 1); err != nil {
 		t.Fatalf("Deliver to the offline session: %v", err)

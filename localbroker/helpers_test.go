@@ -1,21 +1,12 @@
 package localbroker_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,6 +16,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 )
@@ -158,30 +150,12 @@ func (s *testSink) next(t *testing.T) localbroker.Message {
 	}
 }
 
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // harness is a running broker.
 type harness struct {
 	b     *localbroker.Broker
 	auth  *testAuth
 	sink  *testSink
-	logs  *syncBuffer
+	logs  *testutil.SyncBuffer
 	addrs map[string]net.Addr
 	stop  func() error // cancels Run and returns its result
 }
@@ -190,7 +164,7 @@ type harness struct {
 // whatever mod changes. It stops (and checks the stop) at cleanup.
 func startBroker(t testing.TB, mod func(*localbroker.Config)) *harness {
 	t.Helper()
-	h := &harness{auth: &testAuth{}, sink: newSink(), logs: &syncBuffer{}}
+	h := &harness{auth: &testAuth{}, sink: newSink(), logs: &testutil.SyncBuffer{}}
 	cfg := localbroker.Config{
 		Listeners: []string{"tcp://127.0.0.1:0"},
 		Auth:      h.auth,
@@ -374,116 +348,6 @@ func waitErr(t testing.TB, ch chan error, what string) error {
 		t.Fatalf("%s: did not happen within 10s", what)
 		return nil
 	}
-}
-
-// eventually polls cond until it holds or 10s pass.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within 10s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// testPKI is a CA with server and client certificates, made in the test.
-type testPKI struct {
-	pool       *x509.CertPool
-	server     tls.Certificate
-	dir        string // PEM files for mosquitto clients: ca.pem
-	caKey      *ecdsa.PrivateKey
-	caCert     *x509.Certificate
-	serialNext int64
-}
-
-func newPKI(t testing.TB) *testPKI {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "edgegw test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testPKI{pool: x509.NewCertPool(), caKey: key, caCert: ca, serialNext: 2, dir: t.TempDir()}
-	p.pool.AddCert(ca)
-	if err := os.WriteFile(filepath.Join(p.dir, "ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.server = p.issue(t, "127.0.0.1", false)
-	return p
-}
-
-// issue makes a certificate signed by the CA: a server certificate for
-// 127.0.0.1, or a client certificate with the given CN.
-func (p *testPKI) issue(t testing.TB, cn string, client bool) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(p.serialNext),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	p.serialNext++
-	if client {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	} else {
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-func (p *testPKI) serverConfig(clientAuth tls.ClientAuthType) *tls.Config {
-	return &tls.Config{Certificates: []tls.Certificate{p.server}, ClientCAs: p.pool, ClientAuth: clientAuth,
-		MinVersion: tls.VersionTLS12}
-}
-
-func (p *testPKI) clientConfig(cert *tls.Certificate) *tls.Config {
-	c := &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS12}
-	if cert != nil {
-		c.Certificates = []tls.Certificate{*cert}
-	}
-	return c
-}
-
-// peer returns the path of a Debian mosquitto tool, skipping the test when
-// it is missing (failing instead when EDGEGW_REQUIRE_PEERS=1).
-func peer(t testing.TB, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("EDGEGW_REQUIRE_PEERS") == "1" {
-			t.Fatalf("%s not found and EDGEGW_REQUIRE_PEERS=1: install Debian's mosquitto-clients", name)
-		}
-		t.Skipf("%s not found: install Debian's mosquitto-clients to run this test", name)
-	}
-	return path
 }
 
 // runTool runs a mosquitto client with a deadline.

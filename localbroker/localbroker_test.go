@@ -21,6 +21,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	pahopackets "github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 )
@@ -423,7 +424,7 @@ func TestDeliverQueuedForPersistentSession(t *testing.T) {
 	wait(t, c.Connect(), "connect")
 	subscribe(t, c, topicA("down/#"), 1, nil)
 	c.Disconnect(100)
-	eventually(t, "session offline", func() bool { return h.b.Stats().ClientsConnected == 0 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return h.b.Stats().ClientsConnected == 0 }, "session offline")
 
 	if err := h.b.Deliver(idA.DeviceID, topicA("down/q1"), []byte("queued"), 1); err != nil {
 		t.Fatalf("Deliver to an offline persistent session: %v", err)
@@ -536,15 +537,15 @@ func TestUnixSocket(t *testing.T) {
 }
 
 func TestTLSClientCertificate(t *testing.T) {
-	pki := newPKI(t)
+	pki := testutil.NewPKI(t)
 	h := startBroker(t, func(c *localbroker.Config) {
 		c.Listeners = []string{"tls://127.0.0.1:0", "wss://127.0.0.1:0"}
-		c.TLS = pki.serverConfig(tls.VerifyClientCertIfGiven)
+		c.TLS = pki.ServerTLS(tls.VerifyClientCertIfGiven)
 	})
-	cert := pki.issue(t, pk1+"/"+dnB, true)
+	cert := pki.ClientCert(t, pk1+"/"+dnB)
 	for _, scheme := range []string{"tls", "wss"} {
 		t.Run(scheme, func(t *testing.T) {
-			c := connect(t, h.url(t, scheme), "cert-"+scheme, "", "", withTLS(pki.clientConfig(&cert)))
+			c := connect(t, h.url(t, scheme), "cert-"+scheme, "", "", withTLS(pki.ClientTLS(cert)))
 			req := h.auth.last()
 			if len(req.PeerCertificates) == 0 || req.PeerCertificates[0].Subject.CommonName != pk1+"/"+dnB {
 				t.Fatalf("Authenticator saw certificates %v", req.PeerCertificates)
@@ -557,15 +558,15 @@ func TestTLSClientCertificate(t *testing.T) {
 				t.Errorf("sink got identity %+v", m.Device)
 			}
 			// Without a certificate the password path still works.
-			connect(t, h.url(t, scheme), "pw-"+scheme, dnA, passA, withTLS(pki.clientConfig(nil)))
+			connect(t, h.url(t, scheme), "pw-"+scheme, dnA, passA, withTLS(pki.ClientTLS()))
 			if req := h.auth.last(); len(req.PeerCertificates) != 0 {
 				t.Errorf("certificates without a client certificate: %v", req.PeerCertificates)
 			}
 		})
 	}
 	// A certificate from another CA fails the handshake.
-	other := newPKI(t).issue(t, pk1+"/"+dnA, true)
-	if err := connectErr(t, h.url(t, "tls"), "rogue", "", "", withTLS(pki.clientConfig(&other))); err == nil {
+	other := testutil.NewPKI(t).ClientCert(t, pk1+"/"+dnA)
+	if err := connectErr(t, h.url(t, "tls"), "rogue", "", "", withTLS(pki.ClientTLS(other))); err == nil {
 		t.Error("a client certificate from an unknown CA was accepted")
 	}
 }
@@ -578,9 +579,9 @@ func TestTakeover(t *testing.T) {
 	connect(t, url, "same", dnA, passA, withLost(lost))
 	second := connect(t, url, "same", dnA, passA)
 	waitErr(t, lost, "first connection kicked by the second")
-	eventually(t, "first disconnect processed", func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		return strings.Count(strings.Join(obs.list(), "\n"), "disconnected "+pk1+"/"+dnA+" same") == 1
-	})
+	}, "first disconnect processed")
 	// The second connection keeps its identity after the first one's
 	// disconnect was processed.
 	wait(t, second.Publish(topicA("after"), 1, false, "x"), "publish on the second connection")
@@ -618,7 +619,7 @@ func TestObserverAndDisconnectDevice(t *testing.T) {
 		"disconnected " + dev + " obs",
 		"unsubscribed " + dev + " obs [" + topicA("y") + "]",
 	}
-	eventually(t, "all events", func() bool { return len(obs.list()) >= len(want) })
+	testutil.Eventually(t, 10*time.Second, func() bool { return len(obs.list()) >= len(want) }, "all events")
 	if got := obs.list(); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
@@ -673,7 +674,7 @@ func TestMaxClients(t *testing.T) {
 	if err := connectErr(t, url, "second", dnB, passB); !errors.Is(err, pahopackets.ErrorRefusedServerUnavailable) {
 		t.Errorf("connect beyond MaxClients: %v, want server unavailable", err)
 	}
-	eventually(t, "refusal counted", func() bool { return h.b.Stats().ConnectsRefused == 1 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return h.b.Stats().ConnectsRefused == 1 }, "refusal counted")
 }
 
 func TestShutdownWithManyClients(t *testing.T) {
@@ -825,10 +826,10 @@ func TestPersistentSessionExpires(t *testing.T) {
 	subscribe(t, c, topicA("down"), 1, nil)
 	c.Disconnect(100)
 	dev := pk1 + "/" + dnA
-	eventually(t, "session expired", func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		ev := obs.list()
 		return len(ev) > 0 && ev[len(ev)-1] == "unsubscribed "+dev+" exp ["+topicA("down")+"]"
-	})
+	}, "session expired")
 	if err := h.b.Deliver(idA.DeviceID, topicA("down"), nil, 1); !errors.Is(err, localbroker.ErrNotConnected) {
 		t.Errorf("Deliver after the session expired: %v, want ErrNotConnected", err)
 	}

@@ -10,14 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/localbroker"
 )
 
 // TestMosquittoClients runs the publish, subscribe and ACL checks with
 // Debian's mosquitto_pub and mosquitto_sub, over MQTT 3.1.1 and 5.
 func TestMosquittoClients(t *testing.T) {
-	pub := peer(t, "mosquitto_pub")
-	sub := peer(t, "mosquitto_sub")
+	pub := testutil.Peer(t, "mosquitto_pub")
+	sub := testutil.Peer(t, "mosquitto_sub")
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	admin := &adminRecorder{got: make(chan localbroker.AdminRequest, 10)}
 	h := startBroker(t, func(c *localbroker.Config) {
@@ -75,10 +76,10 @@ func TestMosquittoClients(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, "mosquitto_sub subscribed", func() bool {
+			testutil.Eventually(t, 10*time.Second, func() bool {
 				err := h.b.Deliver(idA.DeviceID, topicA("down/"+version), []byte("downlink"), 1)
 				return err == nil || !(errors.Is(err, localbroker.ErrNotSubscribed) || errors.Is(err, localbroker.ErrNotConnected))
-			})
+			}, "mosquitto_sub subscribed")
 			if err := cmd.Wait(); err != nil {
 				t.Fatalf("mosquitto_sub: %v: %s", err, subOut.String())
 			}

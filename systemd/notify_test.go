@@ -208,13 +208,13 @@ func TestWatchdogPingsOnlyWhileAlive(t *testing.T) {
 	if pings != passed {
 		t.Fatalf("%d WATCHDOG=1 pings for %d passing checks: a ping was sent for a failing check", pings, passed)
 	}
-	logs.waitLog(t, "withholding the watchdog ping", waitLong)
-	logs.waitLog(t, "spool writer made no progress", waitLong)
+	logs.WaitFor(t, "withholding the watchdog ping", waitLong)
+	logs.WaitFor(t, "spool writer made no progress", waitLong)
 
 	// Alive again: pings resume and the recovery is logged.
 	setWedged(false)
 	sock.waitFor(t, "WATCHDOG=1", waitLong)
-	logs.waitLog(t, "watchdog pings resumed", waitLong)
+	logs.WaitFor(t, "watchdog pings resumed", waitLong)
 }
 
 func TestWatchdogStuckCheck(t *testing.T) {
@@ -238,7 +238,7 @@ func TestWatchdogStuckCheck(t *testing.T) {
 	})
 	startWatchdog(t, systemd.NewNotifier(log), check)
 
-	logs.waitLog(t, "withheld=3", waitLong)
+	logs.WaitFor(t, "withheld=3", waitLong)
 	if !strings.Contains(logs.String(), "liveness check has not returned") {
 		t.Errorf("log does not say the check is stuck:\n%s", logs.String())
 	}
@@ -251,5 +251,5 @@ func TestWatchdogStuckCheck(t *testing.T) {
 
 	close(release)
 	sock.waitFor(t, "WATCHDOG=1", waitLong)
-	logs.waitLog(t, "watchdog pings resumed", waitLong)
+	logs.WaitFor(t, "watchdog pings resumed", waitLong)
 }

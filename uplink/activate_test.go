@@ -1,6 +1,7 @@
 package uplink
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -82,7 +84,7 @@ func (a *memActivation) get(id secrets.DeviceID) (secrets.Secret, []string, stri
 // startActSim starts a cloud simulator for dialect d with one product
 // (productSecret ps) and the given devices (zero secret: not activated).
 // tlsPKI, when set, adds a TLS listener.
-func startActSim(t *testing.T, d secrets.Dialect, pk, ps string, tlsPKI *testPKI, devs map[string]string, mod func(*cloudsim.Config)) *cloudsim.Sim {
+func startActSim(t *testing.T, d secrets.Dialect, pk, ps string, tlsPKI *testutil.PKI, devs map[string]string, mod func(*cloudsim.Config)) *cloudsim.Sim {
 	t.Helper()
 	cfg := cloudsim.Config{
 		Dialect: d, Listen: "127.0.0.1:0", DeviceRate: cloudsim.RateUnlimited,
@@ -92,7 +94,7 @@ func startActSim(t *testing.T, d secrets.Dialect, pk, ps string, tlsPKI *testPKI
 		cfg.Devices = append(cfg.Devices, cloudsim.Device{ProductKey: pk, DeviceName: dn, Secret: secrets.NewSecret(sec)})
 	}
 	if tlsPKI != nil {
-		cfg.TLSListen, cfg.TLSConfig = "127.0.0.1:0", tlsPKI.serverConfig(false)
+		cfg.TLSListen, cfg.TLSConfig = "127.0.0.1:0", tlsPKI.ServerTLS(tls.NoClientCert)
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -201,7 +203,7 @@ func TestActivationEnOS(t *testing.T) {
 // connection right after the secret (the message must not be lost to the
 // close), then normal securemode=2 logins.
 func TestActivationAliyunTLS(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testutil.NewPKI(t)
 	devs := map[string]string{}
 	for i := range 5 {
 		devs[fmt.Sprintf("reg%02d", i)] = ""
@@ -209,7 +211,7 @@ func TestActivationAliyunTLS(t *testing.T) {
 	sim := startActSim(t, secrets.Aliyun, actAliPK, actAliPSecret, pki, devs, func(c *cloudsim.Config) {
 		c.RegisterLinger = time.Microsecond
 	})
-	r := newRig(t, "tls://"+sim.Addr(cloudsim.TLS), func(c *ManagerConfig) { c.Endpoint.CAPEM = pki.caPEM })
+	r := newRig(t, "tls://"+sim.Addr(cloudsim.TLS), func(c *ManagerConfig) { c.Endpoint.CAPEM = pki.CAPEM })
 	store := newMemActivation()
 	var ids []secrets.DeviceID
 	for dn := range devs {
@@ -247,9 +249,9 @@ func TestActivationAliyunTLS(t *testing.T) {
 // TestActivationStoreFailureKeepsSecret: while storing the issued secret
 // fails, the session keeps it and retries; it does not register again.
 func TestActivationStoreFailureKeepsSecret(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testutil.NewPKI(t)
 	sim := startActSim(t, secrets.Aliyun, actAliPK, actAliPSecret, pki, map[string]string{"flaky01": ""}, nil)
-	r := newRig(t, "tls://"+sim.Addr(cloudsim.TLS), func(c *ManagerConfig) { c.Endpoint.CAPEM = pki.caPEM })
+	r := newRig(t, "tls://"+sim.Addr(cloudsim.TLS), func(c *ManagerConfig) { c.Endpoint.CAPEM = pki.CAPEM })
 	store := newMemActivation()
 	store.failStores = 3
 	dev := actDevice(secrets.Aliyun, actAliPK, "flaky01", actAliPSecret, store)
@@ -293,7 +295,7 @@ func TestActivationUsesStoredSecret(t *testing.T) {
 // parked session holds no timer, however far the clock moves); an update
 // with a working productSecret starts it again.
 func TestActivationRefused(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testutil.NewPKI(t)
 	tests := []struct {
 		name       string
 		dialect    secrets.Dialect
@@ -315,7 +317,7 @@ func TestActivationRefused(t *testing.T) {
 			if tt.dialect == secrets.Aliyun {
 				pk, ps = actAliPK, actAliPSecret
 			}
-			var simPKI *testPKI
+			var simPKI *testutil.PKI
 			if tt.tls {
 				simPKI = pki
 			}
@@ -325,7 +327,7 @@ func TestActivationRefused(t *testing.T) {
 				url = "tls://" + sim.Addr(cloudsim.TLS)
 			}
 			fc := newFakeClock()
-			r := newRig(t, url, withFakeClock(fc), func(c *ManagerConfig) { c.Endpoint.CAPEM = pki.caPEM })
+			r := newRig(t, url, withFakeClock(fc), func(c *ManagerConfig) { c.Endpoint.CAPEM = pki.CAPEM })
 			store := newMemActivation()
 			dev := actDevice(tt.dialect, pk, "dev001", tt.gwPSecret, store)
 			r.add(dev)

@@ -22,6 +22,9 @@ import (
 // without a signature.
 const observerUser = "observer"
 
+// observerPassword is the observers' password; only cloudsim checks it.
+const observerPassword = "x"
+
 // connectRecord is one CONNECT the test cloud saw.
 type connectRecord struct {
 	ClientID, Username string

@@ -1,7 +1,6 @@
 package uplink
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -13,51 +12,15 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgegw/edgegw/internal/testutil"
 )
-
-// requirePeer skips (or, with EDGEGW_REQUIRE_PEERS=1, fails) a test that
-// needs a Debian peer binary that is missing.
-func requirePeer(t testing.TB, name string, candidates ...string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, c := range candidates {
-		if _, err := os.Stat(c); err == nil {
-			return c
-		}
-	}
-	msg := fmt.Sprintf("%s not installed (Debian package mosquitto); install it to run this test", name)
-	if os.Getenv("EDGEGW_REQUIRE_PEERS") == "1" {
-		t.Fatal(msg + " [EDGEGW_REQUIRE_PEERS=1]")
-	}
-	t.Skip(msg)
-	return ""
-}
 
 // mosquittoCloud is Debian's mosquitto as a plain third-party broker: it
 // accepts any credentials and knows nothing of the clouds' signatures.
 type mosquittoCloud struct {
 	url string
 	cmd *exec.Cmd
-	out *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	out *testutil.SyncBuffer
 }
 
 func freePort(t testing.TB) int {
@@ -72,7 +35,7 @@ func freePort(t testing.TB) int {
 
 func startMosquitto(t testing.TB) *mosquittoCloud {
 	t.Helper()
-	bin := requirePeer(t, "mosquitto", "/usr/sbin/mosquitto")
+	bin := testutil.Peer(t, "mosquitto")
 	dir := t.TempDir()
 	var lastErr string
 	for range 5 { // the free port may be taken between probe and bind
@@ -82,7 +45,7 @@ func startMosquitto(t testing.TB) *mosquittoCloud {
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		out := &syncBuffer{}
+		out := &testutil.SyncBuffer{}
 		cmd := exec.Command(bin, "-c", conf)
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
@@ -138,7 +101,7 @@ func newObserver(t testing.TB, url string) *observer {
 	o := &observer{topics: make(map[string][]uint64)}
 	opts := mqtt.NewClientOptions().AddBroker(url).
 		SetClientID(fmt.Sprintf("observer-%d", time.Now().UnixNano())).
-		SetUsername(observerUser).SetPassword("x").
+		SetUsername(observerUser).SetPassword(observerPassword).
 		SetProtocolVersion(4).SetAutoReconnect(false).SetCleanSession(true)
 	o.client = mqtt.NewClient(opts)
 	if tok := o.client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {

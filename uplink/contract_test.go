@@ -4,35 +4,118 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
+	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
 
 // contractCloud is what the contract suite needs from a cloud broker.
 type contractCloud struct {
 	url      string
 	register func(secrets.DeviceID, secrets.Secret) // known devices (a plain broker ignores it)
-	kick     func(t testing.TB, clientID string)    // broker-side disconnect of one client
+	// kick disconnects the session st describes from the broker side.
+	kick func(t testing.TB, st SessionStatus)
 }
 
-// runContract runs body against mochi with a verifying auth hook (a strict
-// stand-in for the cloud) and against Debian's mosquitto as a plain
-// third-party broker.
+// runContract runs body against three brokers:
+//   - cloudsim, the simulated cloud: signature checks, topic ACLs and
+//     takeover by device identity as the clouds do them;
+//   - mochi with the verifying cloudHook of cloud_mochi_test.go, the fake
+//     the fault-injection tests (session_test.go, drain_test.go) need: it
+//     refuses or drops the next N connects, kicks a client at a chosen
+//     message before its PUBACK and records which messages were PUBACKed,
+//     none of which cloudsim's knobs (all-or-nothing modes) can express;
+//   - Debian's mosquitto as a plain third-party broker.
 func runContract(t *testing.T, body func(t *testing.T, c contractCloud)) {
+	t.Run("cloudsim", func(t *testing.T) {
+		sim, devices := startContractSim(t)
+		body(t, contractCloud{
+			url: "tcp://" + sim.Addr(cloudsim.TCP),
+			register: func(id secrets.DeviceID, secret secrets.Secret) {
+				if err := sim.AddDevice(id.ProductKey, id.DeviceName, secret); err != nil {
+					t.Fatal(err)
+				}
+				devices.Store(id, secret)
+			},
+			kick: func(t testing.TB, st SessionStatus) {
+				secret, ok := devices.Load(st.Device)
+				if !ok {
+					t.Fatalf("kick: device %s not registered", st.Device)
+				}
+				kickByDevice(t, "tcp://"+sim.Addr(cloudsim.TCP), st.Device, secret.(secrets.Secret))
+			},
+		})
+	})
 	t.Run("mochi", func(t *testing.T) {
 		m := startMochi(t, secrets.Aliyun)
-		body(t, contractCloud{url: m.url, register: m.register, kick: m.kickClient})
+		body(t, contractCloud{
+			url:      m.url,
+			register: m.register,
+			kick:     func(t testing.TB, st SessionStatus) { m.kickClient(t, st.ClientID) },
+		})
 	})
 	t.Run("mosquitto", func(t *testing.T) {
 		mq := startMosquitto(t)
 		body(t, contractCloud{
 			url:      mq.url,
 			register: func(secrets.DeviceID, secrets.Secret) {},
-			kick:     func(t testing.TB, cid string) { kickByTakeover(t, mq.url, cid) },
+			kick:     func(t testing.TB, st SessionStatus) { kickByTakeover(t, mq.url, st.ClientID) },
 		})
 	})
+}
+
+// startContractSim starts an Alibaba cloud simulator on plain TCP with
+// the contract observer's account and no per-device rate limit (the suite
+// measures delivery, not the cloud's throttle). devices maps each
+// registered DeviceID to its secret, for kicks.
+func startContractSim(t *testing.T) (*cloudsim.Sim, *sync.Map) {
+	t.Helper()
+	sim, err := cloudsim.New(cloudsim.Config{
+		Dialect:          secrets.Aliyun,
+		Listen:           "127.0.0.1:0",
+		ObserverUser:     observerUser,
+		ObserverPassword: secrets.NewSecret(observerPassword),
+		DeviceRate:       cloudsim.RateUnlimited,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := sim.Close(); err != nil {
+			t.Errorf("close cloud simulator: %v", err)
+		}
+	})
+	return sim, &sync.Map{}
+}
+
+// kickByDevice connects as the device itself, with freshly signed
+// credentials: the cloud closes the device's current session (takeover by
+// identity), and the gateway's session has to reconnect.
+func kickByDevice(t testing.TB, url string, id secrets.DeviceID, secret secrets.Secret) {
+	t.Helper()
+	cr, err := secrets.Sign(secrets.SignParams{
+		Dialect: secrets.Aliyun, ProductKey: id.ProductKey, DeviceName: id.DeviceName,
+		ClientID: "kicker", SecureMode: 3,
+	}, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := mqtt.NewClientOptions().AddBroker(url).SetClientID(cr.ClientID).
+		SetUsername(cr.Username).SetPassword(cr.Password.Reveal()).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetCleanSession(true)
+	c := mqtt.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("takeover connect as %s: %v", id, tok.Error())
+	}
+	c.Disconnect(50)
 }
 
 // Several devices drain concurrently with a window of 8; each is kicked
@@ -65,13 +148,13 @@ func TestContractDeliveryAcrossKicks(t *testing.T) {
 			r.q.appendN(t, d.ID, userTopic(d.ID), 1, n)
 		}
 		for _, d := range devs {
-			eventually(t, 10*time.Second, "a third delivered", func() bool { return obs.distinct(userTopic(d.ID)) >= n/3 })
+			testutil.Eventually(t, 10*time.Second, func() bool { return obs.distinct(userTopic(d.ID)) >= n/3 }, "a third delivered")
 			st, _ := r.m.Status(d.ID)
-			cloud.kick(t, st.ClientID)
+			cloud.kick(t, st)
 		}
 		for _, d := range devs {
 			st := r.waitStatus(d.ID, "all acknowledged", func(st SessionStatus) bool { return st.Sent == n })
-			eventually(t, 10*time.Second, "broker forwarded all", func() bool { return obs.distinct(userTopic(d.ID)) == n })
+			testutil.Eventually(t, 10*time.Second, func() bool { return obs.distinct(userTopic(d.ID)) == n }, "broker forwarded all")
 			got := obs.seen(userTopic(d.ID))
 			dups := checkOrder(t, d.ID.String(), got, n)
 			seen := make(map[uint64]bool)
@@ -119,7 +202,7 @@ func TestContractDownlink(t *testing.T) {
 		// deliver publishes probes on topic until one reaches the device.
 		deliver := func(topic string) {
 			t.Helper()
-			eventually(t, 10*time.Second, "downlink on "+topic, func() bool {
+			testutil.Eventually(t, 10*time.Second, func() bool {
 				probe++
 				want := strconv.Itoa(probe)
 				obs.publish(t, topic, want)
@@ -136,7 +219,7 @@ func TestContractDownlink(t *testing.T) {
 					time.Sleep(2 * time.Millisecond)
 				}
 				return false
-			})
+			}, "downlink on %s", topic)
 		}
 		svc := "/sys/" + d1.ID.ProductKey + "/" + d1.ID.DeviceName + "/thing/service/reboot"
 		deliver(get)
@@ -146,7 +229,7 @@ func TestContractDownlink(t *testing.T) {
 		if st.Subscriptions != 2 {
 			t.Fatalf("%d subscriptions, want 2", st.Subscriptions)
 		}
-		cloud.kick(t, st.ClientID)
+		cloud.kick(t, st)
 		r.waitStatus(d1.ID, "reconnected", func(s SessionStatus) bool { return s.State == StateConnected && s.Connects == 2 })
 		deliver(get) // restored on the new connection
 		deliver(svc)
@@ -158,7 +241,7 @@ func TestContractDownlink(t *testing.T) {
 		// the removed one, the UNSUBSCRIBE has landed; nothing on the
 		// removed filter may arrive after that.
 		var marker int
-		eventually(t, 10*time.Second, "unsubscribe effective", func() bool {
+		testutil.Eventually(t, 10*time.Second, func() bool {
 			probe++
 			obs.publish(t, get, "u"+strconv.Itoa(probe))
 			obs.publish(t, svc, "c"+strconv.Itoa(probe))
@@ -176,7 +259,7 @@ func TestContractDownlink(t *testing.T) {
 				time.Sleep(2 * time.Millisecond)
 			}
 			return false
-		})
+		}, "unsubscribe effective")
 		probe++
 		obs.publish(t, get, "u"+strconv.Itoa(probe))
 		deliver(svc)
@@ -206,7 +289,7 @@ func TestContractQoS0(t *testing.T) {
 		r.waitStatus(d.ID, "connected", func(st SessionStatus) bool { return st.State == StateConnected })
 		r.q.appendN(t, d.ID, userTopic(d.ID), 0, 100)
 		r.waitStatus(d.ID, "all written", func(st SessionStatus) bool { return st.Sent == 100 })
-		eventually(t, 10*time.Second, "broker forwarded all", func() bool { return obs.distinct(userTopic(d.ID)) == 100 })
+		testutil.Eventually(t, 10*time.Second, func() bool { return obs.distinct(userTopic(d.ID)) == 100 }, "broker forwarded all")
 		checkOrder(t, fmt.Sprint(d.ID), obs.seen(userTopic(d.ID)), 100)
 	})
 }

@@ -2,12 +2,12 @@ package uplink
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -149,7 +149,7 @@ func TestDrainQoS0(t *testing.T) {
 	r.add(dev)
 	startManager(t, r.m)
 	r.waitStatus(dev.ID, "all written", func(st SessionStatus) bool { return st.Sent == 100 })
-	eventually(t, 5*time.Second, "cloud received 100", func() bool { return len(cloud.hook.receivedBy(dev.ID)) == 100 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return len(cloud.hook.receivedBy(dev.ID)) == 100 }, "cloud received 100")
 	checkOrder(t, "cloud", cloud.hook.receivedBy(dev.ID), 100)
 	for s := uint64(51); s <= 100; s++ {
 		if !cloud.hook.wasPubacked(dev.ID, s) {
@@ -174,14 +174,14 @@ func TestDrainDeviceRate(t *testing.T) {
 	r.add(dev)
 	startManager(t, r.m)
 	for k := 1; k <= 5; k++ {
-		eventually(t, 10*time.Second, "message delivered, next one waiting for the rate", func() bool {
+		testutil.Eventually(t, 10*time.Second, func() bool {
 			st, _ := r.m.Status(dev.ID)
 			want := 1
 			if k == 5 {
 				want = 0
 			}
 			return st.Sent == uint64(k) && fc.Armed() == want && fc.ArmedWithin(time.Second) == want
-		})
+		}, "message delivered, next one waiting for the rate")
 		if got := len(cloud.hook.receivedBy(dev.ID)); got != k {
 			t.Fatalf("at +%dms the cloud has %d messages, want %d", (k-1)*100, got, k)
 		}
@@ -213,10 +213,10 @@ func TestDrainGatewayRateFair(t *testing.T) {
 	// token of the burst, then each device waits for its turn.
 	for i, d := range devs {
 		r.q.appendN(t, d.ID, userTopic(d.ID), 1, 4)
-		eventually(t, 10*time.Second, "device waiting for the gateway rate", func() bool {
-			// Rate timers only (a stall timer is due in 30 s).
+		testutil.Eventually(t, 10*time.Second, func() bool {
+
 			return fc.Armed() == i+1 && fc.ArmedWithin(time.Second) == i+1
-		})
+		}, "device waiting for the gateway rate")
 	}
 	want := strings.Fields("1 1 2 3 1 2 3 1 2 3 2 3")
 	for granted := 2; granted <= len(want); granted++ {
@@ -231,13 +231,13 @@ func TestDrainGatewayRateFair(t *testing.T) {
 				waiting++
 			}
 		}
-		eventually(t, 10*time.Second, fmt.Sprintf("grant %d through the gateway rate", granted), func() bool {
+		testutil.Eventually(t, 10*time.Second, func() bool {
 			n := 0
 			for _, d := range devs {
 				n += len(r.q.acked(d.ID))
 			}
 			return n == granted && fc.Armed() == waiting
-		})
+		}, "grant %d through the gateway rate", granted)
 	}
 	var got []string
 	for _, id := range cloud.hook.arrivalOrder() {
@@ -262,7 +262,7 @@ func TestDrainReadErrorRetried(t *testing.T) {
 	r.add(dev)
 	startManager(t, r.m)
 	r.waitStatus(dev.ID, "connected", func(st SessionStatus) bool { return st.State == StateConnected })
-	eventually(t, 5*time.Second, "read retry armed", func() bool { return fc.Armed() == 1 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return fc.Armed() == 1 }, "read retry armed")
 	r.q.mu.Lock()
 	r.q.readErr = nil
 	r.q.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -265,18 +266,6 @@ func (t *fakeTimer) Reset(d time.Duration) bool {
 	return armed
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // testLogger logs through t.Log until the test ends (and discards after,
 // so goroutines that outlive the test cannot panic).
 func testLogger(t testing.TB) *slog.Logger {
@@ -319,20 +308,20 @@ func startManager(t testing.TB, m *Manager) {
 		}
 	})
 	// Run has started once the manager left phaseNew.
-	eventually(t, 5*time.Second, "manager running", func() bool {
+	testutil.Eventually(t, 5*time.Second, func() bool {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		return m.phase == phaseRunning
-	})
+	}, "manager running")
 }
 
 func waitState(t testing.TB, m *Manager, id secrets.DeviceID, want State) SessionStatus {
 	t.Helper()
 	var st SessionStatus
-	eventually(t, 10*time.Second, fmt.Sprintf("%s in state %s", id, want), func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		st, _ = m.Status(id)
 		return st.State == want
-	})
+	}, "%s in state %s", id, want)
 	return st
 }
 
@@ -368,7 +357,7 @@ func sortedKeys[V any](m map[string]V) []string {
 	return ks
 }
 
-func slogText(w *syncBuffer) *slog.Logger {
+func slogText(w *testutil.SyncBuffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -139,7 +140,7 @@ func (lr *liveRig) checkAcks(d secrets.DeviceID) {
 	if len(seen) != len(values) {
 		t.Errorf("%s: %d of %d messages acknowledged", d, len(seen), len(values))
 	}
-	eventually(t, 10*time.Second, d.String()+" queue empty", func() bool { return lr.q.Stats(d).Depth == 0 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return lr.q.Stats(d).Depth == 0 }, "%s queue empty", d)
 }
 
 // splitLanes returns the first arrivals of backlog and fresh payloads, in
@@ -190,7 +191,7 @@ func TestLiveFirstFreshAheadOfBacklog(t *testing.T) {
 			lr.add(devs...)
 			startManager(t, lr.m)
 			for _, d := range devs {
-				eventually(t, 15*time.Second, d.ID.String()+" draining", func() bool { return lr.arrived(d.ID) > 0 })
+				testutil.Eventually(t, 15*time.Second, func() bool { return lr.arrived(d.ID) > 0 }, "%s draining", d.ID)
 			}
 			// Live traffic, paced by the cloud's progress (not by sleeps):
 			// fresh message k is appended once the cloud has received three
@@ -204,7 +205,7 @@ func TestLiveFirstFreshAheadOfBacklog(t *testing.T) {
 				}
 				for _, d := range devs {
 					n := posAtAppend[d.ID][k-1]
-					eventually(t, 15*time.Second, "progress", func() bool { return lr.arrived(d.ID) >= n+3 })
+					testutil.Eventually(t, 15*time.Second, func() bool { return lr.arrived(d.ID) >= n+3 }, "progress")
 				}
 			}
 			for _, d := range devs {
@@ -286,11 +287,11 @@ func TestLiveFirstAcrossReconnects(t *testing.T) {
 			}
 			lr.add(d)
 			startManager(t, lr.m)
-			eventually(t, 15*time.Second, "draining", func() bool { return lr.arrived(d.ID) > 0 })
+			testutil.Eventually(t, 15*time.Second, func() bool { return lr.arrived(d.ID) > 0 }, "draining")
 			for k := uint64(1); k <= fresh; k++ {
 				n := lr.arrived(d.ID)
 				lr.put(d.ID, freshBase+k)
-				eventually(t, 15*time.Second, "progress", func() bool { return lr.arrived(d.ID) >= n+4 })
+				testutil.Eventually(t, 15*time.Second, func() bool { return lr.arrived(d.ID) >= n+4 }, "progress")
 			}
 			st := lr.waitStatus(d.ID, "all delivered", func(st SessionStatus) bool { return st.Sent >= backlog+fresh })
 			lr.checkAcks(d.ID)
@@ -363,7 +364,7 @@ func TestLiveFirstBacklogShare(t *testing.T) {
 	}
 	lr.add(d)
 	startManager(t, lr.m)
-	eventually(t, 15*time.Second, "draining", func() bool { return lr.arrived(d.ID) > 0 })
+	testutil.Eventually(t, 15*time.Second, func() bool { return lr.arrived(d.ID) > 0 }, "draining")
 	for k := uint64(1); k <= fresh; k++ {
 		lr.put(d.ID, freshBase+k)
 	}

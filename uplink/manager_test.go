@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -59,14 +60,14 @@ func TestRunLifecycle(t *testing.T) {
 			t.Errorf("%s: socket still open after Run returned", st.Device)
 		}
 	}
-	eventually(t, 5*time.Second, "broker sees every session gone", func() bool {
+	testutil.Eventually(t, 5*time.Second, func() bool {
 		for _, d := range devs {
 			if cloud.clientCount(d.ID) != 0 {
 				return false
 			}
 		}
 		return true
-	})
+	}, "broker sees every session gone")
 	if err := r.m.Run(context.Background()); err == nil {
 		t.Error("a second Run was accepted")
 	}
@@ -98,7 +99,7 @@ func TestRemove(t *testing.T) {
 		t.Fatal("socket open after Remove returned")
 	}
 	r.q.appendN(t, d.ID, userTopic(d.ID), 1, 2)
-	eventually(t, 5*time.Second, "broker session gone", func() bool { return cloud.clientCount(d.ID) == 0 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return cloud.clientCount(d.ID) == 0 }, "broker session gone")
 	if r.q.depth(d.ID) != 2 {
 		t.Fatal("messages of a removed device were consumed")
 	}
@@ -110,7 +111,7 @@ func TestRemove(t *testing.T) {
 // connects, refusals, kicks and a secret rotation.
 func TestNoSecretsInLogsOrStatus(t *testing.T) {
 	cloud := startMochi(t, secrets.Aliyun)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	r := newRig(t, cloud.url, func(c *ManagerConfig) { c.Logger = slogText(&logs) })
 	d := testDevice(1)
 	cloud.register(d.ID, d.Secret)
@@ -169,7 +170,7 @@ func TestManySessions(t *testing.T) {
 		start := time.Now()
 		r.add(devs...)
 		startManager(t, r.m)
-		eventually(t, 60*time.Second, fmt.Sprintf("%d sessions connected", n), func() bool {
+		testutil.Eventually(t, 60*time.Second, func() bool {
 			c := 0
 			for _, st := range r.m.Statuses() {
 				if st.State == StateConnected {
@@ -177,19 +178,19 @@ func TestManySessions(t *testing.T) {
 				}
 			}
 			return c == n
-		})
+		}, "%d sessions connected", n)
 		connected := time.Since(start)
 		for _, d := range devs {
 			r.q.appendN(t, d.ID, userTopic(d.ID), 1, 1)
 		}
-		eventually(t, 60*time.Second, "one message from every device delivered", func() bool {
+		testutil.Eventually(t, 60*time.Second, func() bool {
 			for _, st := range r.m.Statuses() {
 				if st.Sent != 1 {
 					return false
 				}
 			}
 			return true
-		})
+		}, "one message from every device delivered")
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		g1 := runtime.NumGoroutine()

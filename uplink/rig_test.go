@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -154,11 +155,11 @@ func (r *rig) add(devs ...Device) {
 func (r *rig) waitStatus(id secrets.DeviceID, what string, cond func(SessionStatus) bool) SessionStatus {
 	r.t.Helper()
 	var st SessionStatus
-	eventually(r.t, 15*time.Second, fmt.Sprintf("%s: %s", id, what), func() bool {
+	testutil.Eventually(r.t, 15*time.Second, func() bool {
 		var ok bool
 		st, ok = r.m.Status(id)
 		return ok && cond(st)
-	})
+	}, "%s: %s", id, what)
 	return st
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -32,7 +33,7 @@ func TestFreshCredentialsPerAttempt(t *testing.T) {
 	if d := st.NextAttempt.Sub(fc.Now()); d != 5*time.Millisecond {
 		t.Fatalf("next attempt in %v, want 5ms", d)
 	}
-	eventually(t, 5*time.Second, "backoff timer armed", func() bool { return fc.Armed() == 1 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return fc.Armed() == 1 }, "backoff timer armed")
 	fc.Advance(1234 * time.Millisecond)
 	second := r.waitStatus(dev.ID, "reconnected", func(st SessionStatus) bool { return st.State == StateConnected && st.Connects == 2 })
 
@@ -89,7 +90,7 @@ func TestAuthFailedSlowRetry(t *testing.T) {
 	if d := st.NextAttempt.Sub(fc.Now()); d != 10*time.Minute {
 		t.Fatalf("next attempt in %v, want 10m", d)
 	}
-	eventually(t, 5*time.Second, "retry timer armed", func() bool { return fc.Armed() == 1 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return fc.Armed() == 1 }, "retry timer armed")
 	fc.Advance(10*time.Minute - time.Second)
 	if n := len(cloud.hook.connectRecords()); n != 1 || fc.Armed() != 1 {
 		t.Fatalf("after 9m59s: %d attempts, %d timers; want 1 attempt still waiting", n, fc.Armed())
@@ -175,7 +176,7 @@ func TestBackoffGrowthAndReset(t *testing.T) {
 		if d := st.NextAttempt.Sub(fc.Now()); d != want {
 			t.Fatalf("after attempt %d: next in %v, want %v", attempts, d, want)
 		}
-		eventually(t, 5*time.Second, "backoff timer", func() bool { return fc.Armed() == 1 })
+		testutil.Eventually(t, 5*time.Second, func() bool { return fc.Armed() == 1 }, "backoff timer")
 		fc.Advance(want)
 	}
 	// Three dropped attempts: ceilings 2 s, 4 s, 8 s, jitter 0.5.
@@ -237,9 +238,9 @@ func TestConnectBudgetPacing(t *testing.T) {
 	}
 	for _, s := range steps {
 		fc.Advance(s.advance)
-		eventually(t, 20*time.Second, fmt.Sprintf("%d connected and %d waiting", s.connected, n-s.connected), func() bool {
+		testutil.Eventually(t, 20*time.Second, func() bool {
 			return connected() == s.connected && fc.Armed() == n-s.connected
-		})
+		}, "%d connected and %d waiting", s.connected, n-s.connected)
 		if got := len(cloud.hook.connectRecords()); got != s.connected {
 			t.Fatalf("after %v: the cloud saw %d CONNECTs, want %d", s.advance, got, s.connected)
 		}
@@ -307,9 +308,9 @@ func TestOneSessionPerIdentity(t *testing.T) {
 			want = 1
 			r.waitStatus(d.ID, "connected", func(st SessionStatus) bool { return st.State == StateConnected })
 		}
-		eventually(t, 10*time.Second, fmt.Sprintf("%s: %d socket(s) and %d broker session(s)", d.ID, want, want), func() bool {
+		testutil.Eventually(t, 10*time.Second, func() bool {
 			return r.openSockets(d.ID) == want && cloud.clientCount(d.ID) == want
-		})
+		}, "%s: %d socket(s) and %d broker session(s)", d.ID, want, want)
 	}
 	if total < ids {
 		t.Fatalf("only %d dials: the churn did not exercise sessions", total)
@@ -434,7 +435,7 @@ func TestEnOSConnectWindow(t *testing.T) {
 	if d := st.NextAttempt.Sub(fc.Now()); d != 90*time.Second {
 		t.Fatalf("4th attempt in %v, want 90s (2 minutes after the 1st)", d)
 	}
-	eventually(t, 5*time.Second, "window timer", func() bool { return fc.Armed() == 1 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return fc.Armed() == 1 }, "window timer")
 	fc.Advance(90*time.Second - time.Millisecond)
 	if n := len(cloud.hook.connectRecords()); n != 3 {
 		t.Fatalf("%d attempts within 2 minutes, want 3", n)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -74,7 +75,7 @@ func TestDrainWithSpool(t *testing.T) {
 			r.add(dev)
 			startManager(t, r.m)
 			st := r.waitStatus(dev.ID, "drained", func(st SessionStatus) bool { return st.Sent == n-1 && st.DeadLettered == 1 })
-			eventually(t, 10*time.Second, "queue empty", func() bool { s := q.Stats(dev.ID); return s.Depth == 0 && s.PendingAcks == 0 })
+			testutil.Eventually(t, 10*time.Second, func() bool { s := q.Stats(dev.ID); return s.Depth == 0 && s.PendingAcks == 0 }, "queue empty")
 			got := cloud.hook.receivedBy(dev.ID)
 			var firsts []uint64
 			seen := map[uint64]bool{}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -462,7 +463,7 @@ func TestSecureMode(t *testing.T) {
 }
 
 func TestPahoWriterRateLimit(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	l := slogText(&buf)
 	w := &pahoWriter{l: l, level: 8}
 	for i := range pahoLogBurst + 5 {

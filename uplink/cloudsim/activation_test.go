@@ -59,8 +59,8 @@ func TestAliyunDynamicRegistration(t *testing.T) {
 	pki := pkiOf(t, sim)
 	tlsURL := urlFor(sim, cloudsim.TLS)
 
-	first := registerOnce(t, sim, tlsURL, aliNewDN, pki.clientTLS)
-	second := registerOnce(t, sim, urlFor(sim, cloudsim.WSS), aliNewDN, pki.clientTLS)
+	first := registerOnce(t, sim, tlsURL, aliNewDN, pki.ClientTLS())
+	second := registerOnce(t, sim, urlFor(sim, cloudsim.WSS), aliNewDN, pki.ClientTLS())
 	if first == second {
 		t.Fatal("re-registration returned the same secret")
 	}
@@ -74,16 +74,16 @@ func TestAliyunDynamicRegistration(t *testing.T) {
 
 	// Latest wins: the first secret no longer logs in.
 	old := sign(t, secrets.Aliyun, aliPK, aliNewDN, first, 2, "")
-	if _, code, _ := connect(t, tlsURL, old.ClientID, old.Username, old.Password.Reveal(), withTLS(pki.clientTLS), withKeepAlive(secondsDuration(300))); code != 5 {
+	if _, code, _ := connect(t, tlsURL, old.ClientID, old.Username, old.Password.Reveal(), withTLS(pki.ClientTLS()), withKeepAlive(secondsDuration(300))); code != 5 {
 		t.Errorf("login with a superseded secret: code %d, want 5", code)
 	}
 	// A normal login with the issued secret activates the device …
 	cur := sign(t, secrets.Aliyun, aliPK, aliNewDN, second, 2, "")
-	c := mustConnect(t, tlsURL, cur, withTLS(pki.clientTLS), withKeepAlive(secondsDuration(300)))
+	c := mustConnect(t, tlsURL, cur, withTLS(pki.ClientTLS()), withKeepAlive(secondsDuration(300)))
 	c.Disconnect(20)
 	// … after which registration is refused.
 	cid, user, pass := registerCreds(t, aliNewDN, aliPSecret, "77")
-	if _, code, _ := connect(t, tlsURL, cid, user, pass, withTLS(pki.clientTLS)); code != 5 {
+	if _, code, _ := connect(t, tlsURL, cid, user, pass, withTLS(pki.ClientTLS())); code != 5 {
 		t.Errorf("registration of an activated device: code %d, want 5", code)
 	}
 
@@ -101,16 +101,16 @@ func TestAliyunDynamicRegistration(t *testing.T) {
 			t.Errorf("registration over ws: code %d, want 3", code)
 		}
 		cid, user, pass = registerCreds(t, aliNewDN, "wrongProductSecret", "1")
-		if _, code, _ := connect(t, urlFor(sim, cloudsim.TLS), cid, user, pass, withTLS(pki.clientTLS)); code != 5 {
+		if _, code, _ := connect(t, urlFor(sim, cloudsim.TLS), cid, user, pass, withTLS(pki.ClientTLS())); code != 5 {
 			t.Errorf("registration with a wrong productSecret: code %d, want 5", code)
 		}
 		cid, user, pass = registerCreds(t, "ghost001", aliPSecret, "1")
-		if _, code, _ := connect(t, urlFor(sim, cloudsim.TLS), cid, user, pass, withTLS(pki.clientTLS)); code != 5 {
+		if _, code, _ := connect(t, urlFor(sim, cloudsim.TLS), cid, user, pass, withTLS(pki.ClientTLS())); code != 5 {
 			t.Errorf("registration of an unknown device: code %d, want 5", code)
 		}
 		sig, _ := secrets.RegisterSign(secrets.HMACSHA256, "b1B2c3D4e5F", "orphan01", "1", secrets.NewSecret(aliPSecret))
 		if _, code, _ := connect(t, urlFor(sim, cloudsim.TLS), "orphan01|random=1,authType=register,securemode=2,signmethod=hmacsha256|",
-			"orphan01&b1B2c3D4e5F", sig, withTLS(pki.clientTLS)); code != 5 {
+			"orphan01&b1B2c3D4e5F", sig, withTLS(pki.ClientTLS())); code != 5 {
 			t.Errorf("registration in a product without productSecret: code %d, want 5", code)
 		}
 		if n := len(sim.Issued(aliPK, aliNewDN)); n != 0 {

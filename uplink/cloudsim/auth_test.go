@@ -153,7 +153,7 @@ func TestConnackCodes(t *testing.T) {
 				t.Run(tc.name, func(t *testing.T) {
 					var cfg *tls.Config
 					if tc.transport == cloudsim.TLS {
-						cfg = pki.clientTLS
+						cfg = pki.ClientTLS()
 					}
 					if got := rawConnackCode(t, sim.Addr(tc.transport), cfg, tc.rc); got != tc.want {
 						t.Errorf("CONNACK return code %d, want %d", got, tc.want)
@@ -215,7 +215,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 	_, _, _ = connect(t, urlFor(sim, cloudsim.TCP), bad.ClientID, bad.Username, bad.Password.Reveal(), withKeepAlive(secondsDuration(300)))
 	good := sign(t, secrets.Aliyun, aliPK, aliDN, aliSecret, 3, "")
 	mustConnect(t, urlFor(sim, cloudsim.TCP), good, withKeepAlive(secondsDuration(300)))
-	secret := registerOnce(t, sim, urlFor(sim, cloudsim.TLS), aliNewDN, pkiOf(t, sim).clientTLS)
+	secret := registerOnce(t, sim, urlFor(sim, cloudsim.TLS), aliNewDN, pkiOf(t, sim).ClientTLS())
 	waitStats(t, sim, "2 accepted connects", func(s cloudsim.Stats) bool { return s.ConnectsAccepted >= 2 })
 	out := logs.String()
 	for _, leak := range []string{aliSecret, aliPSecret, bad.Password.Reveal(), good.Password.Reveal(), secret} {

@@ -366,7 +366,7 @@ func TestDeviceManagement(t *testing.T) {
 		t.Errorf("LoadProducts: %d, %v", n, err)
 	}
 	cid, user, pass := registerCreds(t, "late0002", "newProductSecret", "5")
-	if _, code, err := connect(t, urlFor(sim, cloudsim.TLS), cid, user, pass, withTLS(pkiOf(t, sim).clientTLS)); err != nil {
+	if _, code, err := connect(t, urlFor(sim, cloudsim.TLS), cid, user, pass, withTLS(pkiOf(t, sim).ClientTLS())); err != nil {
 		t.Errorf("registration with the reloaded productSecret: code %d: %v", code, err)
 	}
 }

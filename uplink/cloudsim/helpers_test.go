@@ -3,26 +3,18 @@ package cloudsim_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -64,142 +56,6 @@ func enosDevices() []cloudsim.Device {
 	}
 }
 
-// testPKI is a throwaway CA with a server certificate for 127.0.0.1 and a
-// client certificate, written as PEM files into the test's TempDir.
-type testPKI struct {
-	dir                string
-	caFile             string
-	serverCert, srvKey string
-	clientCert, cliKey string
-	serverTLS          *tls.Config
-	clientTLS          *tls.Config // trusts the CA, no client certificate
-	clientTLSWithCert  *tls.Config // trusts the CA, presents the client certificate
-	otherCAClientTLS   *tls.Config // presents a certificate from an unrelated CA
-}
-
-// newPKI generates a test PKI with crypto/x509 into t.TempDir().
-func newPKI(t testing.TB) *testPKI {
-	t.Helper()
-	p, err := makePKI(t.TempDir())
-	if err != nil {
-		t.Fatalf("make test PKI: %v", err)
-	}
-	return p
-}
-
-func makePKI(dir string) (*testPKI, error) {
-	p := &testPKI{dir: dir}
-	caKey, caCert, err := selfSignedCA("cloudsim test CA")
-	if err != nil {
-		return nil, err
-	}
-	p.caFile = filepath.Join(dir, "ca.pem")
-	if err := writePEM(p.caFile, "CERTIFICATE", caCert.Raw); err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(caCert)
-
-	srv, err := leaf(caCert, caKey, "127.0.0.1", x509.ExtKeyUsageServerAuth)
-	if err != nil {
-		return nil, err
-	}
-	p.serverCert, p.srvKey = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
-	if err := writeLeaf(srv, p.serverCert, p.srvKey); err != nil {
-		return nil, err
-	}
-	cli, err := leaf(caCert, caKey, "device-client", x509.ExtKeyUsageClientAuth)
-	if err != nil {
-		return nil, err
-	}
-	p.clientCert, p.cliKey = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
-	if err := writeLeaf(cli, p.clientCert, p.cliKey); err != nil {
-		return nil, err
-	}
-	otherKey, otherCA, err := selfSignedCA("unrelated CA")
-	if err != nil {
-		return nil, err
-	}
-	intruder, err := leaf(otherCA, otherKey, "intruder", x509.ExtKeyUsageClientAuth)
-	if err != nil {
-		return nil, err
-	}
-	p.serverTLS = &tls.Config{Certificates: []tls.Certificate{srv}, MinVersion: tls.VersionTLS12}
-	p.clientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	p.clientTLSWithCert = &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cli}, MinVersion: tls.VersionTLS12}
-	p.otherCAClientTLS = &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{intruder}, MinVersion: tls.VersionTLS12}
-	return p, nil
-}
-
-func selfSignedCA(cn string) (*ecdsa.PrivateKey, *x509.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	return key, cert, err
-}
-
-func leaf(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, usage x509.ExtKeyUsage) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	sn, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-	}
-	if usage == x509.ExtKeyUsageServerAuth {
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-		tmpl.DNSNames = []string{"localhost"}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	leafCert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leafCert}, nil
-}
-
-func writeLeaf(c tls.Certificate, certFile, keyFile string) error {
-	if err := writePEM(certFile, "CERTIFICATE", c.Certificate[0]); err != nil {
-		return err
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
-	if err != nil {
-		return err
-	}
-	return writePEM(keyFile, "PRIVATE KEY", kb)
-}
-
-func writePEM(path, typ string, der []byte) error {
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
-}
-
 // fakeClock is an injectable clock that moves only when told to.
 type fakeClock struct {
 	mu sync.Mutex
@@ -222,28 +78,10 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// syncBuffer is a goroutine-safe bytes.Buffer for captured output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // startSim starts a simulator on loopback with every transport the config
 // does not set explicitly (TLS ones only when the PKI is given) and closes
 // it at the end of the test. Logs go to the returned buffer.
-func startSim(t *testing.T, cfg cloudsim.Config) (*cloudsim.Sim, *syncBuffer) {
+func startSim(t *testing.T, cfg cloudsim.Config) (*cloudsim.Sim, *testutil.SyncBuffer) {
 	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
@@ -251,10 +89,10 @@ func startSim(t *testing.T, cfg cloudsim.Config) (*cloudsim.Sim, *syncBuffer) {
 	if cfg.WSListen == "" {
 		cfg.WSListen = "127.0.0.1:0"
 	}
-	var pki *testPKI
+	var pki *testutil.PKI
 	if cfg.TLSConfig == nil {
-		pki = newPKI(t)
-		cfg.TLSConfig = pki.serverTLS
+		pki = testutil.NewPKI(t)
+		cfg.TLSConfig = pki.ServerTLS(tls.NoClientCert)
 	}
 	if cfg.TLSListen == "" {
 		cfg.TLSListen = "127.0.0.1:0"
@@ -265,7 +103,7 @@ func startSim(t *testing.T, cfg cloudsim.Config) (*cloudsim.Sim, *syncBuffer) {
 	if cfg.ObserverUser == "" {
 		cfg.ObserverUser, cfg.ObserverPassword = observerUser, secrets.NewSecret(observerPass)
 	}
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -293,16 +131,16 @@ func startSim(t *testing.T, cfg cloudsim.Config) (*cloudsim.Sim, *syncBuffer) {
 var simPKIs sync.Map
 
 // pkiOf returns the PKI whose CA signed sim's server certificate.
-func pkiOf(t testing.TB, sim *cloudsim.Sim) *testPKI {
+func pkiOf(t testing.TB, sim *cloudsim.Sim) *testutil.PKI {
 	t.Helper()
 	p, ok := simPKIs.Load(sim)
 	if !ok {
 		t.Fatal("simulator has no test PKI (started with its own TLSConfig?)")
 	}
-	return p.(*testPKI)
+	return p.(*testutil.PKI)
 }
 
-func aliyunSim(t *testing.T, mods ...func(*cloudsim.Config)) (*cloudsim.Sim, *syncBuffer) {
+func aliyunSim(t *testing.T, mods ...func(*cloudsim.Config)) (*cloudsim.Sim, *testutil.SyncBuffer) {
 	cfg := cloudsim.Config{
 		Dialect:  secrets.Aliyun,
 		Devices:  aliyunDevices(),
@@ -314,7 +152,7 @@ func aliyunSim(t *testing.T, mods ...func(*cloudsim.Config)) (*cloudsim.Sim, *sy
 	return startSim(t, cfg)
 }
 
-func enosSim(t *testing.T, mods ...func(*cloudsim.Config)) (*cloudsim.Sim, *syncBuffer) {
+func enosSim(t *testing.T, mods ...func(*cloudsim.Config)) (*cloudsim.Sim, *testutil.SyncBuffer) {
 	cfg := cloudsim.Config{
 		Dialect:  secrets.EnOS,
 		Devices:  enosDevices(),

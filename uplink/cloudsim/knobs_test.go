@@ -150,7 +150,7 @@ func TestKnobDownUp(t *testing.T) {
 		}
 	}
 	aliTCP(t, sim, aliDN, aliSecret)
-	mustConnect(t, urlFor(sim, cloudsim.WSS), sign(t, secrets.Aliyun, aliPK, aliDN2, aliSecret2, 2, ""), withTLS(pki.clientTLS), withKeepAlive(secondsDuration(300)))
+	mustConnect(t, urlFor(sim, cloudsim.WSS), sign(t, secrets.Aliyun, aliPK, aliDN2, aliSecret2, 2, ""), withTLS(pki.ClientTLS()), withKeepAlive(secondsDuration(300)))
 	if err := sim.Up(t.Context()); err != nil {
 		t.Errorf("second Up: %v", err)
 	}

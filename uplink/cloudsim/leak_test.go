@@ -21,13 +21,13 @@ func TestNoGoroutineLeak(t *testing.T) {
 			mode := 3
 			var opts []clientOpt
 			if encrypted(kind) {
-				mode, opts = 2, []clientOpt{withTLS(pki.clientTLS)}
+				mode, opts = 2, []clientOpt{withTLS(pki.ClientTLS())}
 			}
 			opts = append(opts, withKeepAlive(secondsDuration(300)))
 			c := mustConnect(t, urlFor(sim, kind), sign(t, secrets.Aliyun, aliPK, aliDN, aliSecret, mode, ""), opts...)
 			mustPublish(t, c, userTopic(aliDN, "data"), 1, kind)
 		}
-		registerOnce(t, sim, urlFor(sim, cloudsim.TLS), aliNewDN, pki.clientTLS)
+		registerOnce(t, sim, urlFor(sim, cloudsim.TLS), aliNewDN, pki.ClientTLS())
 		sim.Delay(time.Hour)
 		c := aliTCP(t, sim, aliDN2, aliSecret2)
 		c.Publish(userTopic(aliDN2, "data"), 1, false, "held")

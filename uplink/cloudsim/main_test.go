@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -40,7 +41,7 @@ func writeFixtures(t *testing.T, d secrets.Dialect) (devices, products string) {
 func runMain(t *testing.T, args []string) (map[string]string, func() error) {
 	t.Helper()
 	ctx, cancel := contextWithCancel(t)
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &testutil.SyncBuffer{}, &testutil.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() { done <- cloudsim.Main(ctx, args, stdout, stderr) }()
 	var once sync.Once
@@ -82,11 +83,12 @@ func runMain(t *testing.T, args []string) (map[string]string, func() error) {
 }
 
 func TestMain_Subcommand(t *testing.T) {
-	pki := newPKI(t)
+	pki := testutil.NewPKI(t)
+	srvCert, srvKey := pki.WriteCert(t, pki.Server, "server")
 	devices, products := writeFixtures(t, secrets.Aliyun)
 	addrs, stop := runMain(t, []string{
 		"-listen", "127.0.0.1:0", "-dialect", "aliyun", "-devices", devices, "-products", products,
-		"-observer", "watch:pw", "-tls-listen", "127.0.0.1:0", "-tls-cert", pki.serverCert, "-tls-key", pki.srvKey,
+		"-observer", "watch:pw", "-tls-listen", "127.0.0.1:0", "-tls-cert", srvCert, "-tls-key", srvKey,
 		"-ws", "127.0.0.1:0", "-wss", "127.0.0.1:0", "-device-rate", "0", "-control", "127.0.0.1:0", "-log-level", "warn",
 	})
 	for _, k := range []string{"tcp", "tls", "ws", "wss", "control"} {
@@ -99,7 +101,7 @@ func TestMain_Subcommand(t *testing.T) {
 		t.Fatalf("observer: code %d: %v", code, err)
 	}
 	mustSubscribe(t, obs, "#", 1)
-	dev := mustConnect(t, "ssl://"+addrs["tls"], sign(t, secrets.Aliyun, aliPK, aliDN, aliSecret, 2, ""), withTLS(pki.clientTLS), withKeepAlive(secondsDuration(300)))
+	dev := mustConnect(t, "ssl://"+addrs["tls"], sign(t, secrets.Aliyun, aliPK, aliDN, aliSecret, 2, ""), withTLS(pki.ClientTLS()), withKeepAlive(secondsDuration(300)))
 	// -device-rate 0 turns the limit off: 40 messages in a burst pass.
 	for range 40 {
 		mustPublish(t, dev, userTopic(aliDN, "data"), 0, "x")

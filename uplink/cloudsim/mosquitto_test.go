@@ -4,29 +4,15 @@ import (
 	"bufio"
 	"context"
 	"net"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
-
-// needPeer returns the path of a Debian mosquitto client, skipping the
-// test when it is missing (failing instead under EDGEGW_REQUIRE_PEERS=1).
-func needPeer(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("EDGEGW_REQUIRE_PEERS") == "1" {
-			t.Fatalf("%s not found and EDGEGW_REQUIRE_PEERS=1: install Debian's mosquitto-clients", name)
-		}
-		t.Skipf("%s not found: install Debian's mosquitto-clients (apt-get install mosquitto-clients) to run this test", name)
-	}
-	return p
-}
 
 func hostPortArgs(t *testing.T, addr string) []string {
 	t.Helper()
@@ -43,7 +29,7 @@ func mosquittoPub(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, needPeer(t, "mosquitto_pub"), args...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, testutil.Peer(t, "mosquitto_pub"), args...).CombinedOutput()
 	return string(out), err
 }
 
@@ -55,8 +41,8 @@ func credArgs(cr secrets.Credentials) []string {
 // and mosquitto_sub: signed credentials over TCP and TLS, refusals with
 // the right code, and mosquitto_sub as the observer.
 func TestMosquittoClients(t *testing.T) {
-	subPath := needPeer(t, "mosquitto_sub")
-	needPeer(t, "mosquitto_pub")
+	subPath := testutil.Peer(t, "mosquitto_sub")
+	testutil.Peer(t, "mosquitto_pub")
 	sim, _ := aliyunSim(t)
 	pki := pkiOf(t, sim)
 
@@ -131,7 +117,7 @@ func TestMosquittoClients(t *testing.T) {
 	t.Run("publish over tls", func(t *testing.T) {
 		cr := sign(t, secrets.Aliyun, aliPK, aliDN, aliSecret, 2, secrets.HMACMD5)
 		out, err := mosquittoPub(t, append(append(hostPortArgs(t, sim.Addr(cloudsim.TLS)), credArgs(cr)...),
-			"--cafile", pki.caFile, "-k", "300", "-q", "1", "-t", topic, "-m", "from-mosquitto-tls", "-V", "mqttv31")...)
+			"--cafile", pki.CAFile, "-k", "300", "-q", "1", "-t", topic, "-m", "from-mosquitto-tls", "-V", "mqttv31")...)
 		if err != nil {
 			t.Fatalf("mosquitto_pub: %v: %s", err, out)
 		}

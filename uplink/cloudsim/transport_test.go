@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -37,7 +38,7 @@ func TestTransports(t *testing.T) {
 					cr := sign(t, dialect, pk, dn, secret, mode, "")
 					opts := []clientOpt{withKeepAlive(keepaliveFor(dialect))}
 					if encrypted(kind) {
-						opts = append(opts, withTLS(pki.clientTLS))
+						opts = append(opts, withTLS(pki.ClientTLS()))
 					}
 					c := mustConnect(t, urlFor(sim, kind), cr, opts...)
 					topic := fmt.Sprintf("/sys/%s/%s/thing/event/property/post", pk, dn)
@@ -62,13 +63,16 @@ func TestTransports(t *testing.T) {
 // TestMutualTLS: with a client CA configured, a client must present a
 // certificate signed by it; the MQTT credentials are still checked.
 func TestMutualTLS(t *testing.T) {
-	pki := newPKI(t)
-	srvTLS, err := cloudsim.LoadTLSConfig(pki.serverCert, pki.srvKey, pki.caFile)
+	pki := testutil.NewPKI(t)
+	srvCert, srvKey := pki.WriteCert(t, pki.Server, "server")
+	srvTLS, err := cloudsim.LoadTLSConfig(srvCert, srvKey, pki.CAFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sim, _ := enosSim(t, func(c *cloudsim.Config) { c.TLSConfig = srvTLS })
 	cr := sign(t, secrets.EnOS, enosPK, enosDK, enosSecret, 2, "")
+	withCert := pki.ClientTLS(pki.ClientCert(t, "device-client"))
+	otherCA := pki.ClientTLS(testutil.NewNamedPKI(t, "unrelated CA").ClientCert(t, "intruder"))
 	for _, kind := range []string{cloudsim.TLS, cloudsim.WSS} {
 		t.Run(kind, func(t *testing.T) {
 			for _, tc := range []struct {
@@ -76,9 +80,9 @@ func TestMutualTLS(t *testing.T) {
 				cfg  *tls.Config
 				ok   bool
 			}{
-				{"no client certificate", pki.clientTLS, false},
-				{"certificate of another CA", pki.otherCAClientTLS, false},
-				{"certificate of the client CA", pki.clientTLSWithCert, true},
+				{"no client certificate", pki.ClientTLS(), false},
+				{"certificate of another CA", otherCA, false},
+				{"certificate of the client CA", withCert, true},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					_, code, err := connect(t, urlFor(sim, kind), cr.ClientID, cr.Username, cr.Password.Reveal(), withTLS(tc.cfg))
@@ -94,21 +98,23 @@ func TestMutualTLS(t *testing.T) {
 	}
 	// A good certificate does not replace the MQTT credentials.
 	bad := sign(t, secrets.EnOS, enosPK, enosDK, "wrong", 2, "")
-	if _, code, _ := connect(t, urlFor(sim, cloudsim.TLS), bad.ClientID, bad.Username, bad.Password.Reveal(), withTLS(pki.clientTLSWithCert)); code != 5 {
+	if _, code, _ := connect(t, urlFor(sim, cloudsim.TLS), bad.ClientID, bad.Username, bad.Password.Reveal(), withTLS(withCert)); code != 5 {
 		t.Errorf("bad signature over mutual TLS: code %d, want 5", code)
 	}
 }
 
 // TestLoadTLSConfigErrors names the failing file.
 func TestLoadTLSConfigErrors(t *testing.T) {
-	pki := newPKI(t)
-	if _, err := cloudsim.LoadTLSConfig(pki.serverCert, pki.cliKey, ""); err == nil {
+	pki := testutil.NewPKI(t)
+	srvCert, srvKey := pki.WriteCert(t, pki.Server, "server")
+	_, cliKey := pki.WriteCert(t, pki.ClientCert(t, "device-client"), "client")
+	if _, err := cloudsim.LoadTLSConfig(srvCert, cliKey, ""); err == nil {
 		t.Error("mismatched key pair accepted")
 	}
-	if _, err := cloudsim.LoadTLSConfig(pki.serverCert, pki.srvKey, pki.srvKey); err == nil {
+	if _, err := cloudsim.LoadTLSConfig(srvCert, srvKey, srvKey); err == nil {
 		t.Error("client CA file without a certificate accepted")
 	}
-	if _, err := cloudsim.LoadTLSConfig(pki.serverCert, pki.srvKey, pki.dir+"/missing.pem"); err == nil {
+	if _, err := cloudsim.LoadTLSConfig(srvCert, srvKey, pki.Dir+"/missing.pem"); err == nil {
 		t.Error("missing client CA file accepted")
 	}
 }

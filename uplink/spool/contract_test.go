@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -378,17 +379,17 @@ func TestContractTTL(t *testing.T) {
 		if got := payloads(readAll(t, q, dev(1))); !slices.Equal(got, []string{"at 30s", "at 50s"}) {
 			t.Errorf("after 61 s: %q", got)
 		}
-		eventually(t, "ttl drops counted", func() bool {
+		testutil.Eventually(t, 10*time.Second, func() bool {
 			return q.Stats(dev(1)).Dropped[spool.ReasonTTL] == 1 && q.Stats(dev(2)).Dropped[spool.ReasonTTL] == 1
-		})
+		}, "ttl drops counted")
 		if st := q.Stats(dev(1)); st.Depth != 2 || !st.Oldest.Equal(t0.Add(30*time.Second)) {
 			t.Errorf("stats after expiry %+v", st)
 		}
 		clk.Advance(time.Hour)
-		eventually(t, "everything expired", func() bool {
+		testutil.Eventually(t, 10*time.Second, func() bool {
 			tot := q.Totals()
 			return tot.Depth == 0 && tot.Bytes == 0 && tot.Dropped[spool.ReasonTTL] == 4
-		})
+		}, "everything expired")
 		if got := readAll(t, q, dev(1)); len(got) != 0 {
 			t.Errorf("read after expiry: %v", seqs(got))
 		}

@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
@@ -253,7 +255,7 @@ func TestSpoolDamagedRecordCountedNotSent(t *testing.T) {
 	if got := payloads(readAll(t, s, dev(1))); len(got) != 4 || strings.HasPrefix(got[2], "payload-2") {
 		t.Errorf("read %q", got)
 	}
-	eventually(t, "corrupt record deleted", func() bool { return s.Totals().Dropped[spool.ReasonCorrupt] == 1 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return s.Totals().Dropped[spool.ReasonCorrupt] == 1 }, "corrupt record deleted")
 	if tot := s.Totals(); tot.Depth != 4 {
 		t.Errorf("depth %d, want 4", tot.Depth)
 	}

@@ -148,18 +148,6 @@ func syncQ(t testing.TB, q queue) {
 	}
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // fakeClock is an injectable clock that tests advance by hand.
 type fakeClock struct {
 	mu  sync.Mutex

@@ -17,6 +17,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -406,7 +407,7 @@ func TestSpoolCloseFinishesInflight(t *testing.T) {
 			}
 		})
 	}
-	eventually(t, "appends running", func() bool { return started.Load() > 200 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return started.Load() > 200 }, "appends running")
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +439,7 @@ func TestSpoolShrunkBudget(t *testing.T) {
 	s.Close()
 	size := spool.Size(msg("000"))
 	s = mustOpen(t, path, spool.Options{Budget: 10 * size})
-	eventually(t, "budget enforced", func() bool { return s.Totals().Bytes <= 10*size })
+	testutil.Eventually(t, 10*time.Second, func() bool { return s.Totals().Bytes <= 10*size }, "budget enforced")
 	tot := s.Totals()
 	if tot.Depth != 10 || tot.Dropped[spool.ReasonOverflow] != 90 {
 		t.Errorf("totals %+v", tot)
