@@ -25,7 +25,8 @@ const (
 
 // TestHelperProcess is the child of TestCrashKill9: it appends from one
 // goroutine per device and prints "A device seq run/i" only after Append
-// returned (and "K seq" after acknowledging device 0's previous message),
+// returned (and "k seq" before, "K seq" after acknowledging device 0's
+// previous message),
 // until it is killed.
 func TestHelperProcess(t *testing.T) {
 	path := os.Getenv(crashPathEnv)
@@ -51,6 +52,12 @@ func TestHelperProcess(t *testing.T) {
 				}
 				out <- fmt.Sprintf("A %d %d %s/%d\n", g, seq, run, i)
 				if g == 0 && prev != 0 {
+					// Say so before asking: the deletion may commit
+					// after this line and before the kill, with no
+					// time left to print "K". Written directly (one
+					// write(2) into the pipe, atomic), so it is out
+					// before the Ack can commit.
+					os.Stdout.WriteString(fmt.Sprintf("k %d\n", prev))
 					if err := s.Ack(dev(0), prev); err != nil {
 						out <- fmt.Sprintf("E ack: %v\n", err)
 						return
@@ -116,9 +123,11 @@ func TestCrashKill9(t *testing.T) {
 					firstSeq = seq
 				}
 				totalAppends++
-			case len(f) == 2 && f[0] == "K":
+			case len(f) == 2 && f[0] == "k":
+				// Acknowledgement asked for: the message may be gone.
 				seq, _ := strconv.ParseUint(f[1], 10, 64)
 				acked[seq] = true
+			case len(f) == 2 && f[0] == "K":
 			default:
 				t.Fatalf("run %d: child said %q (stderr: %s)", it, l, stderr)
 			}
