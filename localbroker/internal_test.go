@@ -61,6 +61,14 @@ func TestACLRules(t *testing.T) {
 		{dev, "/pk/other/user/get", false, false},
 		{dev, "/broadcast/pk/news", false, true},
 		{dev, "/sys/pk/dn/#", false, true},
+		{dev, "/sys/+/+/thing/service/+", false, true}, // Link SDK 4.x handler filter
+		{dev, "/ota/device/inform/pk/dn", true, false}, // C SDK 3.x version report
+		{dev, "/ota/device/upgrade/pk/dn", false, true},
+		{dev, "/ota/device/upgrade/+/+", false, true},
+		{dev, "/ext/ntp/pk/dn/request", true, false},
+		{dev, "/ext/ntp/pk/dn/response", false, true},
+		{dev, "/ext/rrpc/7/sys/pk/dn/thing/service/s", true, true},
+		{dev, "/ota/device/upgrade/pk/other", false, false},
 		{dev, AdminRequestTopic, false, false},
 		{dev, "$edgegw/admin/#", false, false},
 		{adm, AdminRequestTopic, true, true},

@@ -846,3 +846,39 @@ func TestPersistentSessionExpires(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 }
+
+// TestIdentityWildcardFilters: firmware such as the Link SDK 4.x subscribes
+// with '+' in the identity positions ("/sys/+/+/thing/service/+",
+// "/ota/device/upgrade/+/+"). The filter is granted, and the device only
+// ever gets its own topics through it: Deliver goes to the addressed
+// device's sessions only, and the local fan-out of another device's publish
+// is refused by the per-delivery ACL check.
+func TestIdentityWildcardFilters(t *testing.T) {
+	h := startBroker(t, nil)
+	url := h.url(t, "tcp")
+	gotA := make(chan paho.Message, 10)
+	a := connect(t, url, "a", dnA, passA)
+	b := connect(t, url, "b", dnB, passB)
+	for _, f := range []string{"/sys/+/+/thing/service/+", "/sys/+/+/thing/event/+/post", "/ota/device/upgrade/+/+"} {
+		if got := subscribe(t, a, f, 1, gotA); got != 1 {
+			t.Fatalf("subscribe %q: return code 0x%02x, want 1", f, got)
+		}
+	}
+	// B publishes on its own topic that A's filter matches: A must not get it.
+	bTopic := "/sys/" + pk1 + "/" + dnB + "/thing/event/alarm/post"
+	wait(t, b.Publish(bTopic, 1, false, "B's event"), "B publishes its event")
+	if m := h.sink.next(t); m.Topic != bTopic {
+		t.Fatalf("sink got %q, want %q", m.Topic, bTopic)
+	}
+	if err := h.b.Deliver(idB.DeviceID, "/ota/device/upgrade/"+pk1+"/"+dnB, []byte("for B"), 1); !errors.Is(err, localbroker.ErrNotSubscribed) {
+		t.Errorf("Deliver to B (not subscribed): %v, want ErrNotSubscribed", err)
+	}
+	own := "/ota/device/upgrade/" + pk1 + "/" + dnA
+	if err := h.b.Deliver(idA.DeviceID, own, []byte("for A"), 1); err != nil {
+		t.Fatalf("Deliver to A: %v", err)
+	}
+	// A's first message is its own upgrade notice, not B's event.
+	if m := recv(t, gotA, "A"); m.Topic() != own || string(m.Payload()) != "for A" {
+		t.Errorf("A got %q %q first, want %q", m.Topic(), m.Payload(), own)
+	}
+}
