@@ -26,6 +26,9 @@ const maxControlBody = 1 << 20
 //	POST /down                       close listeners and connections
 //	POST /up                         listen again on the same addresses
 //	POST /publish  {"productKey","deviceName","topic","payload","qos"}  downlink as the cloud
+//	POST /rrpc     {"productKey","deviceName","topic","payload","timeoutMs"}  synchronous call
+//	               (see Sim.RRPC) → {"messageId","requestTopic","topic","payload"}; 504
+//	               when no reply came within timeoutMs (1-8000, default 8000)
 //	GET  /stats                      counters and knobs
 //	GET  /messages?since=SEQ&productKey=PK&deviceName=DN   recorded messages
 //	GET  /devices                    registered devices (no secrets)
@@ -124,13 +127,49 @@ func (s *Sim) ControlHandler() http.Handler {
 		}
 		if err := s.Publish(req.ProductKey, req.DeviceName, req.Topic, []byte(req.Payload), req.QoS); err != nil {
 			status := http.StatusBadRequest
-			if errors.Is(err, ErrDeviceOffline) || errors.Is(err, ErrNotSubscribed) {
+			if errors.Is(err, ErrDeviceOffline) || errors.Is(err, ErrNotSubscribed) || errors.Is(err, ErrNoExtRRPC) {
 				status = http.StatusConflict
 			}
 			writeError(w, status, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]bool{"published": true})
+	})
+	mux.HandleFunc("POST /rrpc", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			ProductKey string `json:"productKey"`
+			DeviceName string `json:"deviceName"`
+			Topic      string `json:"topic"`
+			Payload    string `json:"payload"`
+			TimeoutMS  *int64 `json:"timeoutMs"`
+		}
+		if !decodeBody(w, r, &req) {
+			return
+		}
+		timeout := MaxRRPCTimeout
+		if req.TimeoutMS != nil {
+			if *req.TimeoutMS < 1 || *req.TimeoutMS > MaxRRPCTimeout.Milliseconds() {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("rrpc: timeoutMs %d outside 1-%d", *req.TimeoutMS, MaxRRPCTimeout.Milliseconds()))
+				return
+			}
+			timeout = time.Duration(*req.TimeoutMS) * time.Millisecond
+		}
+		reply, err := s.RRPC(r.Context(), req.ProductKey, req.DeviceName, req.Topic, []byte(req.Payload), timeout)
+		if err != nil {
+			status := http.StatusBadRequest
+			switch {
+			case errors.Is(err, ErrRRPCTimeout):
+				status = http.StatusGatewayTimeout
+			case errors.Is(err, ErrDeviceOffline), errors.Is(err, ErrNotSubscribed), errors.Is(err, ErrNoExtRRPC):
+				status = http.StatusConflict
+			}
+			writeError(w, status, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, struct {
+			RRPCReply
+			Payload string `json:"payload"`
+		}{reply, string(reply.Payload)})
 	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, struct {

@@ -17,9 +17,15 @@
 //     none from server to client): it closes the connection.
 //   - A second CONNECT for the same device (productKey, deviceName), even
 //     with another clientId, kicks the first session (a takeover).
-//   - A device may only use its own topics (secrets.TopicAllowed). A
-//     forbidden PUBLISH closes the connection, at QoS 0 and 1 alike; a
-//     forbidden SUBSCRIBE filter is answered with 0x80. QoS 2 is not
+//   - A device may only use its own topics, as the simulated cloud's
+//     catalogue gives them, in their direction (secrets.DeviceID.TopicForm
+//     with the Sim's dialect: /ota/device/…, /ext/ntp/…, /shadow/…,
+//     /ext/rrpc/… and custom topics are Alibaba's only). Filters with '+'
+//     for the identity ("/sys/+/+/thing/service/+") are granted and only
+//     ever deliver the device's own topics. A forbidden PUBLISH closes the
+//     connection, at QoS 0 and 1 alike; a forbidden SUBSCRIBE filter is
+//     answered with 0x80. A device's own publishes are never echoed back
+//     to it. QoS 2 is not
 //     supported: a QoS 2 PUBLISH closes the connection and subscriptions are
 //     granted at most QoS 1.
 //   - Will messages are not supported (Alibaba documents this for 3.1.1):
@@ -43,7 +49,18 @@
 //     first normal login issues a new secret, afterwards it is refused with
 //     5. EnOS devices are pushed their downstream command topics
 //     (thing/service/#, rrpc/request/+, …) without a SUBSCRIBE, as EnOS
-//     does; Alibaba devices must subscribe.
+//     does. An Alibaba session whose clientId carries _ss=1 is subscribed
+//     server-side to the catalogue's system downlinks (/sys/{pk}/{dn}/#
+//     with replies, OTA notices, shadow, NTP responses, synchronous RRPC,
+//     errors); without _ss it gets only what it subscribed to.
+//   - NTP (Alibaba): /ext/ntp/{pk}/{dn}/request {"deviceSendTime":"ms"} is
+//     answered on …/response with deviceSendTime, serverRecvTime and
+//     serverSendTime (ms strings, from Config.Now).
+//   - RRPC (Sim.RRPC, POST /rrpc): synchronous service and raw calls on
+//     /ext/rrpc/{id}/sys/{pk}/{dn}/…, custom-topic RRPC on
+//     /ext/rrpc/{id}/{pk}/{dn}/user/… (only to sessions with ext bit 0) and
+//     system RRPC on /sys/{pk}/{dn}/rrpc/request/{id}; the reply is matched
+//     by its topic (message id), the caller waits at most 8 s.
 //   - A per-device upstream rate limit (token bucket; Alibaba default 30
 //     messages/s) acknowledges excess messages but drops and counts them.
 //

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,16 @@ type session struct {
 	conn      *conn
 	cl        *mqtt.Client
 	activate  bool // EnOS securemode=3: issue a deviceSecret after CONNACK
+	// Alibaba clientId extensions (docs/protocol.md, clientId parameters):
+	// serverSub is _ss=1 (the cloud subscribes the session to the
+	// device's system downlink topics itself), extRRPC is bit 0 of ext
+	// (RRPC on custom topics).
+	serverSub bool
+	extRRPC   bool
+	// ntpRecv is when the last NTP request arrived (Unix ms), for its
+	// response's serverRecvTime. Only the connection's read goroutine
+	// uses it.
+	ntpRecv int64
 
 	kicked bool        // a takeover has closed this session
 	linger *time.Timer // kindRegister: closes the connection
@@ -69,6 +80,7 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
 		mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPublished,
+		mqtt.OnSelectSubscribers,
 	}, []byte{b})
 }
 
@@ -218,6 +230,12 @@ func (s *Sim) authenticate(c *conn, cl *mqtt.Client, pk packets.Packet) (*sessio
 	}
 	opts := secrets.VerifyOptions{MaxSkew: s.cfg.MaxSkew, Now: s.now}
 	sess := &session{kind: kindDevice, dev: ref, clientID: cid, mochiID: "device:" + p.ProductKey + "&" + p.DeviceName}
+	if s.dialect == secrets.Aliyun {
+		ss, _ := p.Param("_ss")
+		ext, _ := p.Param("ext")
+		bits, _ := strconv.ParseUint(ext, 10, 32)
+		sess.serverSub, sess.extRRPC = ss == "1", bits&1 != 0
+	}
 	if p.UsesProductSecret() {
 		if !haveProduct {
 			return nil, &refusal{5, "product " + p.ProductKey + " has no productSecret (dynamic activation not enabled)"}
@@ -303,9 +321,12 @@ func (s *Sim) takeOver(cl *mqtt.Client, sess *session) bool {
 			s.active[sess.dev] = sess
 			s.notifyLocked()
 			s.mu.Unlock()
-			if s.dialect == secrets.EnOS {
-				// Before the CONNACK, so a downlink right after it arrives.
-				s.subscribeDownstream(cl, sess)
+			// Before the CONNACK, so a downlink right after it arrives.
+			switch {
+			case s.dialect == secrets.EnOS:
+				s.subscribeDownstream(cl, enosDownstream(sess.dev))
+			case sess.serverSub:
+				s.subscribeDownstream(cl, aliyunServerSubscribed(sess.dev))
 			}
 			return true
 		}
@@ -450,26 +471,58 @@ func publishPacket(topic string, payload []byte) packets.Packet {
 }
 
 // enosDownstream are the EnOS topics a device receives without a
-// SUBSCRIBE (protocol.md §2.5: "Downstream command topics are delivered
-// without a SUBSCRIBE"). Reply topics are not among them: EnOS sends post
-// replies only to subscribers.
-var enosDownstream = []string{
-	"thing/service/#",
-	"thing/model/down_raw",
-	"rrpc/request/+",
-	"thing/enable",
-	"thing/disable",
-	"thing/delete",
-	"ota/device/upgrade",
+// SUBSCRIBE (docs/protocol.md, EnOS subscriptions: "Downstream command
+// topics are delivered without a SUBSCRIBE"). Reply topics are not among
+// them: EnOS sends post replies only to subscribers.
+func enosDownstream(dev DeviceRef) []string {
+	prefix := "/sys/" + dev.ProductKey + "/" + dev.DeviceName + "/"
+	var out []string
+	for _, f := range []string{
+		"thing/service/#",
+		"thing/model/down_raw",
+		"rrpc/request/+",
+		"thing/enable",
+		"thing/disable",
+		"thing/delete",
+		"ota/device/upgrade",
+	} {
+		out = append(out, prefix+f)
+	}
+	return out
 }
 
-// subscribeDownstream subscribes an EnOS device to its downstream topics
-// server-side, with NoLocal so the device's own publishes (e.g. a
-// thing/service/…_reply) are not echoed back.
-func (s *Sim) subscribeDownstream(cl *mqtt.Client, sess *session) {
-	prefix := "/sys/" + sess.dev.ProductKey + "/" + sess.dev.DeviceName + "/"
-	for _, f := range enosDownstream {
-		sub := packets.Subscription{Filter: prefix + f, Qos: 1, NoLocal: true}
+// aliyunServerSubscribed are the filters Alibaba subscribes an _ss=1
+// session to itself: the catalogue's server-subscribed downlink forms
+// (system topics and their replies, NTP responses, OTA notices, shadow,
+// synchronous RRPC, errors), for the device's own identity.
+func aliyunServerSubscribed(dev DeviceRef) []string {
+	var out []string
+	for _, f := range secrets.TopicCatalogue() {
+		if !f.Aliyun || !f.ServerSubscribed || f.Dir&secrets.Receive == 0 {
+			continue
+		}
+		segs := strings.Split(f.Pattern, "/")
+		for i, seg := range segs {
+			switch {
+			case seg == "{pk}":
+				segs[i] = dev.ProductKey
+			case seg == "{dn}":
+				segs[i] = dev.DeviceName
+			case strings.HasPrefix(seg, "{"):
+				segs[i] = "+"
+			}
+		}
+		out = append(out, strings.Join(segs, "/"))
+	}
+	return out
+}
+
+// subscribeDownstream subscribes a device to filters server-side, with
+// NoLocal so the device's own publishes (e.g. a thing/service/…_reply, or
+// an RRPC reply on the request's topic) are not echoed back.
+func (s *Sim) subscribeDownstream(cl *mqtt.Client, filters []string) {
+	for _, f := range filters {
+		sub := packets.Subscription{Filter: f, Qos: 1, NoLocal: true}
 		if s.srv.Topics.Subscribe(cl.ID, sub) {
 			atomic.AddInt64(&s.srv.Info.Subscriptions, 1) // as mochi's processSubscribe counts it
 		}
@@ -492,9 +545,38 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	case kindObserver:
 		return true
 	case kindDevice:
-		return secrets.TopicAllowed(sess.dev.ProductKey, sess.dev.DeviceName, topic, !write)
+		if write {
+			return sess.dev.ID().MayPublish(h.s.dialect, topic)
+		}
+		return sess.dev.ID().MayReceive(h.s.dialect, topic)
 	}
 	return false
+}
+
+// OnSelectSubscribers keeps RRPC on custom topics from sessions without
+// ext bit 0, as Alibaba does.
+func (h *hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	if !strings.HasPrefix(pk.TopicName, "/ext/rrpc/") {
+		return subs
+	}
+	for id := range subs.Subscriptions {
+		cl, ok := h.s.srv.Clients.Get(id)
+		if !ok {
+			continue
+		}
+		if sess := sessionOf(cl); sess != nil && sess.kind == kindDevice && !h.s.mayReceive(sess, pk.TopicName) {
+			delete(subs.Subscriptions, id)
+		}
+	}
+	return subs
+}
+
+// mayReceive reports whether the session may be delivered the concrete
+// topic: one of the device's downlink topics on this cloud, and for RRPC
+// on custom topics only with ext bit 0.
+func (s *Sim) mayReceive(sess *session, topic string) bool {
+	f, ok := sess.dev.ID().TopicForm(s.dialect, topic, secrets.Receive)
+	return ok && !strings.ContainsAny(topic, "+#") && (!f.NeedsExtRRPC || sess.extRRPC)
 }
 
 // OnSubscribe counts the filters a device may not use (mochi answers them
@@ -507,13 +589,16 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	}
 	refused := 0
 	for i, f := range pk.Filters {
-		if sess.kind != kindDevice || !secrets.TopicAllowed(sess.dev.ProductKey, sess.dev.DeviceName, f.Filter, true) {
+		if sess.kind != kindDevice || !sess.dev.ID().MayReceive(s.dialect, f.Filter) {
 			refused++
 			s.log.Info("subscription refused", "device", sess.dev.String(), "client", sess.clientID, "filter", f.Filter)
 		}
 		if f.Qos > 1 {
 			pk.Filters[i].Qos = 1
 		}
+		// The clouds never echo a device's publish back to it (an RRPC
+		// reply goes out on the request's own topic).
+		pk.Filters[i].NoLocal = true
 	}
 	if refused > 0 {
 		s.mu.Lock()
@@ -545,7 +630,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		counter, why = &s.stats.ProtocolErrors, "publish on a dynamic-registration connection"
 	case pk.FixedHeader.Qos > 1:
 		counter, why = &s.stats.ProtocolErrors, "QoS 2 is not supported"
-	case !secrets.TopicAllowed(sess.dev.ProductKey, sess.dev.DeviceName, pk.TopicName, false):
+	case !sess.dev.ID().MayPublish(s.dialect, pk.TopicName):
 		counter, why = &s.stats.PermissionRefused, "topic is not the device's"
 	default:
 		return pk, nil
@@ -601,6 +686,8 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	rec.Seq = s.seq
 	s.records = appendBounded(s.records, rec, s.cfg.MaxRecords, &s.stats.RecordsDiscarded)
 	s.stats.Messages++
+	s.rrpcRepliedLocked(rec)
+	sess.ntpRecv = now.UnixMilli()
 	delay := s.delay
 	s.notifyLocked()
 	s.mu.Unlock()
@@ -623,5 +710,6 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	if sess := sessionOf(cl); sess != nil && sess.kind == kindDevice {
 		h.s.alinkReply(sess, pk)
+		h.s.ntpReply(sess, pk)
 	}
 }

@@ -66,6 +66,10 @@ type Stats struct {
 	ProtocolErrors    int64          `json:"protocolErrors"`    // QoS 2 publishes, publishes on a registration connection
 	Activations       int64          `json:"activations"`       // deviceSecrets issued (EnOS activation, Alibaba registration)
 	Replies           int64          `json:"replies"`           // Alink replies sent
+	NTPResponses      int64          `json:"ntpResponses"`      // NTP requests answered
+	RRPCCalls         int64          `json:"rrpcCalls"`         // RRPC requests sent (Sim.RRPC, POST /rrpc)
+	RRPCReplies       int64          `json:"rrpcReplies"`       // RRPC replies matched to their call
+	RRPCTimeouts      int64          `json:"rrpcTimeouts"`      // RRPC calls without a reply in time
 	RecordsDiscarded  int64          `json:"recordsDiscarded"`  // oldest records dropped to respect MaxRecords
 	Connected         int            `json:"connected"`         // devices with a session now
 }

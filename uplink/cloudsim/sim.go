@@ -54,6 +54,8 @@ var (
 	ErrUnknownDevice = errors.New("unknown device")
 	ErrDeviceOffline = errors.New("device is not connected")
 	ErrNotSubscribed = errors.New("device has not subscribed to the topic")
+	ErrNoExtRRPC     = errors.New("session has no ext bit 0 in its clientId (RRPC on custom topics)")
+	ErrRRPCTimeout   = errors.New("no RRPC reply in time")
 	ErrClosed        = errors.New("simulator is closed")
 	ErrNotStarted    = errors.New("simulator is not started")
 )
@@ -123,6 +125,9 @@ type DeviceRef struct {
 // String returns "productKey/deviceName".
 func (r DeviceRef) String() string { return r.ProductKey + "/" + r.DeviceName }
 
+// ID returns the device's identity as edgegw's one identity type.
+func (r DeviceRef) ID() secrets.DeviceID { return secrets.DeviceID(r) }
+
 // DeviceStatus describes a registered device without its secret.
 type DeviceStatus struct {
 	ProductKey string `json:"productKey"`
@@ -172,6 +177,7 @@ type Sim struct {
 	delay     time.Duration
 	regSeq    uint64
 	messageID uint64
+	pending   map[string]*pendingRRPC // RRPC calls waiting, by reply topic
 
 	connWG    sync.WaitGroup // serveConn goroutines
 	acceptWG  sync.WaitGroup // accept loops and WebSocket servers
@@ -224,6 +230,7 @@ func New(cfg Config) (*Sim, error) {
 		devices:  make(map[DeviceRef]*device),
 		products: make(map[string]secrets.Secret),
 		active:   make(map[DeviceRef]*session),
+		pending:  make(map[string]*pendingRRPC),
 		conns:    make(map[*conn]struct{}),
 		changed:  make(chan struct{}),
 		done:     make(chan struct{}),
@@ -512,23 +519,28 @@ func (s *Sim) Connected(productKey, deviceName string) bool {
 // ---- downlink ----
 
 // Publish sends a message to a device as the cloud does: on one of the
-// device's own topics, at QoS 0 or 1, delivered only if the device is
-// connected and subscribed to the topic (EnOS devices are subscribed to
-// their downstream command topics automatically). Observers subscribed to
-// the topic see it too.
+// device's own downlink topics on this cloud, at QoS 0 or 1, delivered
+// only if the device is connected and receives the topic: by its own
+// SUBSCRIBE, or server-side (every EnOS session gets its downstream
+// command topics, an Alibaba session with _ss=1 in its clientId its system
+// downlink topics). RRPC on custom topics reaches only a session with ext
+// bit 0 (ErrNoExtRRPC). Observers subscribed to the topic see it too.
 func (s *Sim) Publish(productKey, deviceName, topic string, payload []byte, qos byte) error {
-	ref := DeviceRef{productKey, deviceName}
+	ref := DeviceRef{ProductKey: productKey, DeviceName: deviceName}
 	if qos > 1 {
 		return fmt.Errorf("publish to %s on %q: QoS %d not supported (0 or 1)", ref, topic, qos)
 	}
-	if !secrets.TopicAllowed(productKey, deviceName, topic, false) {
-		return fmt.Errorf("publish to %s on %q: not one of the device's topics", ref, topic)
+	if strings.ContainsAny(topic, "+#") || !ref.ID().MayReceive(s.dialect, topic) {
+		return fmt.Errorf("publish to %s on %q: not one of the device's downlink topics on %s", ref, topic, s.dialect)
 	}
 	s.mu.Lock()
 	sess := s.active[ref]
 	s.mu.Unlock()
 	if sess == nil {
 		return fmt.Errorf("publish to %s on %q: %w", ref, topic, ErrDeviceOffline)
+	}
+	if !s.mayReceive(sess, topic) {
+		return fmt.Errorf("publish to %s on %q: %w", ref, topic, ErrNoExtRRPC)
 	}
 	if !s.subscribed(sess.mochiID, topic) {
 		return fmt.Errorf("publish to %s on %q: %w", ref, topic, ErrNotSubscribed)
