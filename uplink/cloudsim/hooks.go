@@ -80,7 +80,6 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
 		mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPublished,
-		mqtt.OnSelectSubscribers,
 	}, []byte{b})
 }
 
@@ -548,27 +547,14 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		if write {
 			return sess.dev.ID().MayPublish(h.s.dialect, topic)
 		}
+		if !strings.ContainsAny(topic, "+#") {
+			// A delivery (or a filter without wildcards): RRPC on custom
+			// topics only with ext bit 0.
+			return h.s.mayReceive(sess, topic)
+		}
 		return sess.dev.ID().MayReceive(h.s.dialect, topic)
 	}
 	return false
-}
-
-// OnSelectSubscribers keeps RRPC on custom topics from sessions without
-// ext bit 0, as Alibaba does.
-func (h *hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
-	if !strings.HasPrefix(pk.TopicName, "/ext/rrpc/") {
-		return subs
-	}
-	for id := range subs.Subscriptions {
-		cl, ok := h.s.srv.Clients.Get(id)
-		if !ok {
-			continue
-		}
-		if sess := sessionOf(cl); sess != nil && sess.kind == kindDevice && !h.s.mayReceive(sess, pk.TopicName) {
-			delete(subs.Subscriptions, id)
-		}
-	}
-	return subs
 }
 
 // mayReceive reports whether the session may be delivered the concrete
