@@ -19,8 +19,9 @@
 //     with another clientId, kicks the first session (a takeover).
 //   - A device may only use its own topics, as the simulated cloud's
 //     catalogue gives them, in their direction (secrets.DeviceID.TopicForm
-//     with the Sim's dialect: /ota/device/…, /ext/ntp/…, /shadow/…,
-//     /ext/rrpc/… and custom topics are Alibaba's only). Filters with '+'
+//     with Config.DialectTopics, only the forms the Sim's cloud gives:
+//     /ota/device/…, /ext/ntp/…, /shadow/…, /ext/rrpc/… and custom topics
+//     are Alibaba's only). Filters with '+'
 //     for the identity ("/sys/+/+/thing/service/+") are granted and only
 //     ever deliver the device's own topics. A forbidden PUBLISH closes the
 //     connection, at QoS 0 and 1 alike; a forbidden SUBSCRIBE filter is

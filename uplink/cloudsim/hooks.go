@@ -545,14 +545,14 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return true
 	case kindDevice:
 		if write {
-			return sess.dev.ID().MayPublish(h.s.dialect, topic)
+			return sess.dev.ID().MayPublish(h.s.topics, topic)
 		}
 		if !strings.ContainsAny(topic, "+#") {
 			// A delivery (or a filter without wildcards): RRPC on custom
 			// topics only with ext bit 0.
 			return h.s.mayReceive(sess, topic)
 		}
-		return sess.dev.ID().MayReceive(h.s.dialect, topic)
+		return sess.dev.ID().MayReceive(h.s.topics, topic)
 	}
 	return false
 }
@@ -561,7 +561,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // topic: one of the device's downlink topics on this cloud, and for RRPC
 // on custom topics only with ext bit 0.
 func (s *Sim) mayReceive(sess *session, topic string) bool {
-	f, ok := sess.dev.ID().TopicForm(s.dialect, topic, secrets.Receive)
+	f, ok := sess.dev.ID().TopicForm(s.topics, topic, secrets.Receive)
 	return ok && !strings.ContainsAny(topic, "+#") && (!f.NeedsExtRRPC || sess.extRRPC)
 }
 
@@ -575,7 +575,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	}
 	refused := 0
 	for i, f := range pk.Filters {
-		if sess.kind != kindDevice || !sess.dev.ID().MayReceive(s.dialect, f.Filter) {
+		if sess.kind != kindDevice || !sess.dev.ID().MayReceive(s.topics, f.Filter) {
 			refused++
 			s.log.Info("subscription refused", "device", sess.dev.String(), "client", sess.clientID, "filter", f.Filter)
 		}
@@ -616,7 +616,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		counter, why = &s.stats.ProtocolErrors, "publish on a dynamic-registration connection"
 	case pk.FixedHeader.Qos > 1:
 		counter, why = &s.stats.ProtocolErrors, "QoS 2 is not supported"
-	case !sess.dev.ID().MayPublish(s.dialect, pk.TopicName):
+	case !sess.dev.ID().MayPublish(s.topics, pk.TopicName):
 		counter, why = &s.stats.PermissionRefused, "topic is not the device's"
 	default:
 		return pk, nil

@@ -94,6 +94,14 @@ type Config struct {
 	// turns it off. The bucket holds one second's worth of messages.
 	DeviceRate float64
 
+	// DialectTopics limits devices to the topic forms their own cloud
+	// gives (secrets.TopicForm rows for Dialect: an EnOS device has only
+	// /sys/{pk}/{dk}/… and /ext/session/{pk}/{dk}/…). Off, a device may
+	// use the forms of either cloud, as the gateway's local broker allows;
+	// it is off by default because existing callers still publish
+	// Alibaba custom topics on EnOS sessions (uplink/activate_test.go).
+	DialectTopics bool
+
 	// MaxSkew, when positive, refuses signed timestamps further than this
 	// from Now. The clouds do not check freshness (the official SDKs sign
 	// a constant 2050 timestamp), so the default is 0.
@@ -151,6 +159,7 @@ type device struct {
 type Sim struct {
 	cfg     Config
 	dialect secrets.Dialect
+	topics  secrets.Dialect // the catalogue's cloud for topic checks; "" = either
 	now     func() time.Time
 	log     *slog.Logger
 	srv     *mqtt.Server
@@ -236,6 +245,9 @@ func New(cfg Config) (*Sim, error) {
 		done:     make(chan struct{}),
 	}
 	s.stats.ConnectsRefused = make(map[byte]int64)
+	if cfg.DialectTopics {
+		s.topics = cfg.Dialect
+	}
 	switch {
 	case cfg.DeviceRate > 0:
 		s.rate = cfg.DeviceRate
@@ -530,7 +542,7 @@ func (s *Sim) Publish(productKey, deviceName, topic string, payload []byte, qos 
 	if qos > 1 {
 		return fmt.Errorf("publish to %s on %q: QoS %d not supported (0 or 1)", ref, topic, qos)
 	}
-	if strings.ContainsAny(topic, "+#") || !ref.ID().MayReceive(s.dialect, topic) {
+	if strings.ContainsAny(topic, "+#") || !ref.ID().MayReceive(s.topics, topic) {
 		return fmt.Errorf("publish to %s on %q: not one of the device's downlink topics on %s", ref, topic, s.dialect)
 	}
 	s.mu.Lock()
