@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -526,6 +527,24 @@ func (s *Sim) Connected(productKey, deviceName string) bool {
 	defer s.mu.Unlock()
 	_, ok := s.active[DeviceRef{productKey, deviceName}]
 	return ok
+}
+
+// Subscriptions returns the filters the device's established session is
+// subscribed to (its own SUBSCRIBEs and the server-side ones), sorted; nil
+// when the device has no session.
+func (s *Sim) Subscriptions(productKey, deviceName string) []string {
+	s.mu.Lock()
+	sess := s.active[DeviceRef{productKey, deviceName}]
+	s.mu.Unlock()
+	if sess == nil || sess.cl == nil {
+		return nil
+	}
+	var out []string
+	for f := range sess.cl.State.Subscriptions.GetAll() {
+		out = append(out, f)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // ---- downlink ----
