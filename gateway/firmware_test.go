@@ -18,8 +18,8 @@ func TestIdentityWildcardSubscriptionMirrored(t *testing.T) {
 	r := newRig(t, 1, 1, nil)
 	d := r.devices[0]
 	got := make(chan mqtt.Message, 4)
-	o := mqtt.NewClientOptions().AddBroker("tcp://"+r.local).SetClientID("fw").
-		SetUsername(d.DeviceName+"&"+d.ProductKey).SetPassword("pw-"+d.DeviceName).
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + r.local).SetClientID("fw").
+		SetUsername(d.DeviceName + "&" + d.ProductKey).SetPassword("pw-" + d.DeviceName).
 		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
 	c := mqtt.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
