@@ -20,7 +20,7 @@ type SignMethod string
 
 // Sign methods. Alibaba accepts the hmac* names and computes a keyed HMAC.
 // EnOS computes a plain digest of content+secret; its hmac* names are
-// aliases of the plain digests (see protocol.md §2.2).
+// aliases of the plain digests (see docs/protocol.md §3.2).
 const (
 	HMACMD5    SignMethod = "hmacmd5"
 	HMACSHA1   SignMethod = "hmacsha1"

@@ -44,7 +44,7 @@ func loadVectors(t testing.TB) []vector {
 	return vs
 }
 
-// TestVectors reproduces every vector of protocol.md §1.9 and §2.3: signing
+// TestVectors reproduces every vector of docs/protocol.md §3.5: signing
 // gives the documented content and password (hex case as the dialect
 // prints it), and the verifier accepts what the vendors' SDKs send.
 func TestVectors(t *testing.T) {

@@ -201,7 +201,7 @@ type activationRequest struct {
 }
 
 // activationRequest builds the CONNECT of an activation attempt, signed
-// with the productSecret (protocol.md §1.6, §2.4).
+// with the productSecret (docs/protocol.md §6.1, §6.2).
 func (s *session) activationRequest(now time.Time) (activationRequest, error) {
 	pk, dn := s.dev.ID.ProductKey, s.dev.ID.DeviceName
 	if s.dev.Dialect == secrets.EnOS {

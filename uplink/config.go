@@ -113,8 +113,8 @@ type DialectLimits struct {
 	ConnectWindow ConnectWindow
 }
 
-// DefaultLimits returns edgegw's defaults for dialect d (protocol.md §1.8,
-// §2.6): Alibaba keepalive 300 s, payloads up to 256 KiB, 30 messages/s per
+// DefaultLimits returns edgegw's defaults for dialect d (docs/protocol.md §8 and
+// §5.4): Alibaba keepalive 300 s, payloads up to 256 KiB, 30 messages/s per
 // device, backoff 1 s doubling to 2 min; EnOS keepalive 120 s, payloads up
 // to 512 KiB, no message rate, backoff of at least 30 s after a failure
 // (up to 5 min) and at most 3 connection attempts per 2 minutes (EnOS blocks
@@ -161,7 +161,7 @@ type Endpoint struct {
 	// 1883, 8883, 80 and 443 respectively. The Alibaba securemode is derived
 	// from the scheme: 2 for tls and wss, 3 for tcp and ws; an EnOS login
 	// with the deviceSecret is securemode 2 on every transport (EnOS
-	// securemode 3 means the productSecret, protocol.md §2.2).
+	// securemode 3 means the productSecret, docs/protocol.md §4).
 	URL string
 	// TLS is the base TLS configuration (optional). Server verification is
 	// always on: when TLS.RootCAs is nil the system roots are used.

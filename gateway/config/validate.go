@@ -40,7 +40,7 @@ func keepaliveRange(d secrets.Dialect) (lo, hi time.Duration) {
 	return 30 * time.Second, 1200 * time.Second
 }
 
-// signMethods lists each dialect's sign methods (protocol.md §1, §2.2).
+// signMethods lists each dialect's sign methods (docs/protocol.md §1 and §3).
 var signMethods = map[secrets.Dialect][]secrets.SignMethod{
 	secrets.Aliyun: {secrets.HMACSHA256, secrets.HMACSHA1, secrets.HMACMD5},
 	secrets.EnOS:   {secrets.SHA256, secrets.SHA1, secrets.MD5, secrets.HMACSHA256, secrets.HMACSHA1, secrets.HMACMD5},

@@ -222,8 +222,8 @@ func (f *Fleet) runDevice(ctx context.Context, d Device, started func()) {
 		}
 	})
 	// paho's own reconnect would complete pending tokens as successful
-	// before the broker acknowledged the resent message (libraries.md
-	// §2.3); with it off, a token succeeds only on a real PUBACK, and
+	// before the broker acknowledged the resent message
+	// (docs/architecture.md §5.2); with it off, a token succeeds only on a real PUBACK, and
 	// this loop reconnects.
 	o.SetAutoReconnect(false)
 	c := mqtt.NewClient(o)

@@ -10,7 +10,7 @@ import (
 )
 
 // registerCreds builds Alibaba MQTT dynamic-registration credentials
-// (protocol.md §1.6) signed with productSecret.
+// (docs/protocol.md §6.1) signed with productSecret.
 func registerCreds(t testing.TB, dn, productSecret, random string) (cid, user, pass string) {
 	t.Helper()
 	sig, err := secrets.RegisterSign(secrets.HMACSHA256, aliPK, dn, random, secrets.NewSecret(productSecret))

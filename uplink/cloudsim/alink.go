@@ -32,7 +32,7 @@ func replyTopic(dev DeviceRef, topic string) string {
 }
 
 // alinkRequest is the part of an Alink request envelope the cloud looks
-// at (protocol.md §1.7 and §2.5).
+// at (docs/protocol.md §7.8).
 type alinkRequest struct {
 	ID     json.RawMessage `json:"id"`
 	Method string          `json:"method"`

@@ -32,7 +32,7 @@
 //   - Will messages are not supported (Alibaba documents this for 3.1.1):
 //     a CONNECT carrying a will is refused with return code 3. Refusing,
 //     rather than silently ignoring it, surfaces a gateway that sets a will
-//     although protocol.md says never to. Retained messages are not
+//     although neither cloud supports wills (docs/protocol.md §8). Retained messages are not
 //     supported either: the retain flag of every PUBLISH is cleared and
 //     nothing is stored.
 //   - Alink request topics under /sys/{pk}/{dn}/ (property and event posts,

@@ -403,7 +403,7 @@ func (s *Sim) issue(ref DeviceRef, activate bool) (secrets.Secret, string, bool)
 }
 
 // activateEnOS publishes a fresh deviceSecret on the device's
-// activate/info topic (protocol.md §2.4) without a SUBSCRIBE, as EnOS does.
+// activate/info topic (docs/protocol.md §6.2) without a SUBSCRIBE, as EnOS does.
 // The device counts as activated from now on.
 func (s *Sim) activateEnOS(cl *mqtt.Client, sess *session) {
 	secret, assetID, ok := s.issue(sess.dev, true)

@@ -29,13 +29,13 @@ const (
 )
 
 // DefaultAliyunDeviceRate is Alibaba's documented upstream limit per
-// device, in messages per second (protocol.md §1.8).
+// device, in messages per second (docs/protocol.md §8).
 const DefaultAliyunDeviceRate = 30
 
 // RateUnlimited, as Config.DeviceRate, turns the per-device rate limit off.
 const RateUnlimited = -1
 
-// Keepalive ranges the clouds accept, in seconds (protocol.md §0).
+// Keepalive ranges the clouds accept, in seconds (docs/protocol.md §5.1).
 const (
 	AliyunKeepaliveMin = 30
 	AliyunKeepaliveMax = 1200
@@ -270,7 +270,7 @@ func New(cfg Config) (*Sim, error) {
 	caps.MaximumClientWritesPending = 256
 	caps.MaximumInflight = 1024
 	caps.MaximumSessionExpiryInterval = 86400
-	// Alibaba: 256 KB [UNVERIFIED in protocol.md], EnOS: 512 KB.
+	// Alibaba: 256 KB (unconfirmed, docs/protocol.md §8), EnOS: 512 KB.
 	caps.MaximumPacketSize = 256 << 10
 	if cfg.Dialect == secrets.EnOS {
 		caps.MaximumPacketSize = 512 << 10
