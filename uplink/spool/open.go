@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/atomicfile"
+	"github.com/edgegw/edgegw/internal/boltcheck"
 	"github.com/edgegw/edgegw/secrets"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -232,24 +234,15 @@ func create(path string, o Options) error {
 	if err != nil {
 		return err
 	}
-	if err := fsyncPath(tmp); err != nil {
+	if err := atomicfile.SyncFile(tmp); err != nil {
 		return err
 	}
 	// Link fails if another process created the file meanwhile: then that
 	// one wins and is verified like any existing file.
-	if err := os.Link(tmp, path); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := atomicfile.Link(tmp, path); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	return fsyncPath(dir)
-}
-
-func fsyncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
+	return nil
 }
 
 // checkSpool checks the meta bucket and, if full, bbolt's consistency
@@ -273,11 +266,7 @@ func checkSpool(db *bolt.DB, path string, full bool) error {
 		if !full {
 			return nil
 		}
-		for err := range tx.Check() {
-			if len(problems) < 10 {
-				problems = append(problems, err)
-			}
-		}
+		problems = boltcheck.Tx(tx, 10)
 		return nil
 	})
 	if err != nil {
@@ -333,7 +322,7 @@ func maybeCompact(db *bolt.DB, path string, o Options, log *slog.Logger) (*bolt.
 	if err := os.Rename(tmp, path); err != nil {
 		_ = os.Remove(tmp)
 		log.Warn("spool compaction failed; keeping the file as is", "size", size, "err", err)
-	} else if err := fsyncPath(filepath.Dir(path)); err != nil {
+	} else if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
 		log.Warn("spool compaction: sync directory", "err", err)
 	}
 	db, err = openBolt(path, o, false)
@@ -362,7 +351,7 @@ func compactInto(src *bolt.DB, tmp string, o Options) error {
 	if err != nil {
 		return err
 	}
-	return fsyncPath(tmp)
+	return atomicfile.SyncFile(tmp)
 }
 
 // rebuild reads the device records, the message log and the dead
@@ -480,8 +469,8 @@ func MoveAside(path string, now time.Time) (string, error) {
 	if err := os.Rename(path, to); err != nil {
 		return "", fmt.Errorf("move spool %s aside: %w", path, err)
 	}
-	if err := fsyncPath(filepath.Dir(path)); err != nil {
-		return to, fmt.Errorf("move spool %s aside: sync directory: %w", path, err)
+	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
+		return to, fmt.Errorf("move spool %s aside: %w", path, err)
 	}
 	return to, nil
 }
