@@ -3,6 +3,7 @@ package localbroker_test
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -224,5 +225,27 @@ func TestSubscribeIDCollidesWithQueuedDownlink(t *testing.T) {
 	}
 	if next := c.read(); next.TopicName != topicA("down/next") || next.FixedHeader.Dup {
 		t.Fatalf("after the PUBACK got %q dup=%v, want the next downlink", next.TopicName, next.FixedHeader.Dup)
+	}
+}
+
+// Refused subscriptions are counted each time and logged once per device
+// and minute, at warning level, so a firmware retrying them cannot flood
+// the journal.
+func TestRefusedSubscriptionsLoggedOncePerDevice(t *testing.T) {
+	h := startBroker(t, nil)
+	a := connect(t, h.url(t, "tcp"), "a", dnA, passA)
+	for i := range 5 {
+		if rc := subscribe(t, a, topicB(fmt.Sprint("x", i)), 1, nil); rc != 0x80 {
+			t.Fatalf("subscribe to B's topic: 0x%02x, want 0x80", rc)
+		}
+	}
+	if n := h.b.Stats().SubscriptionsDenied; n != 5 {
+		t.Errorf("SubscriptionsDenied = %d, want 5", n)
+	}
+	if n := strings.Count(h.logs.String(), "subscription refused"); n != 1 {
+		t.Errorf("%d log lines for 5 refusals, want 1", n)
+	}
+	if !strings.Contains(h.logs.String(), "level=WARN msg=\"subscription refused") {
+		t.Error("the refusal is not logged at warning level")
 	}
 }

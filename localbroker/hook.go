@@ -508,8 +508,13 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 			continue
 		}
 		b.stats.subDenied.Add(1)
-		b.logLimited("acl-subscribe", slog.LevelInfo, "subscription denied",
-			"device", c.id.String(), "client", c.clientID, "filter", sub.Filter, "remote", c.remote)
+		if c.id.Admin {
+			b.logLimited("acl-subscribe", slog.LevelInfo, "subscription denied",
+				"admin", c.id.String(), "client", logsafe.Clip(c.clientID), "filter", logsafe.Clip(sub.Filter), "remote", c.remote)
+			continue
+		}
+		b.logDevice("acl-subscribe", c.id.DeviceID, slog.LevelWarn, "subscription refused: filter outside the device's topics",
+			"device", c.id.String(), "client", logsafe.Clip(c.clientID), "filter", logsafe.Clip(sub.Filter), "remote", c.remote)
 	}
 	if len(accepted) > 0 && b.cfg.Observer != nil {
 		b.cfg.Observer.Subscribed(c.id, c.clientID, accepted)
