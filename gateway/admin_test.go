@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -12,15 +13,14 @@ import (
 	"reflect"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/adminapi"
 	"github.com/edgegw/edgegw/gateway/config"
-	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -200,104 +200,61 @@ func admEventually(t *testing.T, what string, d time.Duration, cond func() bool)
 	}
 }
 
-// admClient is an MQTT 3.1.1 admin client: replies come on the shared
-// response topic and are matched by id.
+// admClient is an adminapi.Client bound to a test: failures to reach the
+// gateway end the test.
 type admClient struct {
-	t       *testing.T
-	c       mqtt.Client
-	name    string
-	seq     atomic.Int64
-	mu      sync.Mutex
-	byID    map[string]chan gateway.AdminReply
-	anon    chan gateway.AdminReply // replies without id
-	lost    chan struct{}
-	lostErr error
+	t    *testing.T
+	api  *adminapi.Client
+	name string // the MQTT client id, also a prefix for hand-made request ids
 }
 
 // dialAdmin connects an admin client to url (unix://… or tcp://…).
 func (r *admRig) dialAdmin(url, user, password string) *admClient {
 	t := r.t
 	t.Helper()
-	a := &admClient{t: t, name: fmt.Sprintf("adm-%d", time.Now().UnixNano()), byID: map[string]chan gateway.AdminReply{},
-		anon: make(chan gateway.AdminReply, 16), lost: make(chan struct{})}
-	o := mqtt.NewClientOptions().AddBroker(url).SetClientID(a.name).
-		SetProtocolVersion(4).SetAutoReconnect(false).SetOrderMatters(false).
-		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			if a.lostErr == nil {
-				a.lostErr = err
-				close(a.lost)
-			}
-		})
-	if user != "" {
-		o.SetUsername(user).SetPassword(password)
+	a := &admClient{t: t, name: fmt.Sprintf("adm-%d", time.Now().UnixNano())}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	api, err := adminapi.Dial(ctx, adminapi.Options{URL: url, User: user, Password: password, Name: a.name})
+	if err != nil {
+		t.Fatalf("admin client: %v", err)
 	}
-	a.c = mqtt.NewClient(o)
-	admWait(t, a.c.Connect(), "admin connect")
-	admWait(t, a.c.Subscribe(localbroker.AdminResponseTopic, 1, func(_ mqtt.Client, m mqtt.Message) {
-		var rep gateway.AdminReply
-		if err := json.Unmarshal(m.Payload(), &rep); err != nil {
-			t.Errorf("reply is not JSON: %v: %s", err, m.Payload())
-			return
-		}
-		var id string
-		if len(rep.ID) == 0 || json.Unmarshal(rep.ID, &id) != nil {
-			select {
-			case a.anon <- rep:
-			default:
-			}
-			return
-		}
-		a.mu.Lock()
-		ch := a.byID[id]
-		a.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- rep:
-			default: // a duplicate
-			}
-		}
-	}), "admin subscribe")
-	t.Cleanup(func() { a.c.Disconnect(100) })
+	a.api = api
+	t.Cleanup(func() { api.Close() })
 	return a
 }
 
-// call sends a request and returns its reply.
-func (a *admClient) call(method string, params any) gateway.AdminReply {
+// admReplyWait bounds the wait for one reply.
+const admReplyWait = 60 * time.Second
+
+// call sends a request and returns its reply, whatever its code.
+func (a *admClient) call(method string, params any) adminapi.Reply {
 	a.t.Helper()
-	id := fmt.Sprintf("%s-%d", a.name, a.seq.Add(1))
-	payload, err := json.Marshal(gateway.AdminCall{ID: id, Method: method, Params: params})
+	ctx, cancel := context.WithTimeout(context.Background(), admReplyWait)
+	defer cancel()
+	r, err := a.api.Do(ctx, method, params)
 	if err != nil {
-		a.t.Fatal(err)
+		a.t.Fatalf("%s %v: %v", method, params, err)
 	}
-	return a.raw(payload, id)
+	return r
 }
 
 // raw sends a payload and waits for the reply with id ("" for a reply
 // without id).
-func (a *admClient) raw(payload []byte, id string) gateway.AdminReply {
+func (a *admClient) raw(payload []byte, id string) adminapi.Reply {
 	a.t.Helper()
-	ch := a.anon
-	if id != "" {
-		ch = make(chan gateway.AdminReply, 1)
-		a.mu.Lock()
-		a.byID[id] = ch
-		a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), admReplyWait)
+	defer cancel()
+	r, err := a.api.DoRaw(ctx, payload, id)
+	if err != nil {
+		a.t.Fatalf("no reply to %s: %v", payload, err)
 	}
-	admWait(a.t, a.c.Publish(localbroker.AdminRequestTopic, 1, false, payload), "publish request")
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(60 * time.Second):
-		a.t.Fatalf("no reply to %s", payload)
-	}
-	return gateway.AdminReply{}
+	return r
 }
 
 // must calls and fails the test unless the reply has code 200; it decodes
 // the data into v.
-func (a *admClient) must(method string, params any, v any) gateway.AdminReply {
+func (a *admClient) must(method string, params any, v any) adminapi.Reply {
 	a.t.Helper()
 	r := a.call(method, params)
 	if r.Code != 200 {
@@ -314,7 +271,7 @@ func (a *admClient) must(method string, params any, v any) gateway.AdminReply {
 
 // expect calls and fails unless the reply has code and its message
 // contains want.
-func (a *admClient) expect(code int, want string, method string, params any) gateway.AdminReply {
+func (a *admClient) expect(code int, want string, method string, params any) adminapi.Reply {
 	a.t.Helper()
 	r := a.call(method, params)
 	if r.Code != code || !strings.Contains(r.Message, want) {
@@ -367,18 +324,18 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	r := newAdmRig(t)
 	a := r.dialAdmin("unix://"+r.sock, "", "")
 
-	var st gateway.AdminStatus
-	a.must(gateway.MethodGatewayStatus, nil, &st)
+	var st adminapi.Status
+	a.must(adminapi.MethodGatewayStatus, nil, &st)
 	if st.Version == "" || st.Devices.Total != 0 || st.Cloud.Endpoint == "" || st.Spool.Budget == 0 || st.Sessions == nil {
 		t.Fatalf("status: %+v", st)
 	}
 
 	// Products.
-	a.must(gateway.MethodProductAdd, map[string]any{"productKey": admPK, "dialect": "aliyun"}, nil)
-	a.expect(409, "already exists", gateway.MethodProductAdd, map[string]any{"productKey": admPK})
-	a.must(gateway.MethodProductAdd, map[string]any{"productKey": admPKDyn, "productSecret": "PrOdSeCrEt-77aa"}, nil)
-	var ps []gateway.AdminProduct
-	a.must(gateway.MethodProductList, nil, &ps)
+	a.must(adminapi.MethodProductAdd, map[string]any{"productKey": admPK, "dialect": "aliyun"}, nil)
+	a.expect(409, "already exists", adminapi.MethodProductAdd, map[string]any{"productKey": admPK})
+	a.must(adminapi.MethodProductAdd, map[string]any{"productKey": admPKDyn, "productSecret": "PrOdSeCrEt-77aa"}, nil)
+	var ps []adminapi.Product
+	a.must(adminapi.MethodProductList, nil, &ps)
 	// Sorted by key: admPKDyn ("a1AdmD…") first.
 	if len(ps) != 2 || ps[1].ProductKey != admPK || ps[1].HasProductSecret || !ps[0].HasProductSecret || ps[0].Dialect != "aliyun" {
 		t.Fatalf("products: %+v", ps)
@@ -390,26 +347,26 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	if err := r.sim.AddDevice(admPK, dn, secrets.NewSecret(sec1)); err != nil {
 		t.Fatal(err)
 	}
-	var added gateway.AdminDevice
-	a.must(gateway.MethodDeviceAdd, dev(admPK, dn, "deviceSecret", sec1, "localPassword", "local-pw-0001"), &added)
+	var added adminapi.Device
+	a.must(adminapi.MethodDeviceAdd, dev(admPK, dn, "deviceSecret", sec1, "localPassword", "local-pw-0001"), &added)
 	if !added.HasDeviceSecret || !added.HasLocalPassword || added.State != "ready" || added.Disabled {
 		t.Fatalf("added: %+v", added)
 	}
 	admEventually(t, "the cloud to see the new device", 10*time.Second, func() bool { return r.sim.Connected(admPK, dn) })
-	a.expect(409, "already exists", gateway.MethodDeviceAdd, dev(admPK, dn, "deviceSecret", sec1))
+	a.expect(409, "already exists", adminapi.MethodDeviceAdd, dev(admPK, dn, "deviceSecret", sec1))
 
 	// A device added with no secret under a product with a productSecret
 	// awaits activation; added disabled, it gets no session.
-	var dyn gateway.AdminDevice
-	a.must(gateway.MethodDeviceAdd, dev(admPKDyn, "valve-0001", "disabled", true), &dyn)
+	var dyn adminapi.Device
+	a.must(adminapi.MethodDeviceAdd, dev(admPKDyn, "valve-0001", "disabled", true), &dyn)
 	if dyn.State != "awaiting-activation" || dyn.HasDeviceSecret || dyn.Session != "none" || !dyn.Disabled {
 		t.Fatalf("dynamic device: %+v", dyn)
 	}
 
 	// device.get: record, session, queue; booleans only for secrets.
-	var det gateway.AdminDeviceDetail
+	var det adminapi.DeviceDetail
 	admEventually(t, "device.get to report the session connected", 10*time.Second, func() bool {
-		a.must(gateway.MethodDeviceGet, dev(admPK, dn), &det)
+		a.must(adminapi.MethodDeviceGet, dev(admPK, dn), &det)
 		return det.Session != nil && det.Session.State == "connected"
 	})
 	if det.Device.Dialect != "aliyun" || det.Queue.Device != admPK+"/"+dn || det.Session.Connects != 1 {
@@ -417,16 +374,16 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	}
 
 	// device.list with filters and paging.
-	var list gateway.AdminDeviceList
-	a.must(gateway.MethodDeviceList, nil, &list)
+	var list adminapi.DeviceList
+	a.must(adminapi.MethodDeviceList, nil, &list)
 	if len(list.Devices) != 2 || list.Next != "" {
 		t.Fatalf("list: %+v", list)
 	}
-	a.must(gateway.MethodDeviceList, map[string]any{"limit": 1}, &list)
+	a.must(adminapi.MethodDeviceList, map[string]any{"limit": 1}, &list)
 	if len(list.Devices) != 1 || list.Next != admPKDyn+"/valve-0001" {
 		t.Fatalf("page 1: %+v", list)
 	}
-	a.must(gateway.MethodDeviceList, map[string]any{"limit": 1, "after": list.Next}, &list)
+	a.must(adminapi.MethodDeviceList, map[string]any{"limit": 1, "after": list.Next}, &list)
 	if len(list.Devices) != 1 || list.Devices[0].DeviceName != dn || list.Next != "" {
 		t.Fatalf("page 2: %+v", list)
 	}
@@ -442,7 +399,7 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 		{map[string]any{"state": "disabled"}, []string{"valve-0001"}},
 		{map[string]any{"state": "enabled", "productKey": admPK}, []string{dn}},
 	} {
-		a.must(gateway.MethodDeviceList, tc.params, &list)
+		a.must(adminapi.MethodDeviceList, tc.params, &list)
 		var got []string
 		for _, d := range list.Devices {
 			got = append(got, d.DeviceName)
@@ -464,24 +421,24 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	if err := r.sim.AddDevice(admPK, dn, secrets.NewSecret(sec2)); err != nil {
 		t.Fatal(err)
 	}
-	var upd gateway.AdminDevice
-	rep := a.must(gateway.MethodDeviceUpdate, dev(admPK, dn, "deviceSecret", sec2), &upd)
+	var upd adminapi.Device
+	rep := a.must(adminapi.MethodDeviceUpdate, dev(admPK, dn, "deviceSecret", sec2), &upd)
 	if !strings.Contains(rep.Message, "deviceSecret rotated") {
 		t.Fatalf("rotate: %s", rep.Message)
 	}
 	admEventually(t, "the session to reconnect with the rotated secret", 10*time.Second, func() bool {
-		a.must(gateway.MethodDeviceGet, dev(admPK, dn), &det)
+		a.must(adminapi.MethodDeviceGet, dev(admPK, dn), &det)
 		return det.Session != nil && det.Session.State == "connected" && det.Session.Connects >= 2
 	})
 	// The same secret again is no change.
-	rep = a.must(gateway.MethodDeviceUpdate, dev(admPK, dn, "deviceSecret", sec2), nil)
+	rep = a.must(adminapi.MethodDeviceUpdate, dev(admPK, dn, "deviceSecret", sec2), nil)
 	if !strings.Contains(rep.Message, "unchanged") {
 		t.Fatalf("same secret: %s", rep.Message)
 	}
 
 	// Disable: session stops, the local connection is closed, logins are
 	// refused.
-	a.must(gateway.MethodDeviceUpdate, dev(admPK, dn, "disabled", true), &upd)
+	a.must(adminapi.MethodDeviceUpdate, dev(admPK, dn, "disabled", true), &upd)
 	if !upd.Disabled || upd.Session != "none" {
 		t.Fatalf("disabled: %+v", upd)
 	}
@@ -494,18 +451,18 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	if _, err := r.connectDevice(admPK, dn, "local-pw-0001"); err == nil {
 		t.Fatal("a disabled device logged in")
 	}
-	a.must(gateway.MethodDeviceUpdate, dev(admPK, dn, "disabled", false), &upd)
+	a.must(adminapi.MethodDeviceUpdate, dev(admPK, dn, "disabled", false), &upd)
 	admEventually(t, "the re-enabled device's session", 10*time.Second, func() bool { return r.sim.Connected(admPK, dn) })
 
 	// Local password: remove it, then the device can no longer log in.
-	a.must(gateway.MethodDeviceUpdate, dev(admPK, dn, "localPassword", nil), &upd)
+	a.must(adminapi.MethodDeviceUpdate, dev(admPK, dn, "localPassword", nil), &upd)
 	if upd.HasLocalPassword {
 		t.Fatalf("password not removed: %+v", upd)
 	}
 	if _, err := r.connectDevice(admPK, dn, "local-pw-0001"); err == nil {
 		t.Fatal("logged in with a removed local password")
 	}
-	a.must(gateway.MethodDeviceUpdate, dev(admPK, dn, "localPassword", "local-pw-0002", "clientId", "pump1.cloud"), &upd)
+	a.must(adminapi.MethodDeviceUpdate, dev(admPK, dn, "localPassword", "local-pw-0002", "clientId", "pump1.cloud"), &upd)
 	if !upd.HasLocalPassword || upd.ClientID != "pump1.cloud" {
 		t.Fatalf("update: %+v", upd)
 	}
@@ -513,30 +470,30 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 		t.Fatalf("new local password: %v", err)
 	}
 	admEventually(t, "the session with the new clientId", 10*time.Second, func() bool {
-		a.must(gateway.MethodDeviceGet, dev(admPK, dn), &det)
+		a.must(adminapi.MethodDeviceGet, dev(admPK, dn), &det)
 		return det.Session != nil && det.Session.State == "connected" && strings.HasPrefix(det.Session.ClientID, "pump1.cloud|")
 	})
 
 	// Queues.
-	var qs gateway.AdminQueueStats
-	a.must(gateway.MethodQueueStats, nil, &qs)
+	var qs adminapi.QueueStats
+	a.must(adminapi.MethodQueueStats, nil, &qs)
 	if qs.Totals == nil || qs.Device != nil {
 		t.Fatalf("queue totals: %+v", qs)
 	}
-	a.must(gateway.MethodQueueStats, dev(admPK, dn), &qs)
+	a.must(adminapi.MethodQueueStats, dev(admPK, dn), &qs)
 	if qs.Device == nil || qs.Device.Device != admPK+"/"+dn {
 		t.Fatalf("queue stats: %+v", qs)
 	}
-	var purged gateway.AdminPurged
-	a.must(gateway.MethodQueuePurge, dev(admPK, dn), &purged)
-	a.expect(404, "not found", gateway.MethodQueuePurge, dev(admPK, "nosuchdev"))
+	var purged adminapi.Purged
+	a.must(adminapi.MethodQueuePurge, dev(admPK, dn), &purged)
+	a.expect(404, "not found", adminapi.MethodQueuePurge, dev(admPK, "nosuchdev"))
 
 	// product.remove refuses while devices exist.
-	a.expect(409, "still has 1 devices", gateway.MethodProductRemove, map[string]any{"productKey": admPK})
+	a.expect(409, "still has 1 devices", adminapi.MethodProductRemove, map[string]any{"productKey": admPK})
 
 	// Import a small batch: two good rows, one bad.
-	var imp gateway.AdminImportResult
-	a.must(gateway.MethodDeviceImport, map[string]any{"rows": []gateway.AdminImportRow{
+	var imp adminapi.ImportResult
+	a.must(adminapi.MethodDeviceImport, map[string]any{"rows": []adminapi.ImportRow{
 		{Line: 2, ProductKey: admPK, DeviceName: "imp-0001", DeviceSecret: "ImPoRt-secret-0001"},
 		{Line: 3, ProductKey: admPK, DeviceName: "x", DeviceSecret: "ImPoRt-secret-0002"},
 		{Line: 4, ProductKey: admPK, DeviceName: "imp-0003", DeviceSecret: "ImPoRt-secret-0003"},
@@ -547,19 +504,19 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	}
 
 	// Removal with discard ends the session; the device is gone.
-	a.expect(400, "params.spool: required", gateway.MethodDeviceRemove, dev(admPK, dn))
-	var rm gateway.AdminRemoved
-	a.must(gateway.MethodDeviceRemove, dev(admPK, dn, "spool", "discard"), &rm)
+	a.expect(400, "params.spool: required", adminapi.MethodDeviceRemove, dev(admPK, dn))
+	var rm adminapi.Removed
+	a.must(adminapi.MethodDeviceRemove, dev(admPK, dn, "spool", "discard"), &rm)
 	if rm.State != "removed" || rm.Spool != "discard" {
 		t.Fatalf("remove: %+v", rm)
 	}
 	admEventually(t, "the removed device's session to end", 10*time.Second, func() bool { return !r.sim.Connected(admPK, dn) })
-	a.expect(404, "not found", gateway.MethodDeviceGet, dev(admPK, dn))
+	a.expect(404, "not found", adminapi.MethodDeviceGet, dev(admPK, dn))
 	for _, name := range []string{"imp-0001", "imp-0003"} {
-		a.must(gateway.MethodDeviceRemove, dev(admPK, name, "spool", "drain"), nil)
+		a.must(adminapi.MethodDeviceRemove, dev(admPK, name, "spool", "drain"), nil)
 	}
-	a.must(gateway.MethodProductRemove, map[string]any{"productKey": admPK}, nil)
-	a.expect(404, "not found", gateway.MethodProductRemove, map[string]any{"productKey": admPK})
+	a.must(adminapi.MethodProductRemove, map[string]any{"productKey": admPK}, nil)
+	a.expect(404, "not found", adminapi.MethodProductRemove, map[string]any{"productKey": admPK})
 
 	// Every change left an audit line naming who and what.
 	logs := r.log.String()
@@ -583,8 +540,8 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 func TestAdminBadRequests(t *testing.T) {
 	r := newAdmRig(t)
 	a := r.dialAdmin("unix://"+r.sock, "", "")
-	a.must(gateway.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
-	a.must(gateway.MethodDeviceAdd, dev(admPK, "pump-0001", "deviceSecret", "GoOd-secret-0001"), nil)
+	a.must(adminapi.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
+	a.must(adminapi.MethodDeviceAdd, dev(admPK, "pump-0001", "deviceSecret", "GoOd-secret-0001"), nil)
 
 	// Raw envelopes.
 	for _, tc := range []struct {
@@ -621,44 +578,44 @@ func TestAdminBadRequests(t *testing.T) {
 		code   int
 		want   string
 	}{
-		{"missing deviceName", gateway.MethodDeviceGet, map[string]any{"productKey": admPK}, 400, "params.deviceName: required"},
-		{"slash in name", gateway.MethodDeviceGet, dev(admPK, "a/b"), 400, "params.deviceName"},
-		{"wrong type", gateway.MethodDeviceGet, dev(admPK, "pump-0001", "productKey", 5), 400, "params.productKey: want a string"},
-		{"unknown param", gateway.MethodDeviceGet, dev(admPK, "pump-0001", "devicename", "x"), 400, `params."devicename": unknown parameter`},
-		{"unknown device", gateway.MethodDeviceGet, dev(admPK, "nope-0001"), 404, "device " + admPK + "/nope-0001: not found"},
-		{"unknown product", gateway.MethodDeviceAdd, dev("a1NoSuchPrd", "pump-0002", "deviceSecret", "GoOd-secret-0002"), 404, "product a1NoSuchPrd: not found"},
-		{"secret with a space", gateway.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "BaD secret 0002"), 400, "params.deviceSecret: byte 3 is whitespace"},
-		{"secret with a newline", gateway.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "BaDsecret0002\n"), 400, "params.deviceSecret: byte 13"},
-		{"secret too long", gateway.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", strings.Repeat("Z", 513)), 400, "params.deviceSecret: is 513 bytes"},
-		{"secret missing", gateway.MethodDeviceAdd, dev(admPK, "pump-0002"), 400, "params.deviceSecret: required"},
-		{"secret not a string", gateway.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", 12345), 400, "params.deviceSecret: want a string"},
-		{"bad device name", gateway.MethodDeviceAdd, dev(admPK, "ab", "deviceSecret", "GoOd-secret-0002"), 400, `params.deviceName "ab": must be 4-32 characters`},
-		{"bad clientId", gateway.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "GoOd-secret-0002", "clientId", "a|b"), 400, "params.clientId"},
-		{"bad local password", gateway.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "GoOd-secret-0002", "localPassword", "pw\x01x"), 400, "params.localPassword: byte 2 is a control character"},
-		{"disabled not bool", gateway.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "GoOd-secret-0002", "disabled", "yes"), 400, "params.disabled: want true or false"},
-		{"duplicate device", gateway.MethodDeviceAdd, dev(admPK, "pump-0001", "deviceSecret", "GoOd-secret-0001"), 409, "already exists"},
-		{"update nothing", gateway.MethodDeviceUpdate, dev(admPK, "pump-0001"), 400, "params: nothing to change"},
-		{"clear secret", gateway.MethodDeviceUpdate, dev(admPK, "pump-0001", "deviceSecret", nil), 400, "params.deviceSecret: cannot be cleared"},
-		{"update unknown", gateway.MethodDeviceUpdate, dev(admPK, "nope-0001", "disabled", true), 404, "not found"},
-		{"update bad secret", gateway.MethodDeviceUpdate, dev(admPK, "pump-0001", "deviceSecret", "x y"), 400, "params.deviceSecret: byte 1"},
-		{"remove bad spool", gateway.MethodDeviceRemove, dev(admPK, "pump-0001", "spool", "maybe"), 400, `params.spool "maybe": want "discard" or "drain"`},
-		{"remove timeout with discard", gateway.MethodDeviceRemove, dev(admPK, "pump-0001", "spool", "discard", "timeout", "5s"), 400, "params.timeout: only with spool"},
-		{"remove bad timeout", gateway.MethodDeviceRemove, dev(admPK, "pump-0001", "spool", "drain", "timeout", "soon"), 400, "params.timeout"},
-		{"remove timeout too long", gateway.MethodDeviceRemove, dev(admPK, "pump-0001", "spool", "drain", "timeout", "5h"), 400, "params.timeout: 5h0m0s is out of range"},
-		{"remove unknown", gateway.MethodDeviceRemove, dev(admPK, "nope-0001", "spool", "discard"), 404, "not found"},
-		{"list limit", gateway.MethodDeviceList, map[string]any{"limit": 0}, 400, "params.limit: 0 is out of range"},
-		{"list limit fraction", gateway.MethodDeviceList, map[string]any{"limit": 1.5}, 400, "params.limit: want a whole number"},
-		{"list state", gateway.MethodDeviceList, map[string]any{"state": "sleepy"}, 400, `params.state "sleepy": unknown`},
-		{"product bad key", gateway.MethodProductAdd, map[string]any{"productKey": "a b"}, 400, "params.productKey"},
-		{"product bad dialect", gateway.MethodProductAdd, map[string]any{"productKey": "a1Other0001", "dialect": "azure"}, 400, `params.dialect "azure"`},
-		{"product bad secret", gateway.MethodProductAdd, map[string]any{"productKey": "a1Other0001", "productSecret": "p s"}, 400, "params.productSecret: byte 1"},
-		{"product missing key", gateway.MethodProductAdd, map[string]any{}, 400, "params.productKey: required"},
-		{"product in use", gateway.MethodProductRemove, map[string]any{"productKey": admPK}, 409, "still has 1 devices"},
-		{"product unknown", gateway.MethodProductRemove, map[string]any{"productKey": "a1NoSuchPrd"}, 404, "not found"},
-		{"import no rows", gateway.MethodDeviceImport, map[string]any{"rows": []any{}}, 400, "params.rows: 0 rows"},
-		{"import rows not array", gateway.MethodDeviceImport, map[string]any{"rows": "x"}, 400, "params.rows: want an array"},
-		{"import too many", gateway.MethodDeviceImport, map[string]any{"rows": make([]gateway.AdminImportRow, gateway.AdminImportMax+1)}, 400, "1001 rows"},
-		{"queue stats half a device", gateway.MethodQueueStats, map[string]any{"productKey": admPK}, 400, "params.deviceName: required"},
+		{"missing deviceName", adminapi.MethodDeviceGet, map[string]any{"productKey": admPK}, 400, "params.deviceName: required"},
+		{"slash in name", adminapi.MethodDeviceGet, dev(admPK, "a/b"), 400, "params.deviceName"},
+		{"wrong type", adminapi.MethodDeviceGet, dev(admPK, "pump-0001", "productKey", 5), 400, "params.productKey: want a string"},
+		{"unknown param", adminapi.MethodDeviceGet, dev(admPK, "pump-0001", "devicename", "x"), 400, `params."devicename": unknown parameter`},
+		{"unknown device", adminapi.MethodDeviceGet, dev(admPK, "nope-0001"), 404, "device " + admPK + "/nope-0001: not found"},
+		{"unknown product", adminapi.MethodDeviceAdd, dev("a1NoSuchPrd", "pump-0002", "deviceSecret", "GoOd-secret-0002"), 404, "product a1NoSuchPrd: not found"},
+		{"secret with a space", adminapi.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "BaD secret 0002"), 400, "params.deviceSecret: byte 3 is whitespace"},
+		{"secret with a newline", adminapi.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "BaDsecret0002\n"), 400, "params.deviceSecret: byte 13"},
+		{"secret too long", adminapi.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", strings.Repeat("Z", 513)), 400, "params.deviceSecret: is 513 bytes"},
+		{"secret missing", adminapi.MethodDeviceAdd, dev(admPK, "pump-0002"), 400, "params.deviceSecret: required"},
+		{"secret not a string", adminapi.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", 12345), 400, "params.deviceSecret: want a string"},
+		{"bad device name", adminapi.MethodDeviceAdd, dev(admPK, "ab", "deviceSecret", "GoOd-secret-0002"), 400, `params.deviceName "ab": must be 4-32 characters`},
+		{"bad clientId", adminapi.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "GoOd-secret-0002", "clientId", "a|b"), 400, "params.clientId"},
+		{"bad local password", adminapi.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "GoOd-secret-0002", "localPassword", "pw\x01x"), 400, "params.localPassword: byte 2 is a control character"},
+		{"disabled not bool", adminapi.MethodDeviceAdd, dev(admPK, "pump-0002", "deviceSecret", "GoOd-secret-0002", "disabled", "yes"), 400, "params.disabled: want true or false"},
+		{"duplicate device", adminapi.MethodDeviceAdd, dev(admPK, "pump-0001", "deviceSecret", "GoOd-secret-0001"), 409, "already exists"},
+		{"update nothing", adminapi.MethodDeviceUpdate, dev(admPK, "pump-0001"), 400, "params: nothing to change"},
+		{"clear secret", adminapi.MethodDeviceUpdate, dev(admPK, "pump-0001", "deviceSecret", nil), 400, "params.deviceSecret: cannot be cleared"},
+		{"update unknown", adminapi.MethodDeviceUpdate, dev(admPK, "nope-0001", "disabled", true), 404, "not found"},
+		{"update bad secret", adminapi.MethodDeviceUpdate, dev(admPK, "pump-0001", "deviceSecret", "x y"), 400, "params.deviceSecret: byte 1"},
+		{"remove bad spool", adminapi.MethodDeviceRemove, dev(admPK, "pump-0001", "spool", "maybe"), 400, `params.spool "maybe": want "discard" or "drain"`},
+		{"remove timeout with discard", adminapi.MethodDeviceRemove, dev(admPK, "pump-0001", "spool", "discard", "timeout", "5s"), 400, "params.timeout: only with spool"},
+		{"remove bad timeout", adminapi.MethodDeviceRemove, dev(admPK, "pump-0001", "spool", "drain", "timeout", "soon"), 400, "params.timeout"},
+		{"remove timeout too long", adminapi.MethodDeviceRemove, dev(admPK, "pump-0001", "spool", "drain", "timeout", "5h"), 400, "params.timeout: 5h0m0s is out of range"},
+		{"remove unknown", adminapi.MethodDeviceRemove, dev(admPK, "nope-0001", "spool", "discard"), 404, "not found"},
+		{"list limit", adminapi.MethodDeviceList, map[string]any{"limit": 0}, 400, "params.limit: 0 is out of range"},
+		{"list limit fraction", adminapi.MethodDeviceList, map[string]any{"limit": 1.5}, 400, "params.limit: want a whole number"},
+		{"list state", adminapi.MethodDeviceList, map[string]any{"state": "sleepy"}, 400, `params.state "sleepy": unknown`},
+		{"product bad key", adminapi.MethodProductAdd, map[string]any{"productKey": "a b"}, 400, "params.productKey"},
+		{"product bad dialect", adminapi.MethodProductAdd, map[string]any{"productKey": "a1Other0001", "dialect": "azure"}, 400, `params.dialect "azure"`},
+		{"product bad secret", adminapi.MethodProductAdd, map[string]any{"productKey": "a1Other0001", "productSecret": "p s"}, 400, "params.productSecret: byte 1"},
+		{"product missing key", adminapi.MethodProductAdd, map[string]any{}, 400, "params.productKey: required"},
+		{"product in use", adminapi.MethodProductRemove, map[string]any{"productKey": admPK}, 409, "still has 1 devices"},
+		{"product unknown", adminapi.MethodProductRemove, map[string]any{"productKey": "a1NoSuchPrd"}, 404, "not found"},
+		{"import no rows", adminapi.MethodDeviceImport, map[string]any{"rows": []any{}}, 400, "params.rows: 0 rows"},
+		{"import rows not array", adminapi.MethodDeviceImport, map[string]any{"rows": "x"}, 400, "params.rows: want an array"},
+		{"import too many", adminapi.MethodDeviceImport, map[string]any{"rows": make([]adminapi.ImportRow, adminapi.ImportMax+1)}, 400, "1001 rows"},
+		{"queue stats half a device", adminapi.MethodQueueStats, map[string]any{"productKey": admPK}, 400, "params.deviceName: required"},
 	} {
 		rep := a.call(tc.method, tc.params)
 		if rep.Code != tc.code || !strings.Contains(rep.Message, tc.want) {
@@ -668,19 +625,19 @@ func TestAdminBadRequests(t *testing.T) {
 
 	// Nothing partial was stored: the failed adds left no device and no
 	// product behind, the untouched device is unchanged.
-	var list gateway.AdminDeviceList
-	a.must(gateway.MethodDeviceList, nil, &list)
+	var list adminapi.DeviceList
+	a.must(adminapi.MethodDeviceList, nil, &list)
 	if len(list.Devices) != 1 || list.Devices[0].DeviceName != "pump-0001" || list.Devices[0].Disabled {
 		t.Fatalf("devices after bad requests: %+v", list.Devices)
 	}
-	var ps []gateway.AdminProduct
-	a.must(gateway.MethodProductList, nil, &ps)
+	var ps []adminapi.Product
+	a.must(adminapi.MethodProductList, nil, &ps)
 	if len(ps) != 1 {
 		t.Fatalf("products after bad requests: %+v", ps)
 	}
 	// Import rows fail one by one; the good ones are stored.
-	var imp gateway.AdminImportResult
-	a.must(gateway.MethodDeviceImport, map[string]any{"rows": []any{
+	var imp adminapi.ImportResult
+	a.must(adminapi.MethodDeviceImport, map[string]any{"rows": []any{
 		map[string]any{"line": 2, "productKey": admPK, "deviceName": "good-0001", "deviceSecret": "GoOd-secret-0003"},
 		map[string]any{"line": 3, "productKey": admPK, "deviceName": "bad-0001", "deviceSecret": "BaD secret"},
 		map[string]any{"line": 4, "productKey": admPK},
@@ -699,7 +656,7 @@ func TestAdminBadRequests(t *testing.T) {
 			t.Errorf("import error %+v: want 400 containing %q", e, want)
 		}
 	}
-	a.must(gateway.MethodDeviceList, nil, &list)
+	a.must(adminapi.MethodDeviceList, nil, &list)
 	if len(list.Devices) != 2 {
 		t.Fatalf("devices after import: %+v", list.Devices)
 	}
@@ -711,27 +668,27 @@ func TestAdminBadRequests(t *testing.T) {
 func TestAdminRefusesNonAdmins(t *testing.T) {
 	r := newAdmRig(t)
 	a := r.dialAdmin("unix://"+r.sock, "", "")
-	a.must(gateway.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
-	a.must(gateway.MethodDeviceAdd, dev(admPK, "pump-0001", "deviceSecret", "GoOd-secret-0001", "localPassword", "local-pw-0001"), nil)
+	a.must(adminapi.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
+	a.must(adminapi.MethodDeviceAdd, dev(admPK, "pump-0001", "deviceSecret", "GoOd-secret-0001", "localPassword", "local-pw-0001"), nil)
 
 	d, err := r.connectDevice(admPK, "pump-0001", "local-pw-0001")
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan []byte, 4)
-	tok := d.c.Subscribe(localbroker.AdminResponseTopic, 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Payload() })
+	tok := d.c.Subscribe(adminapi.ResponseTopic, 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Payload() })
 	admWait(t, tok, "device subscribe")
-	if code := tok.(*mqtt.SubscribeToken).Result()[localbroker.AdminResponseTopic]; code != 0x80 {
+	if code := tok.(*mqtt.SubscribeToken).Result()[adminapi.ResponseTopic]; code != 0x80 {
 		t.Fatalf("device subscription to the response topic: SUBACK %#x, want 0x80", code)
 	}
 	before := r.replies.count()
 	// Refused like any publish outside the device's namespace: a 3.1.1
 	// device gets its PUBACK (so it does not reconnect and resend for
 	// ever) and the request goes nowhere.
-	admWait(t, d.c.Publish(localbroker.AdminRequestTopic, 1, false, `{"id":"evil","method":"device.remove","params":{"productKey":"`+admPK+`","deviceName":"pump-0001","spool":"discard"}}`),
+	admWait(t, d.c.Publish(adminapi.RequestTopic, 1, false, `{"id":"evil","method":"device.remove","params":{"productKey":"`+admPK+`","deviceName":"pump-0001","spool":"discard"}}`),
 		"device's admin request acknowledged and dropped")
 	// Nothing was done: the device still exists and nobody got a reply.
-	a.must(gateway.MethodDeviceGet, dev(admPK, "pump-0001"), nil)
+	a.must(adminapi.MethodDeviceGet, dev(admPK, "pump-0001"), nil)
 	admEventually(t, "the observer to see the device.get reply", 10*time.Second, func() bool { return r.replies.count() > before })
 	if all := r.replies.joined(); strings.Contains(all, `"evil"`) {
 		t.Fatalf("the device's request was answered: %s", all)
@@ -743,17 +700,18 @@ func TestAdminRefusesNonAdmins(t *testing.T) {
 	}
 
 	// Network admins: wrong password refused, right one served.
-	o := mqtt.NewClientOptions().AddBroker("tcp://" + r.tcp).SetClientID("bad-admin").SetUsername("ops").SetPassword("wrong").
-		SetProtocolVersion(4).SetAutoReconnect(false)
-	bad := mqtt.NewClient(o)
-	ct := bad.Connect()
-	if !ct.WaitTimeout(10*time.Second) || ct.Error() == nil {
-		bad.Disconnect(0)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	bad, err := adminapi.Dial(ctx, adminapi.Options{URL: "tcp://" + r.tcp, User: "ops", Password: "wrong", Name: "bad-admin"})
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		if bad != nil {
+			bad.Close()
+		}
 		t.Fatal("admin with a wrong password connected")
 	}
 	netAdmin := r.dialAdmin("tcp://"+r.tcp, "ops", admAdminPassword)
-	var st gateway.AdminStatus
-	netAdmin.must(gateway.MethodGatewayStatus, nil, &st)
+	var st adminapi.Status
+	netAdmin.must(adminapi.MethodGatewayStatus, nil, &st)
 	if st.Devices.Total != 1 {
 		t.Fatalf("status over TCP: %+v", st.Devices)
 	}
@@ -767,7 +725,7 @@ func TestAdminRefusesNonAdmins(t *testing.T) {
 func TestAdminDrainAndDiscard(t *testing.T) {
 	r := newAdmRig(t)
 	a := r.dialAdmin("unix://"+r.sock, "", "")
-	a.must(gateway.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
+	a.must(adminapi.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
 	names := []string{"drain-0001", "drop-0001"}
 	devs := map[string]*admDevice{}
 	for i, dn := range names {
@@ -775,7 +733,7 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 		if err := r.sim.AddDevice(admPK, dn, secrets.NewSecret(sec)); err != nil {
 			t.Fatal(err)
 		}
-		a.must(gateway.MethodDeviceAdd, dev(admPK, dn, "deviceSecret", sec, "localPassword", "pw-"+dn), nil)
+		a.must(adminapi.MethodDeviceAdd, dev(admPK, dn, "deviceSecret", sec, "localPassword", "pw-"+dn), nil)
 		admEventually(t, dn+" connected to the cloud", 10*time.Second, func() bool { return r.sim.Connected(admPK, dn) })
 		d, err := r.connectDevice(admPK, dn, "pw-"+dn)
 		if err != nil {
@@ -794,9 +752,9 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 			admWait(t, devs[dn].c.Publish(propertyTopic(admPK, dn), 1, false, fmt.Sprintf(`{"id":"%d","params":{"n":%d}}`, i, i)), "publish")
 		}
 	}
-	var qs gateway.AdminQueueStats
+	var qs adminapi.QueueStats
 	for _, dn := range names {
-		a.must(gateway.MethodQueueStats, dev(admPK, dn), &qs)
+		a.must(adminapi.MethodQueueStats, dev(admPK, dn), &qs)
 		if qs.Device.Depth != 5 {
 			t.Fatalf("%s queued %d, want 5", dn, qs.Device.Depth)
 		}
@@ -805,11 +763,11 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 	// Drain while the cloud is down: it times out; the device is kept
 	// disabled with its queue and without a session.
 	start := time.Now()
-	rep := a.expect(409, "not removed: 5 messages still queued after 1s", gateway.MethodDeviceRemove, dev(admPK, "drain-0001", "spool", "drain", "timeout", "1s"))
+	rep := a.expect(409, "not removed: 5 messages still queued after 1s", adminapi.MethodDeviceRemove, dev(admPK, "drain-0001", "spool", "drain", "timeout", "1s"))
 	if took := time.Since(start); took < time.Second {
 		t.Fatalf("drain reply after %s, before its timeout", took)
 	}
-	var rm gateway.AdminRemoved
+	var rm adminapi.Removed
 	if err := json.Unmarshal(rep.Data, &rm); err != nil || rm.State != "disabled" || rm.Queued != 5 {
 		t.Fatalf("timed-out drain: %v %+v", err, rm)
 	}
@@ -818,8 +776,8 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the device being removed kept its local connection")
 	}
-	var det gateway.AdminDeviceDetail
-	a.must(gateway.MethodDeviceGet, dev(admPK, "drain-0001"), &det)
+	var det adminapi.DeviceDetail
+	a.must(adminapi.MethodDeviceGet, dev(admPK, "drain-0001"), &det)
 	if !det.Device.Disabled || det.Session != nil || det.Queue.Depth != 5 || det.Device.Removing {
 		t.Fatalf("after a timed-out drain: %+v session %+v", det.Device, det.Session)
 	}
@@ -827,19 +785,19 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 	// A drain that cannot progress (the cloud is down) is cancelled by a
 	// discard: the device is removed with its queue, the drain request is
 	// answered 409. Meanwhile the device cannot be changed or drained twice.
-	drainReply := make(chan gateway.AdminReply, 1)
+	drainReply := make(chan adminapi.Reply, 1)
 	go func() {
 		drainReply <- a.raw([]byte(`{"id":"`+a.name+`-drop","method":"device.remove","params":{"productKey":"`+admPK+
 			`","deviceName":"drop-0001","spool":"drain","timeout":"1m"}}`), a.name+"-drop")
 	}()
 	admEventually(t, "drop-0001 to be draining", 10*time.Second, func() bool {
-		var det gateway.AdminDeviceDetail
-		a.must(gateway.MethodDeviceGet, dev(admPK, "drop-0001"), &det)
+		var det adminapi.DeviceDetail
+		a.must(adminapi.MethodDeviceGet, dev(admPK, "drop-0001"), &det)
 		return det.Device.Removing && det.Device.Disabled
 	})
-	a.expect(409, "being removed", gateway.MethodDeviceUpdate, dev(admPK, "drop-0001", "disabled", false))
-	a.expect(409, "already being removed", gateway.MethodDeviceRemove, dev(admPK, "drop-0001", "spool", "drain"))
-	a.must(gateway.MethodDeviceRemove, dev(admPK, "drop-0001", "spool", "discard"), &rm)
+	a.expect(409, "being removed", adminapi.MethodDeviceUpdate, dev(admPK, "drop-0001", "disabled", false))
+	a.expect(409, "already being removed", adminapi.MethodDeviceRemove, dev(admPK, "drop-0001", "spool", "drain"))
+	a.must(adminapi.MethodDeviceRemove, dev(admPK, "drop-0001", "spool", "discard"), &rm)
 	if rm.State != "removed" || rm.Discarded != 5 {
 		t.Fatalf("discard: %+v, want 5 discarded", rm)
 	}
@@ -851,14 +809,14 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the cancelled drain got no reply")
 	}
-	a.expect(404, "not found", gateway.MethodQueueStats, dev(admPK, "drop-0001"))
+	a.expect(404, "not found", adminapi.MethodQueueStats, dev(admPK, "drop-0001"))
 
 	// The cloud comes back; a second drain delivers everything, in order,
 	// then removes the device.
 	if err := r.sim.Up(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	rep = a.must(gateway.MethodDeviceRemove, dev(admPK, "drain-0001", "spool", "drain", "timeout", "30s"), &rm)
+	rep = a.must(adminapi.MethodDeviceRemove, dev(admPK, "drain-0001", "spool", "drain", "timeout", "30s"), &rm)
 	if rm.State != "removed" || rm.Discarded != 0 {
 		t.Fatalf("drain: %s %+v", rep.Message, rm)
 	}
@@ -872,7 +830,7 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 	if len(got) != 5 || !strings.Contains(got[0], `"n":0`) || !strings.Contains(got[4], `"n":4`) {
 		t.Fatalf("cloud received %d messages from the drained device: %q", len(got), got)
 	}
-	a.expect(404, "not found", gateway.MethodDeviceGet, dev(admPK, "drain-0001"))
+	a.expect(404, "not found", adminapi.MethodDeviceGet, dev(admPK, "drain-0001"))
 	admEventually(t, "the drained device's session to end", 10*time.Second, func() bool { return !r.sim.Connected(admPK, "drain-0001") })
 
 	if recs := r.sim.MessagesFor(admPK, "drop-0001"); len(recs) != 0 {
@@ -880,8 +838,8 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 	}
 
 	// Drain of a device with an empty queue removes it at once.
-	a.must(gateway.MethodDeviceAdd, dev(admPK, "empty-0001", "deviceSecret", "EmPtY-secret-0001"), nil)
-	a.must(gateway.MethodDeviceRemove, dev(admPK, "empty-0001", "spool", "drain"), &rm)
+	a.must(adminapi.MethodDeviceAdd, dev(admPK, "empty-0001", "deviceSecret", "EmPtY-secret-0001"), nil)
+	a.must(adminapi.MethodDeviceRemove, dev(admPK, "empty-0001", "spool", "drain"), &rm)
 	if rm.State != "removed" {
 		t.Fatalf("drain of an empty queue: %+v", rm)
 	}
@@ -892,20 +850,20 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 func TestAdminChangesSurviveRestart(t *testing.T) {
 	r := newAdmRig(t)
 	a := r.dialAdmin("unix://"+r.sock, "", "")
-	a.must(gateway.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
+	a.must(adminapi.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
 	if err := r.sim.AddDevice(admPK, "keep-0001", secrets.NewSecret("KeEp-secret-0001")); err != nil {
 		t.Fatal(err)
 	}
-	a.must(gateway.MethodDeviceAdd, dev(admPK, "keep-0001", "deviceSecret", "KeEp-secret-0001"), nil)
-	a.must(gateway.MethodDeviceAdd, dev(admPK, "off-0001", "deviceSecret", "OfF-secret-0001", "disabled", true), nil)
+	a.must(adminapi.MethodDeviceAdd, dev(admPK, "keep-0001", "deviceSecret", "KeEp-secret-0001"), nil)
+	a.must(adminapi.MethodDeviceAdd, dev(admPK, "off-0001", "deviceSecret", "OfF-secret-0001", "disabled", true), nil)
 	admEventually(t, "session", 10*time.Second, func() bool { return r.sim.Connected(admPK, "keep-0001") })
 	r.stop()
 	admEventually(t, "session to end with the gateway", 10*time.Second, func() bool { return !r.sim.Connected(admPK, "keep-0001") })
 
 	r.start()
 	a = r.dialAdmin("unix://"+r.sock, "", "")
-	var list gateway.AdminDeviceList
-	a.must(gateway.MethodDeviceList, nil, &list)
+	var list adminapi.DeviceList
+	a.must(adminapi.MethodDeviceList, nil, &list)
 	if len(list.Devices) != 2 || list.Devices[0].DeviceName != "keep-0001" || !list.Devices[1].Disabled {
 		t.Fatalf("after restart: %+v", list.Devices)
 	}
@@ -928,7 +886,7 @@ func admLookPeer(t *testing.T, name string) string {
 }
 
 // rr runs mosquitto_rr and returns the correlation data and the reply.
-func (r *admRig) rr(bin string, args ...string) (corr string, rep gateway.AdminReply) {
+func (r *admRig) rr(bin string, args ...string) (corr string, rep adminapi.Reply) {
 	t := r.t
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
@@ -960,9 +918,9 @@ func TestAdminMQTT5MosquittoRR(t *testing.T) {
 	if err := r.sim.AddDevice(admPK, "rr-0001", secrets.NewSecret("Rr-secret-0001")); err != nil {
 		t.Fatal(err)
 	}
-	call := func(i int, req string, tcp bool) (string, gateway.AdminReply) {
+	call := func(i int, req string, tcp bool) (string, adminapi.Reply) {
 		corr := fmt.Sprintf("corr-%d", i)
-		args := []string{"-V", "mqttv5", "-q", "1", "-W", "15", "-t", localbroker.AdminRequestTopic,
+		args := []string{"-V", "mqttv5", "-q", "1", "-W", "15", "-t", adminapi.RequestTopic,
 			"-e", fmt.Sprintf("$edgegw/admin/v1/response/rr-%d", i), "-D", "PUBLISH", "correlation-data", corr,
 			"-F", "%D|%p", "-m", req}
 		if tcp {
@@ -1014,12 +972,12 @@ func TestAdminMQTT5MosquittoRR(t *testing.T) {
 	// MQTT 3.1.1 with mosquitto_rr: no Response Topic, so the reply comes
 	// on the shared response topic.
 	out, err := exec.CommandContext(t.Context(), bin, "-V", "mqttv311", "-q", "1", "-W", "15", "--unix", r.sock,
-		"-t", localbroker.AdminRequestTopic, "-e", localbroker.AdminResponseTopic,
+		"-t", adminapi.RequestTopic, "-e", adminapi.ResponseTopic,
 		"-m", `{"id":"v311","method":"gateway.status"}`).Output()
 	if err != nil {
 		t.Fatalf("mosquitto_rr 3.1.1: %v", err)
 	}
-	var rep gateway.AdminReply
+	var rep adminapi.Reply
 	if err := json.Unmarshal(out, &rep); err != nil || rep.Code != 200 || string(rep.ID) != `"v311"` {
 		t.Fatalf("mosquitto_rr 3.1.1 reply %s: %v", out, err)
 	}
@@ -1038,34 +996,34 @@ func TestAdminNoSecretInRepliesOrLogs(t *testing.T) {
 		secretsUsed = append(secretsUsed, v)
 		return v
 	}
-	a.must(gateway.MethodProductAdd, map[string]any{"productKey": admPKDyn, "productSecret": s("Prod")}, nil)
-	a.must(gateway.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
+	a.must(adminapi.MethodProductAdd, map[string]any{"productKey": admPKDyn, "productSecret": s("Prod")}, nil)
+	a.must(adminapi.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
 	sec := s("Dev1")
 	if err := r.sim.AddDevice(admPK, "leak-0001", secrets.NewSecret(sec)); err != nil {
 		t.Fatal(err)
 	}
 	pw := s("Pw1")
-	a.must(gateway.MethodDeviceAdd, dev(admPK, "leak-0001", "deviceSecret", sec, "localPassword", pw), nil)
+	a.must(adminapi.MethodDeviceAdd, dev(admPK, "leak-0001", "deviceSecret", sec, "localPassword", pw), nil)
 	admEventually(t, "session", 10*time.Second, func() bool { return r.sim.Connected(admPK, "leak-0001") })
 	if _, err := r.connectDevice(admPK, "leak-0001", pw); err != nil {
 		t.Fatal(err)
 	}
-	a.expect(409, "already exists", gateway.MethodDeviceAdd, dev(admPK, "leak-0001", "deviceSecret", s("Dup")))
-	ops.must(gateway.MethodDeviceUpdate, dev(admPK, "leak-0001", "deviceSecret", s("Rot"), "localPassword", s("Pw2")), nil)
-	a.must(gateway.MethodDeviceGet, dev(admPK, "leak-0001"), nil)
-	a.must(gateway.MethodDeviceList, nil, nil)
-	a.must(gateway.MethodGatewayStatus, nil, nil)
+	a.expect(409, "already exists", adminapi.MethodDeviceAdd, dev(admPK, "leak-0001", "deviceSecret", s("Dup")))
+	ops.must(adminapi.MethodDeviceUpdate, dev(admPK, "leak-0001", "deviceSecret", s("Rot"), "localPassword", s("Pw2")), nil)
+	a.must(adminapi.MethodDeviceGet, dev(admPK, "leak-0001"), nil)
+	a.must(adminapi.MethodDeviceList, nil, nil)
+	a.must(adminapi.MethodGatewayStatus, nil, nil)
 	// Malformed secrets: their errors must not quote them.
 	bad := s("Bad") + " tail"
 	secretsUsed = append(secretsUsed, bad)
-	a.expect(400, "params.deviceSecret", gateway.MethodDeviceAdd, dev(admPK, "leak-0002", "deviceSecret", bad))
-	a.expect(400, "params.localPassword", gateway.MethodDeviceAdd, dev(admPK, "leak-0002", "deviceSecret", s("Ok"), "localPassword", s("Ctl")+"\x02"))
-	a.expect(400, "params.productSecret", gateway.MethodProductAdd, map[string]any{"productKey": "a1Leaky0001", "productSecret": bad})
+	a.expect(400, "params.deviceSecret", adminapi.MethodDeviceAdd, dev(admPK, "leak-0002", "deviceSecret", bad))
+	a.expect(400, "params.localPassword", adminapi.MethodDeviceAdd, dev(admPK, "leak-0002", "deviceSecret", s("Ok"), "localPassword", s("Ctl")+"\x02"))
+	a.expect(400, "params.productSecret", adminapi.MethodProductAdd, map[string]any{"productKey": "a1Leaky0001", "productSecret": bad})
 	// Secrets in invalid JSON and in wrongly typed fields.
 	a.raw([]byte(`{"method":"device.add","params":{"deviceSecret":`+s("Raw")+`}}`), "")
-	a.expect(400, "params.deviceSecret: want a string", gateway.MethodDeviceAdd, dev(admPK, "leak-0002", "deviceSecret", []string{s("Arr")}))
-	var imp gateway.AdminImportResult
-	a.must(gateway.MethodDeviceImport, map[string]any{"rows": []gateway.AdminImportRow{
+	a.expect(400, "params.deviceSecret: want a string", adminapi.MethodDeviceAdd, dev(admPK, "leak-0002", "deviceSecret", []string{s("Arr")}))
+	var imp adminapi.ImportResult
+	a.must(adminapi.MethodDeviceImport, map[string]any{"rows": []adminapi.ImportRow{
 		{Line: 2, ProductKey: admPK, DeviceName: "leak-0003", DeviceSecret: s("Imp")},
 		{Line: 3, ProductKey: admPK, DeviceName: "leak-0001", DeviceSecret: s("ImpRot")},
 		{Line: 4, ProductKey: admPK, DeviceName: "leak-0004", DeviceSecret: s("ImpBad") + "\t"},
@@ -1074,7 +1032,7 @@ func TestAdminNoSecretInRepliesOrLogs(t *testing.T) {
 	if imp.Added != 1 || imp.Updated != 1 || imp.Failed != 2 {
 		t.Fatalf("import: %+v", imp)
 	}
-	a.must(gateway.MethodDeviceRemove, dev(admPK, "leak-0001", "spool", "discard"), nil)
+	a.must(adminapi.MethodDeviceRemove, dev(admPK, "leak-0001", "spool", "discard"), nil)
 
 	admEventually(t, "the observer to see every reply", 10*time.Second, func() bool {
 		return strings.Count(r.replies.joined(), `"code":`) >= 15
@@ -1101,11 +1059,11 @@ func TestAdminNoSecretInRepliesOrLogs(t *testing.T) {
 func TestAdminDrainInterruptedByStop(t *testing.T) {
 	r := newAdmRig(t)
 	a := r.dialAdmin("unix://"+r.sock, "", "")
-	a.must(gateway.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
+	a.must(adminapi.MethodProductAdd, map[string]any{"productKey": admPK}, nil)
 	if err := r.sim.AddDevice(admPK, "stop-0001", secrets.NewSecret("StOp-secret-0001")); err != nil {
 		t.Fatal(err)
 	}
-	a.must(gateway.MethodDeviceAdd, dev(admPK, "stop-0001", "deviceSecret", "StOp-secret-0001", "localPassword", "pw-stop-0001"), nil)
+	a.must(adminapi.MethodDeviceAdd, dev(admPK, "stop-0001", "deviceSecret", "StOp-secret-0001", "localPassword", "pw-stop-0001"), nil)
 	admEventually(t, "session", 10*time.Second, func() bool { return r.sim.Connected(admPK, "stop-0001") })
 	d, err := r.connectDevice(admPK, "stop-0001", "pw-stop-0001")
 	if err != nil {
@@ -1117,12 +1075,17 @@ func TestAdminDrainInterruptedByStop(t *testing.T) {
 	for i := range 3 {
 		admWait(t, d.c.Publish(propertyTopic(admPK, "stop-0001"), 1, false, fmt.Sprintf(`{"n":%d}`, i)), "publish")
 	}
-	// The reply to this request never comes: the gateway stops first.
-	admWait(t, a.c.Publish(localbroker.AdminRequestTopic, 1, false,
-		`{"id":"stop","method":"device.remove","params":{"productKey":"`+admPK+`","deviceName":"stop-0001","spool":"drain","timeout":"10m"}}`), "publish request")
+	// The reply to this request never comes: the gateway stops first, and
+	// the call ends with the connection.
+	unanswered := make(chan struct{})
+	go func() {
+		defer close(unanswered)
+		_, _ = a.api.DoRaw(t.Context(), []byte(`{"id":"stop","method":"device.remove","params":{"productKey":"`+admPK+
+			`","deviceName":"stop-0001","spool":"drain","timeout":"10m"}}`), "stop")
+	}()
 	admEventually(t, "the drain to start", 10*time.Second, func() bool {
-		var det gateway.AdminDeviceDetail
-		a.must(gateway.MethodDeviceGet, dev(admPK, "stop-0001"), &det)
+		var det adminapi.DeviceDetail
+		a.must(adminapi.MethodDeviceGet, dev(admPK, "stop-0001"), &det)
 		return det.Device.Removing
 	})
 	start := time.Now()
@@ -1133,11 +1096,15 @@ func TestAdminDrainInterruptedByStop(t *testing.T) {
 	if took := time.Since(start); took > 10*time.Second {
 		t.Fatalf("stop took %s with a drain waiting", took)
 	}
+	select {
+	case <-unanswered:
+	case <-time.After(10 * time.Second):
+	}
 
 	r.start()
 	a = r.dialAdmin("unix://"+r.sock, "", "")
-	var det gateway.AdminDeviceDetail
-	a.must(gateway.MethodDeviceGet, dev(admPK, "stop-0001"), &det)
+	var det adminapi.DeviceDetail
+	a.must(adminapi.MethodDeviceGet, dev(admPK, "stop-0001"), &det)
 	if !det.Device.Disabled || det.Device.Removing || det.Session != nil || det.Queue.Depth != 3 {
 		t.Fatalf("after restart: %+v session %+v queue %d", det.Device, det.Session, det.Queue.Depth)
 	}

@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -17,14 +15,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-
-	"github.com/edgegw/edgegw/gateway"
-	"github.com/edgegw/edgegw/localbroker"
+	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/secrets"
 )
 
 func init() {
@@ -75,7 +70,7 @@ type ctl struct {
 
 	socket, broker, user, passwordFile, caFile string
 
-	client *adminClient
+	client *adminapi.Client
 }
 
 // runCtl implements 'edgegw ctl'.
@@ -115,7 +110,7 @@ func runCtl(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	}
 	defer c.close()
 	err := c.dispatch(fs, rest[0], rest[1:])
-	var re *replyError
+	var re *adminapi.Error
 	if c.json && errors.As(err, &re) {
 		// Scripts get the refusal as JSON too; the one-line error still
 		// goes to stderr and the exit status is 1.
@@ -166,8 +161,8 @@ func (c *ctl) status(args []string) error {
 	if len(pos) > 0 {
 		return c.usageErr("status: unexpected argument %q", pos[0])
 	}
-	var st gateway.AdminStatus
-	if err := c.callInto(gateway.MethodGatewayStatus, nil, &st); err != nil || c.json {
+	var st adminapi.Status
+	if err := c.callInto(adminapi.MethodGatewayStatus, nil, &st); err != nil || c.json {
 		return err
 	}
 	w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
@@ -240,24 +235,15 @@ func (c *ctl) deviceList(args []string) error {
 	if len(pos) > 0 {
 		return c.usageErr("device list: unexpected argument %q", pos[0])
 	}
-	if *limit < 1 || *limit > gateway.AdminListMax {
-		return c.usageErr("device list: -limit %d: want 1-%d", *limit, gateway.AdminListMax)
+	if *limit < 1 || *limit > adminapi.ListMax {
+		return c.usageErr("device list: -limit %d: want 1-%d", *limit, adminapi.ListMax)
 	}
-	var out gateway.AdminDeviceList
+	var out adminapi.DeviceList
 	cursor := *after
 	for {
-		params := map[string]any{"limit": *limit}
-		if *product != "" {
-			params["productKey"] = *product
-		}
-		if *state != "" {
-			params["state"] = *state
-		}
-		if cursor != "" {
-			params["after"] = cursor
-		}
-		var page gateway.AdminDeviceList
-		if err := c.callQuiet(gateway.MethodDeviceList, params, &page); err != nil {
+		params := adminapi.DeviceListParams{ProductKey: *product, State: *state, After: cursor, Limit: *limit}
+		var page adminapi.DeviceList
+		if err := c.callQuiet(adminapi.MethodDeviceList, params, &page); err != nil {
 			return err
 		}
 		out.Devices = append(out.Devices, page.Devices...)
@@ -295,12 +281,12 @@ func (c *ctl) deviceShow(args []string) error {
 	if err != nil {
 		return err
 	}
-	params, err := c.deviceArg("device show", pos)
+	id, err := c.deviceArg("device show", pos)
 	if err != nil {
 		return err
 	}
-	var det gateway.AdminDeviceDetail
-	if err := c.callInto(gateway.MethodDeviceGet, params, &det); err != nil || c.json {
+	var det adminapi.DeviceDetail
+	if err := c.callInto(adminapi.MethodDeviceGet, adminapi.DeviceGetParams{DeviceID: id}, &det); err != nil || c.json {
 		return err
 	}
 	d := det.Device
@@ -364,20 +350,15 @@ func (c *ctl) deviceAdd(args []string) error {
 	if err != nil {
 		return err
 	}
-	params, err := c.deviceArg("device add", pos)
+	id, err := c.deviceArg("device add", pos)
 	if err != nil {
 		return err
 	}
-	if err := c.readSecrets(map[string]*secretFlags{"deviceSecret": sec, "localPassword": pw}, params); err != nil {
+	params := adminapi.DeviceAddParams{DeviceID: id, ClientID: *clientID, Disabled: *disabled}
+	if err := c.readSecrets(sec.into(&params.DeviceSecret), pw.into(&params.LocalPassword)); err != nil {
 		return err
 	}
-	if *clientID != "" {
-		params["clientId"] = *clientID
-	}
-	if *disabled {
-		params["disabled"] = true
-	}
-	return c.callDevice(gateway.MethodDeviceAdd, params)
+	return c.callDevice(adminapi.MethodDeviceAdd, params)
 }
 
 func (c *ctl) deviceUpdate(args []string) error {
@@ -393,7 +374,7 @@ func (c *ctl) deviceUpdate(args []string) error {
 	if err != nil {
 		return err
 	}
-	params, err := c.deviceArg("device update", pos)
+	id, err := c.deviceArg("device update", pos)
 	if err != nil {
 		return err
 	}
@@ -406,25 +387,19 @@ func (c *ctl) deviceUpdate(args []string) error {
 	if *clearCID && *clientID != "" {
 		return c.usageErr("device update: -clear-client-id and -client-id exclude each other")
 	}
-	if err := c.readSecrets(map[string]*secretFlags{"deviceSecret": sec, "localPassword": pw}, params); err != nil {
+	params := adminapi.DeviceUpdateParams{DeviceID: id,
+		LocalPassword: adminapi.Optional{Clear: *clearPW},
+		ClientID:      adminapi.Optional{Value: *clientID, Clear: *clearCID}}
+	if err := c.readSecrets(sec.into(&params.DeviceSecret), pw.into(&params.LocalPassword.Value)); err != nil {
 		return err
 	}
-	if *clearPW {
-		params["localPassword"] = nil
-	}
-	if *clientID != "" {
-		params["clientId"] = *clientID
-	}
-	if *clearCID {
-		params["clientId"] = nil
-	}
 	if *enable || *disable {
-		params["disabled"] = *disable
+		params.Disabled = disable
 	}
-	if len(params) == 2 {
+	if params.DeviceSecret == "" && params.LocalPassword.IsZero() && params.ClientID.IsZero() && params.Disabled == nil {
 		return c.usageErr("device update: nothing to change (give -secret…, -local-password…, -client-id, -enable or -disable)")
 	}
-	return c.callDevice(gateway.MethodDeviceUpdate, params)
+	return c.callDevice(adminapi.MethodDeviceUpdate, params)
 }
 
 func (c *ctl) deviceRemove(args []string) error {
@@ -435,14 +410,15 @@ func (c *ctl) deviceRemove(args []string) error {
 	if err != nil {
 		return err
 	}
-	params, err := c.deviceArg("device rm", pos)
+	id, err := c.deviceArg("device rm", pos)
 	if err != nil {
 		return err
 	}
+	params := adminapi.DeviceRemoveParams{DeviceID: id, Spool: *mode}
 	switch *mode {
-	case "discard":
-	case "drain":
-		params["timeout"] = drainTimeout.String()
+	case adminapi.SpoolDiscard:
+	case adminapi.SpoolDrain:
+		params.Timeout = drainTimeout
 		// The reply comes when the queue is empty or the drain times out.
 		c.timeout = max(c.timeout, *drainTimeout+15*time.Second)
 	case "":
@@ -450,9 +426,8 @@ func (c *ctl) deviceRemove(args []string) error {
 	default:
 		return c.usageErr("device rm: -spool %q: want discard or drain", *mode)
 	}
-	params["spool"] = *mode
-	var rm gateway.AdminRemoved
-	msg, err := c.callMsg(gateway.MethodDeviceRemove, params, &rm)
+	var rm adminapi.Removed
+	msg, err := c.callMsg(adminapi.MethodDeviceRemove, params, &rm)
 	if err != nil || c.json {
 		return err
 	}
@@ -475,8 +450,8 @@ func (c *ctl) product(args []string) error {
 		if len(pos) > 0 {
 			return c.usageErr("product list: unexpected argument %q", pos[0])
 		}
-		var ps []gateway.AdminProduct
-		if err := c.callInto(gateway.MethodProductList, nil, &ps); err != nil || c.json {
+		var ps []adminapi.Product
+		if err := c.callInto(adminapi.MethodProductList, nil, &ps); err != nil || c.json {
 			return err
 		}
 		w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
@@ -495,14 +470,11 @@ func (c *ctl) product(args []string) error {
 		if len(pos) != 1 {
 			return c.usageErr("product add: want one productKey")
 		}
-		params := map[string]any{"productKey": pos[0]}
-		if *dialect != "" {
-			params["dialect"] = *dialect
-		}
-		if err := c.readSecrets(map[string]*secretFlags{"productSecret": sec}, params); err != nil {
+		params := adminapi.ProductAddParams{ProductKey: pos[0], Dialect: *dialect}
+		if err := c.readSecrets(sec.into(&params.ProductSecret)); err != nil {
 			return err
 		}
-		return c.callPrint(gateway.MethodProductAdd, params)
+		return c.callPrint(adminapi.MethodProductAdd, params)
 	case "rm", "remove":
 		pos, err := parseInterspersed(fs, rest)
 		if err != nil {
@@ -511,7 +483,7 @@ func (c *ctl) product(args []string) error {
 		if len(pos) != 1 {
 			return c.usageErr("product rm: want one productKey")
 		}
-		return c.callPrint(gateway.MethodProductRemove, map[string]any{"productKey": pos[0]})
+		return c.callPrint(adminapi.MethodProductRemove, adminapi.ProductRemoveParams{ProductKey: pos[0]})
 	}
 	return c.usageErr("product %s: unknown (want list, add or rm)", sub)
 }
@@ -528,14 +500,16 @@ func (c *ctl) queue(args []string) error {
 	}
 	switch sub {
 	case "stats":
-		var params map[string]any
+		var params adminapi.QueueStatsParams
 		if len(pos) > 0 {
-			if params, err = c.deviceArg("queue stats", pos); err != nil {
+			id, err := c.deviceArg("queue stats", pos)
+			if err != nil {
 				return err
 			}
+			params.Device = &id
 		}
-		var qs gateway.AdminQueueStats
-		if err := c.callInto(gateway.MethodQueueStats, params, &qs); err != nil || c.json {
+		var qs adminapi.QueueStats
+		if err := c.callInto(adminapi.MethodQueueStats, params, &qs); err != nil || c.json {
 			return err
 		}
 		w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
@@ -567,70 +541,55 @@ func (c *ctl) queue(args []string) error {
 		}
 		return w.Flush()
 	case "purge":
-		params, err := c.deviceArg("queue purge", pos)
+		id, err := c.deviceArg("queue purge", pos)
 		if err != nil {
 			return err
 		}
-		return c.callPrint(gateway.MethodQueuePurge, params)
+		return c.callPrint(adminapi.MethodQueuePurge, adminapi.QueuePurgeParams{DeviceID: id})
 	}
 	return c.usageErr("queue %s: unknown (want stats or purge)", sub)
 }
 
 // --- calls ---
 
-// replyError is a reply with a code other than 200.
-type replyError struct {
-	Code    int             `json:"code"`
-	Message string          `json:"message"`
-	Data    json.RawMessage `json:"data,omitempty"`
-}
-
-func (e *replyError) Error() string { return fmt.Sprintf("%d %s", e.Code, e.Message) }
-
-// call sends one request and returns a 200 reply; any other code is a
-// *replyError.
-func (c *ctl) call(method string, params map[string]any) (gateway.AdminReply, error) {
+// call sends one request and returns a 200 reply; any other code is an
+// *adminapi.Error. It connects on the first call.
+func (c *ctl) call(method string, params any) (adminapi.Reply, error) {
 	if c.client == nil {
-		spec, err := c.connSpec()
+		opts, err := c.dialOptions()
 		if err != nil {
-			return gateway.AdminReply{}, err
+			return adminapi.Reply{}, err
 		}
-		cl, err := dialAdmin(c.ctx, spec)
+		cl, err := adminapi.Dial(c.ctx, opts)
+		var ce *adminapi.ConnectError
+		if errors.As(err, &ce) && strings.HasPrefix(opts.URL, "unix://") {
+			err = fmt.Errorf("%w (is edgegw running, and may this user open its admin socket? see -socket)", err)
+		}
 		if err != nil {
-			return gateway.AdminReply{}, err
+			return adminapi.Reply{}, err
 		}
 		c.client = cl
 	}
-	var p any
-	if params != nil {
-		p = params
-	}
-	r, err := c.client.call(c.ctx, method, p, c.timeout)
+	ctx, cancel := context.WithTimeoutCause(c.ctx, c.timeout, fmt.Errorf("no reply from the gateway within %s", c.timeout))
+	defer cancel()
+	r, err := c.client.Do(ctx, method, params)
 	if err != nil {
 		return r, err
 	}
-	if r.Code != gateway.CodeOK {
-		return r, &replyError{Code: r.Code, Message: r.Message, Data: r.Data}
-	}
-	return r, nil
+	return r, r.Err()
 }
 
 // callQuiet decodes the reply's data into v without printing it.
-func (c *ctl) callQuiet(method string, params map[string]any, v any) error {
+func (c *ctl) callQuiet(method string, params, v any) error {
 	r, err := c.call(method, params)
 	if err != nil {
 		return err
 	}
-	if v != nil && len(r.Data) > 0 {
-		if err := json.Unmarshal(r.Data, v); err != nil {
-			return fmt.Errorf("decode %s reply: %w", method, err)
-		}
-	}
-	return nil
+	return r.Decode(method, v)
 }
 
 // callInto decodes the reply's data into v, and prints it with -json.
-func (c *ctl) callInto(method string, params map[string]any, v any) error {
+func (c *ctl) callInto(method string, params, v any) error {
 	r, err := c.call(method, params)
 	if err != nil {
 		return err
@@ -638,16 +597,11 @@ func (c *ctl) callInto(method string, params map[string]any, v any) error {
 	if c.json {
 		return c.printRaw(r.Data)
 	}
-	if v != nil && len(r.Data) > 0 {
-		if err := json.Unmarshal(r.Data, v); err != nil {
-			return fmt.Errorf("decode %s reply: %w", method, err)
-		}
-	}
-	return nil
+	return r.Decode(method, v)
 }
 
 // callMsg is callInto returning the reply's message.
-func (c *ctl) callMsg(method string, params map[string]any, v any) (string, error) {
+func (c *ctl) callMsg(method string, params, v any) (string, error) {
 	r, err := c.call(method, params)
 	if err != nil {
 		return "", err
@@ -655,17 +609,12 @@ func (c *ctl) callMsg(method string, params map[string]any, v any) (string, erro
 	if c.json {
 		return r.Message, c.printRaw(r.Data)
 	}
-	if v != nil && len(r.Data) > 0 {
-		if err := json.Unmarshal(r.Data, v); err != nil {
-			return "", fmt.Errorf("decode %s reply: %w", method, err)
-		}
-	}
-	return r.Message, nil
+	return r.Message, r.Decode(method, v)
 }
 
 // callPrint sends a request and prints the reply's message (or data with
 // -json).
-func (c *ctl) callPrint(method string, params map[string]any) error {
+func (c *ctl) callPrint(method string, params any) error {
 	msg, err := c.callMsg(method, params, nil)
 	if err != nil || c.json {
 		return err
@@ -675,8 +624,8 @@ func (c *ctl) callPrint(method string, params map[string]any) error {
 }
 
 // callDevice sends a request whose data is a device and prints the message.
-func (c *ctl) callDevice(method string, params map[string]any) error {
-	var d gateway.AdminDevice
+func (c *ctl) callDevice(method string, params any) error {
+	var d adminapi.Device
 	msg, err := c.callMsg(method, params, &d)
 	if err != nil || c.json {
 		return err
@@ -709,7 +658,7 @@ func (c *ctl) printJSON(v any) error {
 
 func (c *ctl) close() {
 	if c.client != nil {
-		c.client.close()
+		c.client.Close()
 		c.client = nil
 	}
 }
@@ -743,23 +692,23 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 // deviceArg reads a device given as "PK/DN" or as "PK DN".
-func (c *ctl) deviceArg(cmd string, pos []string) (map[string]any, error) {
+func (c *ctl) deviceArg(cmd string, pos []string) (secrets.DeviceID, error) {
 	var pk, dn string
 	switch len(pos) {
 	case 1:
 		var ok bool
 		if pk, dn, ok = strings.Cut(pos[0], "/"); !ok {
-			return nil, c.usageErr("%s: want the device as productKey/deviceName, got %q", cmd, pos[0])
+			return secrets.DeviceID{}, c.usageErr("%s: want the device as productKey/deviceName, got %q", cmd, pos[0])
 		}
 	case 2:
 		pk, dn = pos[0], pos[1]
 	default:
-		return nil, c.usageErr("%s: want one device (productKey/deviceName)", cmd)
+		return secrets.DeviceID{}, c.usageErr("%s: want one device (productKey/deviceName)", cmd)
 	}
 	if pk == "" || dn == "" {
-		return nil, c.usageErr("%s: want the device as productKey/deviceName", cmd)
+		return secrets.DeviceID{}, c.usageErr("%s: want the device as productKey/deviceName", cmd)
 	}
-	return map[string]any{"productKey": pk, "deviceName": dn}, nil
+	return secrets.DeviceID{ProductKey: pk, DeviceName: dn}, nil
 }
 
 // secretFlags are the two ways to give a secret: -NAME - (standard input)
@@ -779,17 +728,20 @@ func addSecretFlags(fs *flag.FlagSet, name, what string) *secretFlags {
 
 func (s *secretFlags) given() bool { return s.value != "" || s.file != "" }
 
-// readSecrets reads each given secret into params[key]; at most one may come
-// from standard input.
-func (c *ctl) readSecrets(flags map[string]*secretFlags, params map[string]any) error {
-	keys := make([]string, 0, len(flags))
-	for k := range flags {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+// secretArg is a secret flag pair and where its value goes.
+type secretArg struct {
+	flags *secretFlags
+	dst   *string
+}
+
+func (s *secretFlags) into(dst *string) secretArg { return secretArg{flags: s, dst: dst} }
+
+// readSecrets reads each given secret into its destination; at most one
+// may come from standard input.
+func (c *ctl) readSecrets(args ...secretArg) error {
 	fromStdin := ""
-	for _, key := range keys {
-		s := flags[key]
+	for _, a := range args {
+		s := a.flags
 		switch {
 		case s.value != "" && s.file != "":
 			return c.usageErr("-%s and -%s-file exclude each other", s.name, s.name)
@@ -804,7 +756,7 @@ func (c *ctl) readSecrets(flags map[string]*secretFlags, params map[string]any) 
 			if err != nil {
 				return fmt.Errorf("read -%s: %w", s.name, err)
 			}
-			params[key] = v
+			*a.dst = v
 		case s.file != "":
 			f, err := os.Open(s.file)
 			if err != nil {
@@ -815,7 +767,7 @@ func (c *ctl) readSecrets(flags map[string]*secretFlags, params map[string]any) 
 			if err != nil {
 				return fmt.Errorf("read -%s-file: %w", s.name, err)
 			}
-			params[key] = v
+			*a.dst = v
 		}
 	}
 	return nil
@@ -841,197 +793,52 @@ func readSecretLine(r io.Reader, name string) (string, error) {
 
 // --- transport ---
 
-// connSpec says how to reach the admin topic.
-type connSpec struct {
-	url      string
-	user     string
-	password string
-	tls      *tls.Config
-}
-
-func (c *ctl) connSpec() (spec connSpec, err error) {
+// dialOptions turns the global flags into how to reach the admin topic.
+func (c *ctl) dialOptions() (opts adminapi.Options, err error) {
+	opts.Name = "edgegw-ctl"
 	if c.broker == "" {
 		p, err := filepath.Abs(c.socket)
 		if err != nil {
-			return spec, fmt.Errorf("socket path %q: %w", c.socket, err)
+			return opts, fmt.Errorf("socket path %q: %w", c.socket, err)
 		}
-		return connSpec{url: "unix://" + p}, nil
+		opts.URL = "unix://" + p
+		return opts, nil
 	}
 	u, err := url.Parse(c.broker)
 	if err != nil || u.Host == "" {
-		return spec, fmt.Errorf("-broker %q: want tcp://host:port or tls://host:port", c.broker)
+		return opts, fmt.Errorf("-broker %q: want tcp://host:port or tls://host:port", c.broker)
 	}
-	spec.url = c.broker
+	opts.URL = c.broker
 	switch u.Scheme {
 	case "tcp", "mqtt":
 	case "tls", "ssl", "mqtts":
-		spec.tls = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.Hostname()}
+		opts.TLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.Hostname()}
 		if c.caFile != "" {
 			pem, err := os.ReadFile(c.caFile)
 			if err != nil {
-				return spec, fmt.Errorf("-cafile: %w", err)
+				return opts, fmt.Errorf("-cafile: %w", err)
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return spec, fmt.Errorf("-cafile %s: no PEM certificate found", c.caFile)
+				return opts, fmt.Errorf("-cafile %s: no PEM certificate found", c.caFile)
 			}
-			spec.tls.RootCAs = pool
+			opts.TLS.RootCAs = pool
 		}
 	default:
-		return spec, fmt.Errorf("-broker %q: scheme %q not supported (want tcp or tls)", c.broker, u.Scheme)
+		return opts, fmt.Errorf("-broker %q: scheme %q not supported (want tcp or tls)", c.broker, u.Scheme)
 	}
 	if c.user != "" {
 		b, err := os.ReadFile(c.passwordFile)
 		if err != nil {
-			return spec, fmt.Errorf("read -password-file: %w", err)
+			return opts, fmt.Errorf("read -password-file: %w", err)
 		}
 		line, _, _ := strings.Cut(string(b), "\n")
-		spec.user, spec.password = c.user, strings.TrimSpace(line)
-		if spec.password == "" {
-			return spec, fmt.Errorf("-password-file %s: empty", c.passwordFile)
+		opts.User, opts.Password = c.user, strings.TrimSpace(line)
+		if opts.Password == "" {
+			return opts, fmt.Errorf("-password-file %s: empty", c.passwordFile)
 		}
 	}
-	return spec, nil
-}
-
-// adminClient is an MQTT 3.1.1 client of the admin topic. Replies arrive on
-// the shared response topic and are matched to requests by id.
-type adminClient struct {
-	c       mqtt.Client
-	url     string
-	mu      sync.Mutex
-	pending map[string]chan gateway.AdminReply
-	lost    chan struct{}
-	lostErr error
-}
-
-func dialAdmin(ctx context.Context, spec connSpec) (*adminClient, error) {
-	a := &adminClient{url: spec.url, pending: map[string]chan gateway.AdminReply{}, lost: make(chan struct{})}
-	o := mqtt.NewClientOptions().AddBroker(spec.url).
-		SetClientID("edgegw-ctl-" + randomID(6)).
-		SetProtocolVersion(4).SetCleanSession(true).
-		SetAutoReconnect(false).SetConnectRetry(false).SetOrderMatters(false).
-		SetKeepAlive(30 * time.Second).SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second).
-		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-			a.mu.Lock()
-			if a.lostErr == nil {
-				a.lostErr = err
-				close(a.lost)
-			}
-			a.mu.Unlock()
-		})
-	if spec.tls != nil {
-		o.SetTLSConfig(spec.tls)
-	}
-	if spec.user != "" {
-		o.SetUsername(spec.user)
-		o.SetPassword(spec.password)
-	}
-	a.c = mqtt.NewClient(o)
-	hint := ""
-	if strings.HasPrefix(spec.url, "unix://") {
-		hint = " (is edgegw running, and may this user open its admin socket? see -socket)"
-	}
-	if err := wait(ctx, a.c.Connect(), 15*time.Second); err != nil {
-		a.c.Disconnect(0)
-		return nil, fmt.Errorf("connect to %s: %w%s", spec.url, err, hint)
-	}
-	tok := a.c.Subscribe(localbroker.AdminResponseTopic, 1, a.onReply)
-	if err := wait(ctx, tok, 10*time.Second); err != nil {
-		a.close()
-		return nil, fmt.Errorf("subscribe to %s: %w", localbroker.AdminResponseTopic, err)
-	}
-	if st, ok := tok.(*mqtt.SubscribeToken); ok {
-		if code := st.Result()[localbroker.AdminResponseTopic]; code >= 0x80 {
-			a.close()
-			return nil, fmt.Errorf("subscribe to %s: refused: not an admin identity", localbroker.AdminResponseTopic)
-		}
-	}
-	return a, nil
-}
-
-func (a *adminClient) onReply(_ mqtt.Client, m mqtt.Message) {
-	var r gateway.AdminReply
-	if json.Unmarshal(m.Payload(), &r) != nil {
-		return
-	}
-	var id string
-	if json.Unmarshal(r.ID, &id) != nil {
-		return // another client's reply, or one to a request without id
-	}
-	a.mu.Lock()
-	ch := a.pending[id]
-	delete(a.pending, id)
-	a.mu.Unlock()
-	if ch != nil {
-		ch <- r // buffered: never blocks
-	}
-}
-
-// call publishes one request and waits for the reply with its id.
-func (a *adminClient) call(ctx context.Context, method string, params any, timeout time.Duration) (gateway.AdminReply, error) {
-	id := randomID(12)
-	payload, err := json.Marshal(gateway.AdminCall{ID: id, Method: method, Params: params})
-	if err != nil {
-		return gateway.AdminReply{}, fmt.Errorf("encode %s request: %w", method, err)
-	}
-	ch := make(chan gateway.AdminReply, 1)
-	a.mu.Lock()
-	a.pending[id] = ch
-	a.mu.Unlock()
-	defer func() {
-		a.mu.Lock()
-		delete(a.pending, id)
-		a.mu.Unlock()
-	}()
-	if err := wait(ctx, a.c.Publish(localbroker.AdminRequestTopic, 1, false, payload), 10*time.Second); err != nil {
-		return gateway.AdminReply{}, fmt.Errorf("send %s request: %w", method, a.lostOr(err))
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case r := <-ch:
-		return r, nil
-	case <-a.lost:
-		return gateway.AdminReply{}, fmt.Errorf("%s: %w", method, a.lostOr(nil))
-	case <-ctx.Done():
-		return gateway.AdminReply{}, fmt.Errorf("%s: %w", method, ctx.Err())
-	case <-t.C:
-		return gateway.AdminReply{}, fmt.Errorf("%s: no reply from the gateway within %s", method, timeout)
-	}
-}
-
-func (a *adminClient) lostOr(err error) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.lostErr != nil {
-		return fmt.Errorf("the gateway closed the connection (%v): is this an admin identity?", a.lostErr)
-	}
-	return err
-}
-
-func (a *adminClient) close() { a.c.Disconnect(250) }
-
-// wait waits for a paho token, bounded by d and ctx.
-func wait(ctx context.Context, tok mqtt.Token, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-tok.Done():
-		return tok.Error()
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return fmt.Errorf("timed out after %s", d)
-	}
-}
-
-func randomID(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return hex.EncodeToString(b)
+	return opts, nil
 }
 
 // --- formatting ---

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/adminapi"
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -176,10 +177,10 @@ func (r *ctlRig) eventually(what string, cond func() bool) {
 	}
 }
 
-func (r *ctlRig) showJSON(id string) gateway.AdminDeviceDetail {
+func (r *ctlRig) showJSON(id string) adminapi.DeviceDetail {
 	r.t.Helper()
 	out := r.ok("", []string{"-json", "device", "show", id})
-	var det gateway.AdminDeviceDetail
+	var det adminapi.DeviceDetail
 	if err := json.Unmarshal([]byte(out), &det); err != nil {
 		r.t.Fatalf("device show -json: %v: %s", err, out)
 	}
@@ -203,7 +204,7 @@ func TestCtlCommands(t *testing.T) {
 	id := ctlPK + "/pump-0001"
 
 	r.ok("", []string{"status"}, "edgegw", "devices", "sessions", "cloud", "spool", "local")
-	var st gateway.AdminStatus
+	var st adminapi.Status
 	if err := json.Unmarshal([]byte(r.ok("", []string{"-json", "status"})), &st); err != nil || st.Version == "" {
 		t.Fatalf("status -json: %v %+v", err, st)
 	}
@@ -235,7 +236,7 @@ func TestCtlCommands(t *testing.T) {
 	r.fails(1, "edgegw ctl: 404 device "+ctlPK+"/nope-0001: not found", "", "device", "show", ctlPK+"/nope-0001")
 	// -json prints the refusal as JSON on stdout.
 	out := r.fails(1, "404", "", "-json", "device", "show", ctlPK+"/nope-0001")
-	var re replyError
+	var re adminapi.Error
 	if err := json.Unmarshal([]byte(out), &re); err != nil || re.Code != 404 {
 		t.Fatalf("-json refusal: %v %q", err, out)
 	}
@@ -246,7 +247,7 @@ func TestCtlCommands(t *testing.T) {
 		return strings.Contains(out, id) && strings.Contains(out, "connected")
 	})
 	r.ok("", []string{"device", "list", "-state", "ready", "-product", ctlPK}, "DEVICE", id)
-	var list gateway.AdminDeviceList
+	var list adminapi.DeviceList
 	if err := json.Unmarshal([]byte(r.ok("", []string{"-json", "device", "list", "-all", "-limit", "1"})), &list); err != nil || len(list.Devices) != 1 {
 		t.Fatalf("device list -json: %v %+v", err, list)
 	}
@@ -455,7 +456,7 @@ func TestCtlImport10k(t *testing.T) {
 	if sum.Unchanged != n || sum.Added != 0 || sum.Updated != 0 {
 		t.Fatalf("re-import: %+v", sum)
 	}
-	var st gateway.AdminStatus
+	var st adminapi.Status
 	if err := json.Unmarshal([]byte(r.ok("", []string{"-json", "status"})), &st); err != nil || st.Devices.Total != n || st.Devices.Disabled != n {
 		t.Fatalf("status after import: %v %+v", err, st.Devices)
 	}
@@ -484,14 +485,12 @@ func TestImportBatchBounded(t *testing.T) {
 			if len(b) == 0 || len(b) > tc.n {
 				t.Fatalf("%s: batch of %d rows (limit %d)", tc.name, len(b), tc.n)
 			}
-			payload, err := json.Marshal(map[string]any{"id": "x", "method": gateway.MethodDeviceImport,
-				"params": map[string]any{"rows": func() []gateway.AdminImportRow {
-					out := make([]gateway.AdminImportRow, len(b))
-					for i, r := range b {
-						out[i] = r.wire()
-					}
-					return out
-				}()}})
+			rows := make([]adminapi.ImportRow, len(b))
+			for i, r := range b {
+				rows[i] = r.wire()
+			}
+			payload, err := json.Marshal(adminapi.Request{ID: "x", Method: adminapi.MethodDeviceImport,
+				Params: adminapi.DeviceImportParams{Rows: rows}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/adminapi"
 	"github.com/edgegw/edgegw/internal/consolecsv"
 )
 
@@ -20,8 +20,8 @@ type importRow struct {
 }
 
 // wire is the row as device.import takes it.
-func (r importRow) wire() gateway.AdminImportRow {
-	return gateway.AdminImportRow{Line: r.line, ProductKey: r.productKey, DeviceName: r.deviceName, DeviceSecret: r.secret}
+func (r importRow) wire() adminapi.ImportRow {
+	return adminapi.ImportRow{Line: r.line, ProductKey: r.productKey, DeviceName: r.deviceName, DeviceSecret: r.secret}
 }
 
 // Field limits checked before sending: nothing longer is valid, and a
@@ -33,15 +33,15 @@ const (
 
 // ImportSummary is the outcome of 'edgegw ctl import' (its -json output).
 type ImportSummary struct {
-	File          string                  `json:"file"`
-	Rows          int                     `json:"rows"`
-	Added         int                     `json:"added"`
-	Unchanged     int                     `json:"unchanged"`
-	Updated       int                     `json:"updated"`
-	Failed        int                     `json:"failed"`
-	Errors        []gateway.AdminRowError `json:"errors,omitempty"`
-	ProductsAdded []string                `json:"productsAdded,omitempty"`
-	Seconds       float64                 `json:"seconds"`
+	File          string              `json:"file"`
+	Rows          int                 `json:"rows"`
+	Added         int                 `json:"added"`
+	Unchanged     int                 `json:"unchanged"`
+	Updated       int                 `json:"updated"`
+	Failed        int                 `json:"failed"`
+	Errors        []adminapi.RowError `json:"errors,omitempty"`
+	ProductsAdded []string            `json:"productsAdded,omitempty"`
+	Seconds       float64             `json:"seconds"`
 }
 
 // importFailed is the error of an import in which rows failed.
@@ -62,8 +62,8 @@ func (c *ctl) importCmd(args []string) error {
 	if len(pos) != 1 {
 		return c.usageErr("import: want one CSV file (\"-\" for standard input)")
 	}
-	if *batch < 1 || *batch > gateway.AdminImportMax {
-		return c.usageErr("import: -batch %d: want 1-%d", *batch, gateway.AdminImportMax)
+	if *batch < 1 || *batch > adminapi.ImportMax {
+		return c.usageErr("import: -batch %d: want 1-%d", *batch, adminapi.ImportMax)
 	}
 	name := pos[0]
 	var r io.Reader = c.stdin
@@ -93,26 +93,20 @@ func (c *ctl) importCmd(args []string) error {
 	}
 	for i := 0; i < len(rows); {
 		chunk := nextBatch(rows[i:], *batch)
-		req := make([]gateway.AdminImportRow, len(chunk))
+		req := make([]adminapi.ImportRow, len(chunk))
 		for j, row := range chunk {
 			req[j] = row.wire()
 		}
-		params := map[string]any{"rows": req}
-		if *dialect != "" {
-			params["dialect"] = *dialect
-		}
-		if *disabled {
-			params["disabled"] = true
-		}
-		var res gateway.AdminImportResult
-		err := c.callQuiet(gateway.MethodDeviceImport, params, &res)
-		var re *replyError
+		params := adminapi.DeviceImportParams{Rows: req, Dialect: *dialect, Disabled: *disabled}
+		var res adminapi.ImportResult
+		err := c.callQuiet(adminapi.MethodDeviceImport, params, &res)
+		var re *adminapi.Error
 		switch {
 		case errors.As(err, &re):
 			// The whole batch was refused (e.g. a bad -dialect): every row
 			// of it failed, the other batches still run.
 			for _, row := range chunk {
-				sum.Errors = append(sum.Errors, gateway.AdminRowError{Line: row.line, Device: row.productKey + "/" + row.deviceName,
+				sum.Errors = append(sum.Errors, adminapi.RowError{Line: row.line, Device: row.productKey + "/" + row.deviceName,
 					Code: re.Code, Message: re.Message})
 			}
 			sum.Failed += len(chunk)
@@ -183,7 +177,7 @@ func nextBatch(rows []importRow, n int) []importRow {
 	return rows
 }
 
-func sortRowErrors(es []gateway.AdminRowError) {
+func sortRowErrors(es []adminapi.RowError) {
 	for i := 1; i < len(es); i++ {
 		for j := i; j > 0 && es[j].Line < es[j-1].Line; j-- {
 			es[j], es[j-1] = es[j-1], es[j]
@@ -200,13 +194,13 @@ func sortRowErrors(es []gateway.AdminRowError) {
 // cannot be read (wrong number of fields, a stray quote) or that repeats a
 // device is returned as a problem and the others are still read; only a
 // missing or incomplete header is an error. Problems never quote a secret.
-func readDevicesCSV(r io.Reader, name string) ([]importRow, []gateway.AdminRowError, error) {
+func readDevicesCSV(r io.Reader, name string) ([]importRow, []adminapi.RowError, error) {
 	cr, err := consolecsv.NewReader(r, name, consolecsv.DeviceColumns)
 	if err != nil {
 		return nil, nil, err
 	}
 	var rows []importRow
-	var problems []gateway.AdminRowError
+	var problems []adminapi.RowError
 	seen := map[string]int{}
 	for {
 		rec, err := cr.Read()
@@ -215,7 +209,7 @@ func readDevicesCSV(r io.Reader, name string) ([]importRow, []gateway.AdminRowEr
 		}
 		var ce *consolecsv.Error
 		if errors.As(err, &ce) {
-			problems = append(problems, gateway.AdminRowError{Line: ce.Line, Code: 400, Message: ce.Detail()})
+			problems = append(problems, adminapi.RowError{Line: ce.Line, Code: 400, Message: ce.Detail()})
 			continue
 		}
 		if err != nil {
@@ -226,11 +220,11 @@ func readDevicesCSV(r io.Reader, name string) ([]importRow, []gateway.AdminRowEr
 			secret: strings.TrimSpace(rec.Fields[2])}
 		id := row.productKey + "/" + row.deviceName
 		if tooLong := fieldTooLong(row); tooLong != "" {
-			problems = append(problems, gateway.AdminRowError{Line: line, Code: 400, Message: tooLong})
+			problems = append(problems, adminapi.RowError{Line: line, Code: 400, Message: tooLong})
 			continue
 		}
 		if first, dup := seen[id]; dup {
-			problems = append(problems, gateway.AdminRowError{Line: line, Device: id, Code: 400,
+			problems = append(problems, adminapi.RowError{Line: line, Device: id, Code: 400,
 				Message: fmt.Sprintf("device listed twice (first on line %d)", first)})
 			continue
 		}

@@ -26,10 +26,22 @@ type Options struct {
 	Password string
 	// TLS configures a tls:// URL (nil: the system's CAs).
 	TLS *tls.Config
-	// ClientID is the MQTT client id (default "edgegw-admin-" and random
-	// hex).
-	ClientID string
+	// Name starts the MQTT client id, which goes on with "-" and random hex
+	// (default "edgegw-admin"). The gateway logs it with each request.
+	Name string
 }
+
+// ConnectError is a Dial that could not connect (the broker is not there,
+// or refused the credentials), as opposed to one whose subscription
+// failed.
+type ConnectError struct {
+	URL string
+	Err error
+}
+
+func (e *ConnectError) Error() string { return fmt.Sprintf("connect to %s: %v", e.URL, e.Err) }
+
+func (e *ConnectError) Unwrap() error { return e.Err }
 
 // Client is an MQTT 3.1.1 client of the admin topic. Replies arrive on the
 // shared ResponseTopic and are matched to requests by id. It is safe for
@@ -47,12 +59,12 @@ type Client struct {
 // connection is not re-established when lost: calls then fail.
 func Dial(ctx context.Context, o Options) (*Client, error) {
 	c := &Client{pending: map[string]chan Reply{}, lost: make(chan struct{})}
-	id := o.ClientID
-	if id == "" {
-		id = "edgegw-admin-" + randomID(6)
+	name := o.Name
+	if name == "" {
+		name = "edgegw-admin"
 	}
 	mo := mqtt.NewClientOptions().AddBroker(o.URL).
-		SetClientID(id).
+		SetClientID(name + "-" + randomID(6)).
 		SetProtocolVersion(4).SetCleanSession(true).
 		SetAutoReconnect(false).SetConnectRetry(false).SetOrderMatters(false).
 		SetKeepAlive(30 * time.Second).SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second).
@@ -74,7 +86,7 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	c.c = mqtt.NewClient(mo)
 	if err := wait(ctx, c.c.Connect(), 15*time.Second); err != nil {
 		c.c.Disconnect(0)
-		return nil, fmt.Errorf("connect to %s: %w", o.URL, err)
+		return nil, &ConnectError{URL: o.URL, Err: err}
 	}
 	tok := c.c.Subscribe(ResponseTopic, 1, c.onReply)
 	if err := wait(ctx, tok, 10*time.Second); err != nil {

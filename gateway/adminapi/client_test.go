@@ -96,7 +96,7 @@ func TestClient(t *testing.T) {
 	sock := startBroker(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	c, err := adminapi.Dial(ctx, adminapi.Options{URL: "unix://" + sock, ClientID: "api-test"})
+	c, err := adminapi.Dial(ctx, adminapi.Options{URL: "unix://" + sock, Name: "api-test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,9 @@ func TestDialRefused(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	url := "unix://" + filepath.Join(t.TempDir(), "none.sock")
-	if _, err := adminapi.Dial(ctx, adminapi.Options{URL: url}); err == nil || !strings.HasPrefix(err.Error(), "connect to "+url+": ") {
+	_, err := adminapi.Dial(ctx, adminapi.Options{URL: url})
+	var ce *adminapi.ConnectError
+	if !errors.As(err, &ce) || !strings.HasPrefix(err.Error(), "connect to "+url+": ") {
 		t.Fatalf("dial: %v", err)
 	}
 }

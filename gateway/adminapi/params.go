@@ -96,10 +96,11 @@ type DeviceRemoveParams struct {
 	secrets.DeviceID
 	// Spool is required: SpoolDiscard or SpoolDrain.
 	Spool string
-	// Timeout bounds a SpoolDrain's wait, 1s to DrainMax (0: the gateway's
-	// default, a minute). The reply comes when the queue is empty or the
-	// timeout has passed. It is sent as a Go duration string ("90s").
-	Timeout time.Duration
+	// Timeout, when not nil, bounds a SpoolDrain's wait: 1s to DrainMax
+	// (nil: the gateway's default, a minute). The reply comes when the
+	// queue is empty or the timeout has passed. It is sent as a Go duration
+	// string ("1m30s").
+	Timeout *time.Duration
 }
 
 // MarshalJSON encodes p with Timeout as a duration string.
@@ -109,7 +110,7 @@ func (p DeviceRemoveParams) MarshalJSON() ([]byte, error) {
 		Spool   string `json:"spool,omitempty"`
 		Timeout string `json:"timeout,omitempty"`
 	}{DeviceID: p.DeviceID, Spool: p.Spool}
-	if p.Timeout != 0 {
+	if p.Timeout != nil {
 		w.Timeout = p.Timeout.String()
 	}
 	return json.Marshal(w)

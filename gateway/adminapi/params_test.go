@@ -38,7 +38,7 @@ func TestParamsWire(t *testing.T) {
 			`{"productKey":"a1Prod","deviceName":"pump-1","localPassword":null,"clientId":null,"disabled":true}`},
 		{"remove discard", adminapi.DeviceRemoveParams{DeviceID: id, Spool: adminapi.SpoolDiscard},
 			`{"productKey":"a1Prod","deviceName":"pump-1","spool":"discard"}`},
-		{"remove drain", adminapi.DeviceRemoveParams{DeviceID: id, Spool: adminapi.SpoolDrain, Timeout: 90 * time.Second},
+		{"remove drain", adminapi.DeviceRemoveParams{DeviceID: id, Spool: adminapi.SpoolDrain, Timeout: new(90 * time.Second)},
 			`{"productKey":"a1Prod","deviceName":"pump-1","spool":"drain","timeout":"1m30s"}`},
 		{"import", adminapi.DeviceImportParams{Rows: []adminapi.ImportRow{{Line: 2, ProductKey: "a1Prod", DeviceName: "d", DeviceSecret: "s"},
 			{ProductKey: "a1Prod", DeviceName: "e"}}, Dialect: "enos", Disabled: true},

@@ -13,8 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway"
-	"github.com/edgegw/edgegw/localbroker"
+	"github.com/edgegw/edgegw/gateway/adminapi"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -138,49 +137,19 @@ func startGateway(ctx context.Context, exe string, g gatewaySetup, echo io.Write
 
 // gatewayStatus asks a running gateway for gateway.status over its admin
 // socket.
-func gatewayStatus(ctx context.Context, g gatewaySetup) (*gateway.AdminStatus, error) {
+func gatewayStatus(ctx context.Context, g gatewaySetup) (*adminapi.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := dialMQTT(ctx, "unix:"+g.adminSocket(), connectParams{ClientID: "bench-admin", Keepalive: time.Minute})
+	c, err := adminapi.Dial(ctx, adminapi.Options{URL: "unix://" + g.adminSocket(), Name: "bench-admin"})
 	if err != nil {
 		return nil, fmt.Errorf("gateway status: %w", err)
 	}
-	defer c.close()
-	if err := c.subscribe(ctx, localbroker.AdminResponseTopic, 0); err != nil {
+	defer c.Close()
+	var st adminapi.Status
+	if err := c.Call(ctx, adminapi.MethodGatewayStatus, nil, &st); err != nil {
 		return nil, fmt.Errorf("gateway status: %w", err)
 	}
-	id := "bench-" + randomHex(4)
-	req, _ := json.Marshal(gateway.AdminCall{ID: id, Method: gateway.MethodGatewayStatus})
-	if err := c.write(appendPublish(nil, localbroker.AdminRequestTopic, req, 0, 0)); err != nil {
-		return nil, fmt.Errorf("gateway status: send request: %w", err)
-	}
-	deadline, _ := ctx.Deadline()
-	_ = c.nc.SetReadDeadline(deadline)
-	for {
-		first, body, err := c.readPacket()
-		if err != nil {
-			return nil, fmt.Errorf("gateway status: read reply: %w", err)
-		}
-		if first>>4 != pktPublish {
-			continue
-		}
-		_, payload, _, _, err := parsePublish(first, body)
-		if err != nil {
-			return nil, fmt.Errorf("gateway status: %w", err)
-		}
-		var reply gateway.AdminReply
-		if json.Unmarshal(payload, &reply) != nil || string(reply.ID) != strconv.Quote(id) {
-			continue // someone else's reply
-		}
-		if reply.Code != gateway.CodeOK {
-			return nil, fmt.Errorf("gateway status: %d %s", reply.Code, reply.Message)
-		}
-		var st gateway.AdminStatus
-		if err := json.Unmarshal(reply.Data, &st); err != nil {
-			return nil, fmt.Errorf("gateway status: decode: %w", err)
-		}
-		return &st, nil
-	}
+	return &st, nil
 }
 
 // ---- the cloud simulator child ----

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway"
+	"github.com/edgegw/edgegw/gateway/adminapi"
 )
 
 var forwardScenario = scenario{
@@ -131,7 +131,7 @@ func runForward(ctx context.Context, e *env) (any, []Table, error) {
 				return "", nil, err
 			}
 			c, _, err := startGateway(ctx, o.Executable, g, e.echo())
-			status = func(ctx context.Context) (*gateway.AdminStatus, error) { return gatewayStatus(ctx, g) }
+			status = func(ctx context.Context) (*adminapi.Status, error) { return gatewayStatus(ctx, g) }
 			return local, c, err
 		}},
 		{"mosquitto bridge", func() (string, *child, error) {
@@ -163,7 +163,7 @@ func runForward(ctx context.Context, e *env) (any, []Table, error) {
 func warmup(d time.Duration) time.Duration { return min(2*time.Second, d/10) }
 
 // statusFunc asks edgegw for its status (nil for the other paths).
-type statusFunc func(ctx context.Context) (*gateway.AdminStatus, error)
+type statusFunc func(ctx context.Context) (*adminapi.Status, error)
 
 // forwardPath runs the load through one path and measures it.
 func forwardPath(ctx context.Context, e *env, name string, devs []device, ingress string, broker *child, status statusFunc, cloud *child, cloudAddr string) (PathResult, error) {
@@ -200,7 +200,7 @@ func forwardPath(ctx context.Context, e *env, name string, devs []device, ingres
 	if err != nil {
 		return pr, err
 	}
-	var st0 *gateway.AdminStatus
+	var st0 *adminapi.Status
 	if status != nil {
 		if st0, err = status(ctx); err != nil {
 			return pr, err
