@@ -2,8 +2,8 @@
 // client: the topics, the method names, the reply codes, the JSON of
 // requests, typed parameters and replies, and Client, which edgegw ctl, the
 // benchmarks and the tests use to call a running gateway. The gateway
-// package serves it; this package never imports gateway. docs/protocol.md
-// describes the contract for other clients.
+// package serves it (gateway/admin*.go); this package never imports gateway.
+// docs/architecture.md §4.4 describes how a request travels.
 //
 // A request is published to RequestTopic as
 // {"id":"…","method":"device.add","params":{…}}; the reply,
