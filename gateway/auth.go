@@ -63,7 +63,7 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 	}
 	// EnOS pushes every downlink to a device without a SUBSCRIBE; an
 	// Alibaba device asks for that with _ss=1 in its signed clientId.
-	id := localbroker.Identity{DeviceID: dev.ID(), ServerSubscribed: prod.Dialect == secrets.EnOS}
+	id := localbroker.Identity{DeviceID: dev.ID(), ServerSubscribed: prod.Dialect == secrets.EnOS, Dialect: prod.Dialect}
 	if strings.Contains(r.ClientID, "|") {
 		if !a.modes[config.AuthSigned] {
 			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: signed credentials are not enabled (broker.auth)", dev.ID())
@@ -120,7 +120,8 @@ func (a *authenticator) byCertificate(r localbroker.ConnectRequest) (localbroker
 	if err != nil {
 		return localbroker.Identity{}, err
 	}
-	return localbroker.Identity{DeviceID: dev.ID(), ServerSubscribed: prod.Dialect == secrets.EnOS, Method: localbroker.MethodCert}, nil
+	return localbroker.Identity{DeviceID: dev.ID(), ServerSubscribed: prod.Dialect == secrets.EnOS, Dialect: prod.Dialect,
+		Method: localbroker.MethodCert}, nil
 }
 
 // device loads an enabled device and its product.

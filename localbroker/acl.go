@@ -11,7 +11,7 @@ func canPublish(id *Identity, topic string) bool {
 	if id.Admin {
 		return topic == AdminRequestTopic
 	}
-	return secrets.TopicAllowed(id.ProductKey, id.DeviceName, topic, false)
+	return id.DeviceID.MayPublish(id.Dialect, topic)
 }
 
 // canReceive reports whether id may subscribe to filter, or be delivered a
@@ -24,7 +24,7 @@ func canReceive(id *Identity, filter string) bool {
 	if id.Admin {
 		return strings.HasPrefix(filter, AdminTopicPrefix)
 	}
-	return secrets.TopicAllowed(id.ProductKey, id.DeviceName, filter, true)
+	return id.DeviceID.MayReceive(id.Dialect, filter)
 }
 
 // deliverable reports whether the concrete topic may be delivered to a

@@ -49,9 +49,13 @@ type Identity struct {
 	// every EnOS device). Downlinks matching none of its subscriptions
 	// arrive at the QoS the cloud used (at most 1).
 	ServerSubscribed bool
-	Admin            bool
-	Name             string // admin user name, or "unix" for the unix socket
-	Method           string // one of the Method constants
+	// Dialect is the cloud of the device's product: it may use only the
+	// topic forms that cloud gives (secrets.DeviceID.TopicForm). Empty
+	// allows the forms of either cloud.
+	Dialect secrets.Dialect
+	Admin   bool
+	Name    string // admin user name, or "unix" for the unix socket
+	Method  string // one of the Method constants
 }
 
 // String names the identity for logs: "pk/dn" or "admin:name".

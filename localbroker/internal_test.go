@@ -50,6 +50,9 @@ func TestMatchFilter(t *testing.T) {
 func TestACLRules(t *testing.T) {
 	dev := &Identity{DeviceID: secrets.DeviceID{ProductKey: "pk", DeviceName: "dn"}}
 	adm := &Identity{Admin: true, Name: "unix"}
+	// An EnOS device has only EnOS's forms: no Alibaba custom, OTA or NTP
+	// topics, which its cloud would refuse after the gateway had spooled them.
+	enos := &Identity{DeviceID: secrets.DeviceID{ProductKey: "pk", DeviceName: "dn"}, Dialect: secrets.EnOS}
 	tests := []struct {
 		id      *Identity
 		topic   string
@@ -71,6 +74,11 @@ func TestACLRules(t *testing.T) {
 		{dev, "/ota/device/upgrade/pk/other", false, false},
 		{dev, AdminRequestTopic, false, false},
 		{dev, "$edgegw/admin/#", false, false},
+		{enos, "/sys/pk/dn/thing/measurepoint/post", true, true},
+		{enos, "/ext/session/pk/dn/thing/activate/info_reply", true, true},
+		{enos, "/pk/dn/user/get", false, false},
+		{enos, "/ota/device/inform/pk/dn", false, false},
+		{enos, "/ext/ntp/pk/dn/request", false, false},
 		{adm, AdminRequestTopic, true, true},
 		{adm, AdminResponseTopic, false, true},
 		{adm, "$edgegw/admin/v1/response/#", false, true},

@@ -119,12 +119,12 @@ func actDevice(d secrets.Dialect, pk, dn, ps string, store ActivationStore) Devi
 
 // seqsOf returns the numeric payloads the cloud recorded for a device on
 // its user topic, and the clientIds they came with.
-func seqsOf(t *testing.T, sim *cloudsim.Sim, id secrets.DeviceID) ([]uint64, []string) {
+func seqsOf(t *testing.T, sim *cloudsim.Sim, id secrets.DeviceID, topic string) ([]uint64, []string) {
 	t.Helper()
 	var seqs []uint64
 	var cids []string
 	for _, rec := range sim.MessagesFor(id.ProductKey, id.DeviceName) {
-		if rec.Topic != userTopic(id) {
+		if rec.Topic != topic {
 			continue
 		}
 		n, err := strconv.ParseUint(string(rec.Payload), 10, 64)
@@ -155,7 +155,10 @@ func TestActivationEnOS(t *testing.T) {
 		atStore.messages = len(sim.MessagesFor(id.ProductKey, id.DeviceName))
 	}
 	const queued = 12
-	r.q.appendN(t, dev.ID, userTopic(dev.ID), 1, queued) // published while awaiting activation
+	// Published while awaiting activation, on an EnOS topic (EnOS has no
+	// Alibaba-style custom topics; cloudsim refuses them on EnOS sessions).
+	points := "/sys/" + dev.ID.ProductKey + "/" + dev.ID.DeviceName + "/thing/measurepoint/post"
+	r.q.appendN(t, dev.ID, points, 1, queued)
 	r.add(dev)
 	startManager(t, r.m)
 
@@ -178,7 +181,7 @@ func TestActivationEnOS(t *testing.T) {
 		!strings.Contains(recs[0].ClientID, "securemode=3") {
 		t.Fatalf("first cloud record %+v, want the activation reply on the securemode=3 connection", recs[:min(len(recs), 1)])
 	}
-	seqs, cids := seqsOf(t, sim, dev.ID)
+	seqs, cids := seqsOf(t, sim, dev.ID, points)
 	if dups := checkOrder(t, "cloud", seqs, queued); dups != 0 {
 		t.Errorf("%d duplicates", dups)
 	}
@@ -228,7 +231,7 @@ func TestActivationAliyunTLS(t *testing.T) {
 		if len(issued) != 1 || !stored.Equal(issued[0]) || fmt.Sprint(sources) != "["+SourceAliyunRegister+"]" {
 			t.Errorf("%s: %d issued, stored equals the issued one: %t, sources %v", id, len(issued), len(issued) > 0 && stored.Equal(issued[len(issued)-1]), sources)
 		}
-		seqs, cids := seqsOf(t, sim, id)
+		seqs, cids := seqsOf(t, sim, id, userTopic(id))
 		checkOrder(t, id.String(), seqs, 3)
 		for _, cid := range cids {
 			if !strings.Contains(cid, "securemode=2") || strings.Contains(cid, "authType") {

@@ -19,7 +19,7 @@
 //     with another clientId, kicks the first session (a takeover).
 //   - A device may only use its own topics, as the simulated cloud's
 //     catalogue gives them, in their direction (secrets.DeviceID.TopicForm
-//     with Config.DialectTopics, only the forms the Sim's cloud gives:
+//     for the Sim's cloud only, unless Config.AnyDialectTopics:
 //     /ota/device/…, /ext/ntp/…, /shadow/…, /ext/rrpc/… and custom topics
 //     are Alibaba's only). Filters with '+'
 //     for the identity ("/sys/+/+/thing/service/+") are granted and only

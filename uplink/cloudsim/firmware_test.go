@@ -121,7 +121,7 @@ func TestFirmwareTopicDirections(t *testing.T) {
 		})
 	}
 	t.Run("enos has no /ota/device form", func(t *testing.T) {
-		esim, _ := enosSim(t, func(c *cloudsim.Config) { c.DialectTopics = true })
+		esim, _ := enosSim(t)
 		c := mustConnect(t, urlFor(esim, cloudsim.TCP), sign(t, secrets.EnOS, enosPK, enosDK, enosSecret, 2, ""))
 		mustPublish(t, c, "/sys/"+enosPK+"/"+enosDK+"/ota/device/inform", 1, `{"id":"1"}`)
 		c.Publish("/ota/device/inform/"+enosPK+"/"+enosDK, 1, false, "x")

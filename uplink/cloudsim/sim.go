@@ -95,13 +95,11 @@ type Config struct {
 	// turns it off. The bucket holds one second's worth of messages.
 	DeviceRate float64
 
-	// DialectTopics limits devices to the topic forms their own cloud
-	// gives (secrets.TopicForm rows for Dialect: an EnOS device has only
-	// /sys/{pk}/{dk}/… and /ext/session/{pk}/{dk}/…). Off, a device may
-	// use the forms of either cloud, as the gateway's local broker allows;
-	// it is off by default because existing callers still publish
-	// Alibaba custom topics on EnOS sessions (uplink/activate_test.go).
-	DialectTopics bool
+	// AnyDialectTopics lets devices use the topic forms of either cloud.
+	// By default, as on the real clouds, a device may use only the forms
+	// its own cloud gives (secrets.TopicForm rows for Dialect: an EnOS
+	// device has only /sys/{pk}/{dk}/… and /ext/session/{pk}/{dk}/…).
+	AnyDialectTopics bool
 
 	// MaxSkew, when positive, refuses signed timestamps further than this
 	// from Now. The clouds do not check freshness (the official SDKs sign
@@ -246,7 +244,7 @@ func New(cfg Config) (*Sim, error) {
 		done:     make(chan struct{}),
 	}
 	s.stats.ConnectsRefused = make(map[byte]int64)
-	if cfg.DialectTopics {
+	if !cfg.AnyDialectTopics {
 		s.topics = cfg.Dialect
 	}
 	switch {
