@@ -32,6 +32,12 @@ type Device struct {
 	// deviceName&productKey and that password.
 	Secret        secrets.Secret
 	LocalPassword secrets.Secret
+	// ServerSubscribed makes the device behave like firmware relying on
+	// server-side subscription: Alibaba Link SDK 4.x (it signs with
+	// "_ss=1" and never SUBSCRIBEs to its system topics) and every EnOS
+	// SDK (EnOS pushes commands without a SUBSCRIBE). Such a device takes
+	// whatever arrives; it answers property sets as the others do.
+	ServerSubscribed bool
 }
 
 // UplinkTopic is the topic the device posts its properties to.
@@ -174,7 +180,7 @@ func (f *Fleet) options(d Device) (*mqtt.ClientOptions, error) {
 	// Firmware built for the cloud: the C SDKs' constant 2050 timestamp.
 	c, err := secrets.Sign(secrets.SignParams{Dialect: d.Dialect, ProductKey: d.ProductKey, DeviceName: d.DeviceName,
 		ClientID: d.ProductKey + "." + d.DeviceName, Timestamp: "2524608000000", SecureMode: 3,
-		Extra: []secrets.Param{{Key: "_v", Value: "edgegw-devsim"}}}, d.Secret)
+		Extra: d.extraParams()}, d.Secret)
 	if err != nil {
 		return nil, err
 	}
@@ -182,6 +188,14 @@ func (f *Fleet) options(d Device) (*mqtt.ClientOptions, error) {
 	o.SetUsername(c.Username)
 	o.SetPassword(c.Password.Reveal())
 	return o, nil
+}
+
+// extraParams are the clientId parameters the device's firmware adds.
+func (d Device) extraParams() []secrets.Param {
+	if d.ServerSubscribed && d.Dialect != secrets.EnOS {
+		return []secrets.Param{{Key: "_ss", Value: "1"}, {Key: "_v", Value: "edgegw-devsim"}, {Key: "ext", Value: "3"}}
+	}
+	return []secrets.Param{{Key: "_v", Value: "edgegw-devsim"}}
 }
 
 func (f *Fleet) runDevice(ctx context.Context, d Device, started func()) {
@@ -195,22 +209,32 @@ func (f *Fleet) runDevice(ctx context.Context, d Device, started func()) {
 	}
 	var up atomic.Bool
 	lost := make(chan struct{}, 1)
+	onDownlink := func(c mqtt.Client, m mqtt.Message) {
+		f.downlinks.Add(1)
+		if f.cfg.OnDownlink != nil {
+			f.cfg.OnDownlink(d, m.Topic(), m.Payload())
+		}
+		if m.Topic() != d.DownlinkTopic() {
+			return
+		}
+		var req struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(m.Payload(), &req)
+		reply, _ := json.Marshal(map[string]any{"id": req.ID, "code": 200, "data": map[string]any{}})
+		c.Publish(m.Topic()+"_reply", 0, false, reply)
+	}
+	if d.ServerSubscribed {
+		// No SUBSCRIBE: the broker pushes the device's downlinks.
+		o.SetDefaultPublishHandler(onDownlink)
+	}
 	o.SetOnConnectHandler(func(c mqtt.Client) {
 		if up.CompareAndSwap(false, true) {
 			f.connected.Add(1)
 		}
-		c.Subscribe(d.DownlinkTopic(), 1, func(c mqtt.Client, m mqtt.Message) {
-			f.downlinks.Add(1)
-			if f.cfg.OnDownlink != nil {
-				f.cfg.OnDownlink(d, m.Topic(), m.Payload())
-			}
-			var req struct {
-				ID string `json:"id"`
-			}
-			_ = json.Unmarshal(m.Payload(), &req)
-			reply, _ := json.Marshal(map[string]any{"id": req.ID, "code": 200, "data": map[string]any{}})
-			c.Publish(m.Topic()+"_reply", 0, false, reply)
-		})
+		if !d.ServerSubscribed {
+			c.Subscribe(d.DownlinkTopic(), 1, onDownlink)
+		}
 	})
 	o.SetConnectionLostHandler(func(mqtt.Client, error) {
 		if up.CompareAndSwap(true, false) {
@@ -222,9 +246,9 @@ func (f *Fleet) runDevice(ctx context.Context, d Device, started func()) {
 		}
 	})
 	// paho's own reconnect would complete pending tokens as successful
-	// before the broker acknowledged the resent message
-	// (docs/architecture.md §5.2); with it off, a token succeeds only on a real PUBACK, and
-	// this loop reconnects.
+	// before the broker acknowledged the resent message (docs/architecture.md
+	// §5.2); with it off, a token succeeds only on a real PUBACK, and this
+	// loop reconnects.
 	o.SetAutoReconnect(false)
 	c := mqtt.NewClient(o)
 	defer func() {
