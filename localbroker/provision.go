@@ -45,13 +45,11 @@ func (h *hook) pushProvision(cl *mqtt.Client, c *conn) {
 		Created:     time.Now().Unix(),
 	}
 	if err := b.writeBounded(cl, pk); err != nil {
-		b.stats.deliverFailed.Add(1)
 		b.log.Warn("activation: push to the device failed", "device", c.id.String(), "client", logsafe.Clip(c.clientID),
 			"topic", p.Topic, "err", err)
 		cl.Stop(err)
 		return
 	}
-	b.stats.delivered.Add(1)
 	hold := p.Hold
 	if hold <= 0 {
 		hold = DefaultProvisionHold
