@@ -158,7 +158,7 @@ func (a *authenticator) productSecretLogin(r localbroker.ConnectRequest, dev sec
 		return localbroker.Identity{}, refusal(localbroker.RefuseServerUnavailable, "%s: %v", id, err)
 	}
 	a.log.Info("device activates itself: handing it its deviceSecret", "device", id, "topic", prov.Topic, "secret_from", how)
-	return localbroker.Identity{DeviceID: id, Method: localbroker.MethodSigned, Provision: prov}, nil
+	return localbroker.Identity{DeviceID: id, Dialect: prod.Dialect, Method: localbroker.MethodSigned, Provision: prov}, nil
 }
 
 // deviceSecretFor returns the stored deviceSecret of dev, obtaining it on
