@@ -1,10 +1,16 @@
 package gateway
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
+	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 )
@@ -89,4 +95,140 @@ func clipReason(reason string) string {
 		cut--
 	}
 	return reason[:cut] + "…"
+}
+
+// deviceActivator obtains a deviceSecret from the cloud on the device's
+// session; *uplink.Manager implements it.
+type deviceActivator interface {
+	Activate(ctx context.Context, id secrets.DeviceID) (secrets.Secret, error)
+}
+
+// defaultActivateWait bounds how long a device's self-activation login
+// waits for the cloud. It runs on the connection's goroutine before the
+// CONNACK, so it stays well under the firmware's CONNECT timeout; a device
+// that is refused with CONNACK 3 (server unavailable) tries again later.
+const defaultActivateWait = 4 * time.Second
+
+// aliyunRegisterHold is how long an Alibaba registration connection stays
+// open after /ext/register was pushed, as the cloud does before it closes
+// it (the SDK reads the message and disconnects itself).
+const aliyunRegisterHold = 200 * time.Millisecond
+
+// activateInfoID numbers the EnOS activate/info messages the gateway sends.
+var activateInfoID atomic.Uint64
+
+// productSecretLogin serves firmware that activates itself with its
+// product's productSecret (docs/protocol.md §6): EnOS dynamic activation
+// (securemode=3) and Alibaba MQTT dynamic registration (authType=register,
+// TLS only). The signature is verified against the productSecret in the
+// registry. The deviceSecret is the one the registry holds (the gateway
+// activated the device earlier: the cloud activates a device only once, so
+// a device activating again after a firmware reset gets the same secret),
+// or else the one the device's cloud session obtains now, which is stored
+// durably before this returns. The device gets a provisioning identity:
+// the broker pushes the secret right after the CONNACK; then the device
+// logs in normally with it. Refusals: 5 for a wrong signature, a product
+// without productSecret, or a refused activation; 3 (retry later) while
+// the cloud cannot be reached.
+func (a *authenticator) productSecretLogin(r localbroker.ConnectRequest, dev secrets.Device, prod secrets.Product, p *secrets.Presented) (localbroker.Identity, error) {
+	id := dev.ID()
+	if prod.ProductSecret.IsZero() {
+		return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized,
+			"%s: product-secret login, but the product has no productSecret (dynamic activation is not enabled)", id)
+	}
+	if prod.Dialect == secrets.Aliyun {
+		if p.AuthType != "register" {
+			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized,
+				"%s: authType=%s is not supported; the device must be pre-registered (authType=register)", id, p.AuthType)
+		}
+		if r.Transport != localbroker.TransportTLS && r.Transport != localbroker.TransportWSS {
+			return localbroker.Identity{}, refusal(localbroker.RefuseServerUnavailable,
+				"%s: dynamic registration needs TLS or wss, not %s (as on the cloud)", id, r.Transport)
+		}
+	}
+	if err := p.Verify(prod.ProductSecret, secrets.VerifyOptions{}); err != nil {
+		return localbroker.Identity{}, verifyRefusal(id, err)
+	}
+	secret, how, err := a.deviceSecretFor(dev)
+	if err != nil {
+		return localbroker.Identity{}, err
+	}
+	prov, err := provisionFor(prod.Dialect, id, secret)
+	if err != nil {
+		return localbroker.Identity{}, refusal(localbroker.RefuseServerUnavailable, "%s: %v", id, err)
+	}
+	a.log.Info("device activates itself: handing it its deviceSecret", "device", id, "topic", prov.Topic, "secret_from", how)
+	return localbroker.Identity{DeviceID: id, Dialect: prod.Dialect, Method: localbroker.MethodSigned, Provision: prov}, nil
+}
+
+// deviceSecretFor returns the stored deviceSecret of dev, obtaining it on
+// the device's cloud session first when there is none. how says which.
+func (a *authenticator) deviceSecretFor(dev secrets.Device) (secret secrets.Secret, how string, err error) {
+	id := dev.ID()
+	if !dev.DeviceSecret.IsZero() {
+		return dev.DeviceSecret, "registry", nil
+	}
+	if dev.State == secrets.StateActivationFailed {
+		return secrets.Secret{}, "", refusal(localbroker.RefuseNotAuthorized,
+			"%s: the gateway's activation of this device failed (%s); update the device or its product to try again", id, dev.StateReason)
+	}
+	if a.act == nil {
+		return secrets.Secret{}, "", refusal(localbroker.RefuseServerUnavailable, "%s: no deviceSecret yet and no cloud session to obtain it", id)
+	}
+	wait := a.activateWait
+	if wait <= 0 {
+		wait = defaultActivateWait
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if _, err := a.act.Activate(ctx, id); err != nil {
+		code := localbroker.RefuseServerUnavailable
+		if errors.Is(err, uplink.ErrActivationRefused) {
+			code = localbroker.RefuseNotAuthorized
+		}
+		return secrets.Secret{}, "", refusal(code, "%s: no deviceSecret yet: %v", id, err)
+	}
+	// What is pushed is what the registry holds: durable before it leaves.
+	d, err := a.reg.GetDevice(id.ProductKey, id.DeviceName)
+	if err != nil {
+		return secrets.Secret{}, "", refusal(localbroker.RefuseServerUnavailable, "%s: look up device: %v", id, err)
+	}
+	if d.DeviceSecret.IsZero() {
+		return secrets.Secret{}, "", refusal(localbroker.RefuseServerUnavailable, "%s: the activated deviceSecret is not in the registry", id)
+	}
+	return d.DeviceSecret, "cloud", nil
+}
+
+// provisionFor builds the message the cloud would push to a device that
+// activated itself (docs/protocol.md §6): EnOS activate/info (the device
+// may answer on activate/info_reply; the connection stays until it
+// leaves), Alibaba /ext/register (the connection is closed right after).
+func provisionFor(d secrets.Dialect, id secrets.DeviceID, secret secrets.Secret) (*localbroker.Provision, error) {
+	if d == secrets.EnOS {
+		type params struct {
+			ProductKey   string `json:"productKey"`
+			DeviceKey    string `json:"deviceKey"`
+			DeviceSecret string `json:"deviceSecret"`
+		}
+		payload, err := json.Marshal(struct {
+			ID      string `json:"id"`
+			Version string `json:"version"`
+			Method  string `json:"method"`
+			Params  params `json:"params"`
+		}{strconv.FormatUint(activateInfoID.Add(1), 10), "1.0", "thing.activate.info", params{id.ProductKey, id.DeviceName, secret.Reveal()}})
+		if err != nil {
+			return nil, errors.New("encode activate/info")
+		}
+		topic := "/ext/session/" + id.ProductKey + "/" + id.DeviceName + "/thing/activate/info"
+		return &localbroker.Provision{Topic: topic, Payload: secrets.NewSecret(string(payload)), Reply: topic + "_reply"}, nil
+	}
+	payload, err := json.Marshal(struct {
+		ProductKey   string `json:"productKey"`
+		DeviceName   string `json:"deviceName"`
+		DeviceSecret string `json:"deviceSecret"`
+	}{id.ProductKey, id.DeviceName, secret.Reveal()})
+	if err != nil {
+		return nil, errors.New("encode /ext/register")
+	}
+	return &localbroker.Provision{Topic: "/ext/register", Payload: secrets.NewSecret(string(payload)), Hold: aliyunRegisterHold}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/localbroker"
@@ -24,6 +25,11 @@ type authenticator struct {
 	modes  map[string]bool
 	admins []adminUser
 	log    *slog.Logger
+	// act obtains the deviceSecret of a device that activates itself and
+	// has none stored yet (the uplink manager); activateWait bounds that
+	// wait (default defaultActivateWait).
+	act          deviceActivator
+	activateWait time.Duration
 }
 
 func refusal(code byte, format string, args ...any) error {
@@ -73,8 +79,10 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 			return localbroker.Identity{}, verifyRefusal(dev.ID(), err)
 		}
 		if p.UsesProductSecret() {
-			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized,
-				"%s: product-secret logins (activation, registration) are done by the gateway itself, not by devices", dev.ID())
+			// Firmware that activates itself (EnOS securemode=3, Alibaba
+			// authType=register) gets its deviceSecret from the gateway
+			// as it would from the cloud (activation.go).
+			return a.productSecretLogin(r, dev, prod, p)
 		}
 		if dev.DeviceSecret.IsZero() {
 			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "%s: no deviceSecret yet (%s); use a local password", dev.ID(), dev.State)

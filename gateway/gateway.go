@@ -310,7 +310,7 @@ func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
 
 func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager) (*localbroker.Broker, error) {
 	b := &g.cfg.Broker
-	auth := &authenticator{reg: reg, modes: map[string]bool{}, log: g.log}
+	auth := &authenticator{reg: reg, modes: map[string]bool{}, log: g.log, act: mgr}
 	for _, m := range b.Auth {
 		auth.modes[m] = true
 	}

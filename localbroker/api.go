@@ -56,12 +56,50 @@ type Identity struct {
 	Admin   bool
 	Name    string // admin user name, or "unix" for the unix socket
 	Method  string // one of the Method constants
+	// Provision, when set, makes the connection a device's self-activation
+	// login (EnOS securemode=3, Alibaba authType=register) rather than a
+	// session: see Provision.
+	Provision *Provision
 }
 
-// String names the identity for logs: "pk/dn" or "admin:name".
+// DefaultProvisionHold is how long a provisioning connection stays open
+// after its push when Provision.Hold is zero.
+const DefaultProvisionHold = 30 * time.Second
+
+// Provision is what a device's self-activation login gets instead of a
+// session, as the clouds do it (docs/protocol.md §6): the broker pushes
+// Payload on Topic at QoS 0 right after the CONNACK, to that connection
+// only and without a SUBSCRIBE, and closes the connection Hold later (or
+// when the device leaves first). The connection is not a session of the
+// device: it receives no downlink, it is not reported to the Observer, it
+// may subscribe only to Topic, and its publishes are acknowledged and
+// dropped (those on Reply silently, others logged as refused). It leaves
+// nothing behind: its clean session is its own, apart from the device's
+// normal sessions even when the client identifier is the same, and a
+// will is discarded.
+type Provision struct {
+	// Topic is where Payload is pushed, e.g.
+	// /ext/session/{pk}/{dk}/thing/activate/info or /ext/register.
+	Topic string
+	// Payload carries the deviceSecret. It is a Secret so that no log line
+	// or error can print it; the broker reveals it only in the PUBLISH.
+	Payload secrets.Secret
+	// Reply is a topic the device may answer on (EnOS
+	// .../activate/info_reply); empty for none.
+	Reply string
+	// Hold is how long the connection stays open after the push; zero
+	// means DefaultProvisionHold.
+	Hold time.Duration
+}
+
+// String names the identity for logs: "pk/dn", "pk/dn (activation)" or
+// "admin:name".
 func (id Identity) String() string {
 	if id.Admin {
 		return "admin:" + id.Name
+	}
+	if id.Provision != nil {
+		return id.DeviceID.String() + " (activation)"
 	}
 	return id.DeviceID.String()
 }

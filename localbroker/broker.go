@@ -164,6 +164,7 @@ type conn struct {
 	established bool
 	offline     bool
 	removed     bool
+	holdTimer   *time.Timer // closes a provisioning connection (Identity.Provision)
 }
 
 // rememberPub caches an allowed publish topic. It is a separate function so

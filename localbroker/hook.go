@@ -123,8 +123,14 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return h.refuse(cl, req, &id, RefuseServerUnavailable, "incomplete identity from the authenticator")
 	case id.Admin && pk.Connect.WillFlag:
 		return h.refuse(cl, req, &id, RefuseNotAuthorized, "admin connections may not set a will")
-	case pk.Connect.WillFlag && !canPublish(&id, pk.Connect.WillTopic):
+	case pk.Connect.WillFlag && id.Provision == nil && !canPublish(&id, pk.Connect.WillTopic):
 		return h.refuse(cl, req, &id, RefuseNotAuthorized, "will topic outside the device namespace")
+	}
+	if id.Provision != nil && !id.Admin {
+		if reason := admitProvision(cl, id.Provision); reason != "" {
+			b.log.Error("authenticator returned an unusable provisioning identity", "client", cl.ID, "listener", cl.Net.Listener)
+			return h.refuse(cl, req, &id, RefuseServerUnavailable, reason)
+		}
 	}
 	if existing, ok := h.srv.Clients.Get(cl.ID); ok {
 		if ec := b.connOf(existing); ec != nil && !ec.id.same(id) {
@@ -192,6 +198,9 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	c := v.(*conn)
 	if !write {
+		if p := c.id.Provision; p != nil {
+			return topic == p.Topic // subscribing to the pushed topic is harmless
+		}
 		return canReceive(&c.id, topic)
 	}
 	if !c.id.Admin {
@@ -262,7 +271,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		}
 	}
 	b.byClientID[c.clientID] = c
-	if !c.id.Admin {
+	if !c.id.Admin && c.id.Provision == nil { // Deliver never reaches a provisioning connection
 		k := c.id.DeviceID
 		set := b.devices[k]
 		if set == nil {
@@ -276,8 +285,11 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	b.stats.connects.Add(1)
 	b.log.Debug("client connected", "device", c.id.String(), "client", c.clientID, "remote", c.remote,
 		"listener", c.listener, "method", c.id.Method)
-	if o := b.cfg.Observer; o != nil {
+	if o := b.observer(c); o != nil {
 		o.Connected(c.id, c.clientID)
+	}
+	if c.id.Provision != nil {
+		h.pushProvision(cl, c)
 	}
 }
 
@@ -296,6 +308,9 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	b.mu.Lock()
 	established := c.established
 	c.offline = true
+	if c.holdTimer != nil {
+		c.holdTimer.Stop()
+	}
 	switch {
 	case takenOver:
 		b.removeLocked(c)
@@ -312,7 +327,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 	b.log.Debug("client disconnected", "device", c.id.String(), "client", c.clientID, "remote", c.remote,
 		"error", err, "session_kept", !expire && !takenOver)
-	if o := b.cfg.Observer; o != nil {
+	if o := b.observer(c); o != nil {
 		o.Disconnected(c.id, c.clientID, err)
 		if len(unsub) > 0 {
 			o.Unsubscribed(c.id, c.clientID, unsub)
@@ -334,8 +349,10 @@ func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	}
 	h.srv.UnsubscribeClient(cl)
 	cl.ClearInflights()
-	if c != nil && len(unsub) > 0 && b.cfg.Observer != nil {
-		b.cfg.Observer.Unsubscribed(c.id, c.clientID, unsub)
+	if c != nil && len(unsub) > 0 {
+		if o := b.observer(c); o != nil {
+			o.Unsubscribed(c.id, c.clientID, unsub)
+		}
 	}
 }
 
@@ -414,6 +431,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		b.stats.adminRequests.Add(1)
 		return pk, packets.CodeSuccessIgnore
+	}
+	if c.id.Provision != nil {
+		return h.provisionPublish(cl, c, pk)
 	}
 
 	if !c.publishAllowed(pk.TopicName) {
@@ -516,8 +536,8 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 		b.logDevice("acl-subscribe", c.id.DeviceID, slog.LevelWarn, "subscription refused: filter outside the device's topics",
 			"device", c.id.String(), "client", logsafe.Clip(c.clientID), "filter", logsafe.Clip(sub.Filter), "remote", c.remote)
 	}
-	if len(accepted) > 0 && b.cfg.Observer != nil {
-		b.cfg.Observer.Subscribed(c.id, c.clientID, accepted)
+	if o := b.observer(c); len(accepted) > 0 && o != nil {
+		o.Subscribed(c.id, c.clientID, accepted)
 	}
 }
 
@@ -528,7 +548,7 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	c := b.connOf(cl)
-	if c == nil {
+	if c == nil || b.observer(c) == nil {
 		return
 	}
 	filters := make([]string, len(pk.Filters))

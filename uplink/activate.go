@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -82,11 +83,153 @@ const maxIssuedSecret = 512
 // are strictly sequential, so the identity never has two connections.
 func (s *session) runWithActivation() {
 	if s.dev.Secret.IsZero() && !s.activate() {
+		s.act.end(secrets.Secret{}, nil)
 		s.setState(StateStopped, nil, time.Time{})
 		close(s.done)
 		return
 	}
+	s.act.end(s.dev.Secret, nil)
 	s.run()
+}
+
+// Errors returned by Manager.Activate.
+var (
+	// ErrActivationRefused: the cloud refused the device's activation, or
+	// it cannot work as configured; the session waits for an operator. The
+	// error wrapping it says why (without secrets).
+	ErrActivationRefused = errors.New("activation refused")
+	// ErrNoSession: the device's session is not running (the manager has
+	// not started, or the session is being replaced).
+	ErrNoSession = errors.New("device has no running session")
+)
+
+// actWatch lets Manager.Activate follow a session's activation: it is
+// signalled after every activation attempt and when the activation ends.
+type actWatch struct {
+	kick chan struct{} // capacity 1: a device is waiting (see sleepOrKick)
+
+	mu      sync.Mutex
+	changed chan struct{} // closed (and replaced) on every change
+	secret  secrets.Secret
+	refused error // the activation was refused: parked
+	ended   bool  // activate returned
+	lastErr error // the last attempt's failure
+}
+
+func newActWatch() *actWatch {
+	return &actWatch{kick: make(chan struct{}, 1), changed: make(chan struct{})}
+}
+
+func (w *actWatch) signal() {
+	close(w.changed)
+	w.changed = make(chan struct{})
+}
+
+// attemptFailed records a failed attempt.
+func (w *actWatch) attemptFailed(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lastErr = err
+	w.signal()
+}
+
+// end records the outcome: a secret, a refusal, or neither (stopped).
+func (w *actWatch) end(secret secrets.Secret, refused error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ended {
+		return
+	}
+	w.secret, w.refused, w.ended = secret, refused, true
+	w.signal()
+}
+
+// Activate is for a device that asks the gateway for its deviceSecret
+// itself (its firmware activates with the productSecret): it returns the
+// deviceSecret of a device whose session obtained it, and otherwise asks
+// the session to make its next activation attempt now (not before the
+// dialect's initial backoff has passed since the last attempt, nor against
+// the per-device connect window or the gateway's connect budget) and waits
+// for its outcome, at most until ctx ends. The secret it returns is
+// already stored durably by the ActivationStore.
+//
+// Errors: ErrUnknownDevice, ErrNoSession, ErrActivationRefused (wrapped
+// with the reason), the error of a failed attempt (the cloud is
+// unreachable, say: try again later), or ctx's error.
+func (m *Manager) Activate(ctx context.Context, id secrets.DeviceID) (secrets.Secret, error) {
+	sl, err := m.lockSlot(id, false)
+	if err != nil {
+		return secrets.Secret{}, fmt.Errorf("activate device %s: %w", id, err)
+	}
+	s := sl.sess
+	registered := sl.registered
+	sl.mu.Unlock()
+	switch {
+	case !registered:
+		return secrets.Secret{}, fmt.Errorf("activate device %s: %w", id, ErrUnknownDevice)
+	case s == nil:
+		return secrets.Secret{}, fmt.Errorf("activate device %s: %w", id, ErrNoSession)
+	}
+	w := s.act
+	kicked, attempted := false, false
+	for {
+		w.mu.Lock()
+		secret, refused, ended, lastErr, changed := w.secret, w.refused, w.ended, w.lastErr, w.changed
+		w.mu.Unlock()
+		switch {
+		case !secret.IsZero():
+			return secret, nil
+		case refused != nil:
+			return secrets.Secret{}, fmt.Errorf("activate device %s: %w: %w", id, ErrActivationRefused, refused)
+		case ended:
+			return secrets.Secret{}, fmt.Errorf("activate device %s: %w", id, ErrNoSession)
+		case attempted && lastErr != nil:
+			return secrets.Secret{}, fmt.Errorf("activate device %s: %w", id, lastErr)
+		}
+		if !kicked {
+			kicked = true
+			select {
+			case w.kick <- struct{}{}:
+			default:
+			}
+		}
+		select {
+		case <-changed:
+			attempted = true
+		case <-ctx.Done():
+			return secrets.Secret{}, fmt.Errorf("activate device %s: %w", id, ctx.Err())
+		}
+	}
+}
+
+// sleepOrKick is the wait between activation attempts: d, cut short by a
+// device waiting for its secret (Manager.Activate), though never to less
+// than the dialect's initial backoff after the last attempt.
+func (s *session) sleepOrKick(ctx context.Context, d time.Duration, last time.Time) error {
+	clk := s.m.clk
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := clk.NewTimer(d)
+	defer t.Stop()
+	kick := s.act.kick
+	for {
+		select {
+		case <-t.C():
+			return nil
+		case <-kick:
+			kick = nil
+			early := last.Add(s.lim.Backoff.Initial).Sub(clk.Now())
+			s.log.Info("activation: the device is waiting for its deviceSecret; trying again now", "in", max(early, 0))
+			if early <= 0 {
+				return nil
+			}
+			t.Stop()
+			t = clk.NewTimer(early)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // activate obtains the device's deviceSecret: from the store if one is
@@ -96,8 +239,9 @@ func (s *session) runWithActivation() {
 func (s *session) activate() bool {
 	ctx, clk := s.ctx, s.m.clk
 	var delay time.Duration
+	var last time.Time // the last attempt
 	for {
-		if sleep(ctx, clk, delay) != nil {
+		if s.sleepOrKick(ctx, delay, last) != nil {
 			return false
 		}
 		stored, err := s.dev.Activation.DeviceSecret(s.dev.ID)
@@ -129,7 +273,12 @@ func (s *session) activate() bool {
 		}
 		s.sl.attempts.record(s.lim.ConnectWindow, clk.Now())
 		s.attempt++
+		select {
+		case <-s.act.kick: // a device waiting now gets this attempt's outcome
+		default:
+		}
 		secret, err := s.activateOnce(ctx)
+		last = clk.Now()
 		if !secret.IsZero() {
 			s.failures = 0
 			s.dev.Secret = secret
@@ -143,6 +292,7 @@ func (s *session) activate() bool {
 			return s.activationRefused(err)
 		}
 		delay = s.failed(err)
+		s.act.attemptFailed(err)
 	}
 }
 
@@ -170,6 +320,7 @@ func (s *session) activationRefused(cause error) bool {
 	}
 	s.log.Error("activation refused; not retried until the device or its product is updated", "attempt", s.attempt, "reason", reason)
 	s.setState(StateActivationFailed, errors.New(reason), time.Time{})
+	s.act.end(secrets.Secret{}, errors.New(reason))
 	<-s.ctx.Done()
 	return false
 }

@@ -56,6 +56,7 @@ type session struct {
 	cancel      context.CancelFunc
 	done        chan struct{}
 	subsChanged chan struct{} // capacity 1
+	act         *actWatch     // followed by Manager.Activate
 	notify      <-chan struct{}
 	failures    int // consecutive failed attempts or short-lived connections
 	attempt     uint64
@@ -70,6 +71,7 @@ func newSession(m *Manager, sl *slot, parent context.Context) *session {
 		cancel:      cancel,
 		done:        make(chan struct{}),
 		subsChanged: make(chan struct{}, 1),
+		act:         newActWatch(),
 		notify:      m.cfg.Queue.Notify(sl.id),
 	}
 }
