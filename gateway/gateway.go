@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/loglimit"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
@@ -59,14 +61,14 @@ type Gateway struct {
 	ran atomic.Bool              // Run was called
 	obs atomic.Pointer[observer] // set while Run runs (see startObserver)
 
-	ready     chan struct{}
-	mu        sync.Mutex
-	reg       *secrets.Registry
-	queue     Queue
-	broker    *localbroker.Broker
-	mgr       *uplink.Manager
-	subs      *subscriptions
-	downDrops int64
+	ready  chan struct{}
+	mu     sync.Mutex
+	reg    *secrets.Registry
+	queue  Queue
+	broker *localbroker.Broker
+	mgr    *uplink.Manager
+	subs   *subscriptions
+	down   downlinkDrops
 }
 
 // New checks cfg and prepares a gateway; it opens nothing yet.
@@ -80,14 +82,19 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Gateway{
+	g := &Gateway{
 		cfg:     cfg,
 		log:     opts.Logger,
 		opts:    opts,
 		version: cmp.Or(opts.Version, versionString()),
 		budget:  newStopBudget(cfg.Shutdown.Timeout.Std()),
 		ready:   make(chan struct{}),
-	}, nil
+	}
+	g.down.log = loglimit.New(time.Minute, 1)
+	if opts.Clock != nil {
+		g.down.log.Now = opts.Clock.Now
+	}
+	return g, nil
 }
 
 // Ready is closed once the registry is open, the spool is open and every
@@ -434,15 +441,67 @@ func (g *Gateway) uplinkDevice(d secrets.Device) (uplink.Device, bool, error) {
 	}, true, nil
 }
 
-// downlink hands a cloud message to the device on the local broker.
+// downlinkDropReasons are the reasons a downlink is not handed to its
+// device: the values of edgegw_downlink_dropped_total's reason label, each
+// with the broker's error and what it means for the operator.
+var downlinkDropReasons = [...]struct {
+	err   error
+	label string
+	why   string
+}{
+	{localbroker.ErrNotConnected, "not_connected", "the device is offline and has no persistent session (or the message is QoS 0, which is not queued)"},
+	{localbroker.ErrNotSubscribed, "not_subscribed", "the device has not subscribed to the topic and does not use server-side subscription (Alibaba _ss=1 in its clientId; EnOS always)"},
+	{localbroker.ErrInflightFull, "inflight_full", "the device already has the most unacknowledged messages the broker keeps for it"},
+	{localbroker.ErrTopicNotAllowed, "topic_not_allowed", "the topic is not one the device may receive"},
+	{localbroker.ErrNotRunning, "not_running", "the local broker is not running"},
+	{nil, "write_failed", "the write to the device's connection failed"},
+}
+
+// downlinkDrops counts dropped downlinks by reason (indexes of
+// downlinkDropReasons) and limits their log lines per device.
+type downlinkDrops struct {
+	n   [len(downlinkDropReasons)]atomic.Int64
+	log *loglimit.Limiter
+}
+
+func (d *downlinkDrops) total() int64 {
+	var t int64
+	for i := range d.n {
+		t += d.n[i].Load()
+	}
+	return t
+}
+
+// downlink hands a cloud message to the device on the local broker, at the
+// cloud's QoS (docs/architecture.md §4.1). What cannot be delivered or
+// queued is dropped: counted by reason, and logged as a warning at most
+// once per device and minute.
 func (g *Gateway) downlink(id secrets.DeviceID, topic string, payload []byte, qos byte) {
 	err := g.broker.Deliver(id, topic, payload, qos)
-	if err != nil {
-		g.mu.Lock()
-		g.downDrops++
-		g.mu.Unlock()
-		g.log.Debug("downlink not delivered", "device", id.String(), "topic", topic, "err", err)
+	if err == nil {
+		return
 	}
+	i := len(downlinkDropReasons) - 1
+	for j, r := range downlinkDropReasons {
+		if r.err != nil && errors.Is(err, r.err) {
+			i = j
+			break
+		}
+	}
+	g.down.n[i].Add(1)
+	ok, suppressed := g.down.log.Allow(id.String())
+	if !ok {
+		return
+	}
+	r := downlinkDropReasons[i]
+	args := []any{"device", id.String(), "topic", logsafe.Clip(topic), "qos", qos, "reason", r.label, "why", r.why}
+	if r.err == nil {
+		args = append(args, "err", err)
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	g.log.Warn("downlink dropped", args...)
 }
 
 // Snapshot is a point-in-time summary for status lines and the demo.
@@ -459,9 +518,9 @@ type Snapshot struct {
 // Snapshot returns the current summary (zero before Ready).
 func (g *Gateway) Snapshot() Snapshot {
 	g.mu.Lock()
-	b, m, q, drops := g.broker, g.mgr, g.queue, g.downDrops
+	b, m, q := g.broker, g.mgr, g.queue
 	g.mu.Unlock()
-	s := Snapshot{Uptime: time.Since(g.started), Sessions: map[uplink.State]int{}, DownlinkDrops: drops}
+	s := Snapshot{Uptime: time.Since(g.started), Sessions: map[uplink.State]int{}, DownlinkDrops: g.down.total()}
 	if b == nil {
 		return s
 	}

@@ -55,7 +55,7 @@ var (
 	descBrokerOutDropped = newDesc("broker_outbound_dropped_total", "Messages to local clients dropped by the broker, by reason.", "reason")
 
 	descDownDelivered = newDesc("downlink_delivered_total", "Cloud messages delivered or queued to the local device.")
-	descDownDropped   = newDesc("downlink_dropped_total", "Cloud messages that could not be handed to the local device.")
+	descDownDropped   = newDesc("downlink_dropped_total", "Cloud messages that could not be handed to the local device, by reason (not_connected, not_subscribed, inflight_full, topic_not_allowed, not_running, write_failed).", "reason")
 
 	descSpoolInfo        = newDesc("spool_info", "Spool settings (always 1).", "durable", "overflow")
 	descSpoolDevices     = newDesc("spool_devices", "Devices known to the spool.")
@@ -136,7 +136,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	defer c.mu.Unlock()
 	g := c.g
 	g.mu.Lock()
-	b, m, q, downDrops := g.broker, g.mgr, g.queue, g.downDrops
+	b, m, q := g.broker, g.mgr, g.queue
 	g.mu.Unlock()
 
 	ready := 0.0
@@ -163,7 +163,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- counter(descBrokerOutDropped, float64(max(s.MessagesDropped, 0)), "queue-full")
 		ch <- counter(descBrokerOutDropped, float64(max(s.InflightDropped, 0)), "inflight-full")
 		ch <- counter(descDownDelivered, float64(s.Delivered))
-		ch <- counter(descDownDropped, float64(downDrops))
+		for i, r := range downlinkDropReasons {
+			ch <- counter(descDownDropped, float64(g.down.n[i].Load()), r.label)
+		}
 	}
 	if q != nil {
 		c.collectSpool(ch, q)

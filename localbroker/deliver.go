@@ -26,8 +26,9 @@ var errWriteTimeout = errors.New("write to client timed out")
 //
 // A live session is written to at once (bounded by Config.WriteTimeout; a
 // client that does not take the data in time is disconnected). An offline
-// persistent session gets QoS 1 messages queued, sent when it resumes.
-// Deliver returns nil when the message was written or queued for at least one
+// persistent session gets QoS 1 messages queued (at most
+// Config.MaxInflight unacknowledged), sent when it resumes; QoS 0 ones are
+// not queued (ErrNotConnected). Deliver returns nil when the message was written or queued for at least one
 // session; otherwise ErrNotConnected, ErrNotSubscribed, ErrInflightFull,
 // ErrTopicNotAllowed or ErrNotRunning (wrapped), or the write error.
 func (b *Broker) Deliver(dev secrets.DeviceID, topic string, payload []byte, qos byte) error {
@@ -103,7 +104,7 @@ func (b *Broker) deliverTo(srv *mqtt.Server, c *conn, topic string, payload []by
 	offline := cl.Closed()
 	if out.FixedHeader.Qos == 0 {
 		if offline {
-			return ErrNotSubscribed // QoS 0 is not queued for offline sessions
+			return ErrNotConnected // QoS 0 is not queued for offline sessions
 		}
 		return b.writeBounded(cl, out)
 	}

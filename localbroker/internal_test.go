@@ -106,30 +106,6 @@ func TestACLRules(t *testing.T) {
 	}
 }
 
-func TestLimiter(t *testing.T) {
-	now := time.Unix(1000, 0)
-	l := newLimiter(10*time.Second, 2)
-	l.now = func() time.Time { return now }
-	steps := []struct {
-		advance    time.Duration
-		ok         bool
-		suppressed int
-	}{
-		{0, true, 0}, {0, true, 0}, {0, false, 0}, {time.Second, false, 0},
-		{10 * time.Second, true, 2}, {0, true, 0}, {0, false, 0},
-	}
-	for i, s := range steps {
-		now = now.Add(s.advance)
-		ok, suppressed := l.allow("k")
-		if ok != s.ok || suppressed != s.suppressed {
-			t.Errorf("step %d: allow = %v, %d; want %v, %d", i, ok, suppressed, s.ok, s.suppressed)
-		}
-	}
-	if ok, _ := l.allow("other"); !ok {
-		t.Error("keys share a budget")
-	}
-}
-
 // capture is a slog handler that keeps records.
 type capture struct {
 	mu    sync.Mutex
@@ -242,26 +218,5 @@ func BenchmarkACLCheck(b *testing.B) {
 				i++
 			}
 		})
-	}
-}
-
-// Per-device keys do not accumulate: past maxLimiterKeys, keys whose window
-// has passed are forgotten; a key still holding back lines is kept.
-func TestLimiterForgetsOldKeys(t *testing.T) {
-	now := time.Unix(1000, 0)
-	l := newLimiter(time.Minute, 1)
-	l.now = func() time.Time { return now }
-	l.allow("busy")
-	l.allow("busy") // held back: must survive pruning
-	for i := range maxLimiterKeys {
-		l.allow(fmt.Sprint("dev-", i))
-	}
-	now = now.Add(2 * time.Minute)
-	l.allow("new")
-	if len(l.keys) != 2 {
-		t.Fatalf("%d keys after pruning, want 2 (busy, new)", len(l.keys))
-	}
-	if ok, suppressed := l.allow("busy"); !ok || suppressed != 1 {
-		t.Errorf("busy: allow = %v, %d; want true, 1", ok, suppressed)
 	}
 }

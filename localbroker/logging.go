@@ -4,73 +4,17 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
-	"time"
 
+	"github.com/edgegw/edgegw/internal/loglimit"
 	"github.com/edgegw/edgegw/secrets"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// limiter lets through at most burst log lines per key and window, and
-// counts what it held back so that the next line can say so. Keys are a
-// small fixed set of categories, so the map stays small.
-type limiter struct {
-	mu     sync.Mutex
-	window time.Duration
-	burst  int
-	now    func() time.Time
-	keys   map[string]*limitState
-}
+// limiter is the broker's log rate limiter (shared with the gateway).
+type limiter = loglimit.Limiter
 
-type limitState struct {
-	start      time.Time
-	n          int
-	suppressed int
-}
-
-func newLimiter(window time.Duration, burst int) *limiter {
-	return &limiter{window: window, burst: burst, now: time.Now, keys: map[string]*limitState{}}
-}
-
-// allow reports whether a line for key may be logged now and, if so, how
-// many lines for key were suppressed since the last one that was.
-func (l *limiter) allow(key string) (ok bool, suppressed int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	s := l.keys[key]
-	if s == nil {
-		if len(l.keys) >= maxLimiterKeys {
-			l.prune(now)
-		}
-		s = &limitState{start: now}
-		l.keys[key] = s
-	}
-	if now.Sub(s.start) >= l.window {
-		s.start, s.n = now, 0
-	}
-	if s.n >= l.burst {
-		s.suppressed++
-		return false, 0
-	}
-	s.n++
-	suppressed, s.suppressed = s.suppressed, 0
-	return true, suppressed
-}
-
-// maxLimiterKeys is the size at which a limiter forgets keys whose window
-// has passed (per-device keys would otherwise accumulate for ever).
-const maxLimiterKeys = 4096
-
-// prune forgets the keys whose window has passed with nothing held back.
-func (l *limiter) prune(now time.Time) {
-	for k, s := range l.keys {
-		if now.Sub(s.start) >= l.window && s.suppressed == 0 {
-			delete(l.keys, k)
-		}
-	}
-}
+var newLimiter = loglimit.New
 
 // logDevice logs at level at most once per device, category and minute
 // (what names the category), adding a count of the lines held back.
@@ -78,7 +22,7 @@ func (b *Broker) logDevice(what string, dev secrets.DeviceID, level slog.Level, 
 	if !b.log.Enabled(context.Background(), level) {
 		return
 	}
-	ok, suppressed := b.perDevice.allow(what + ":" + dev.String())
+	ok, suppressed := b.perDevice.Allow(what + ":" + dev.String())
 	if !ok {
 		return
 	}
@@ -94,7 +38,7 @@ func (b *Broker) logLimited(key string, level slog.Level, msg string, args ...an
 	if !b.log.Enabled(context.Background(), level) {
 		return
 	}
-	ok, suppressed := b.limit.allow(key)
+	ok, suppressed := b.limit.Allow(key)
 	if !ok {
 		return
 	}
@@ -144,7 +88,7 @@ func (h *mochiHandler) Handle(ctx context.Context, r slog.Record) error {
 		return nil
 	}
 	if level >= slog.LevelWarn {
-		ok, suppressed := h.limit.allow("mochi:" + r.Message)
+		ok, suppressed := h.limit.Allow("mochi:" + r.Message)
 		if !ok {
 			return nil
 		}

@@ -34,6 +34,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	interval := fs.Duration("interval", time.Second, "time between two posts of one device")
 	duration := fs.Duration("duration", 0, "stop after this long (default: run until Ctrl-C)")
 	every := fs.Duration("every", 2*time.Second, "time between two summary lines")
+	downEvery := fs.Duration("downlink-every", 5*time.Second, "time between two writes of the cloud to a device")
 	outage := fs.Duration("outage", 0, "take the simulated cloud down for this long after 5 s, to show store-and-forward")
 	verbose := fs.Bool("v", false, "also print the gateway's log")
 	if err := parseFlags(fs, args); err != nil {
@@ -41,6 +42,14 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	}
 	if *n < 1 || *n > 5000 {
 		return fmt.Errorf("-devices %d: want 1 to 5000", *n)
+	}
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{{"every", *every}, {"downlink-every", *downEvery}} {
+		if f.d <= 0 {
+			return fmt.Errorf("-%s %v: must be positive", f.name, f.d)
+		}
 	}
 	d, err := secrets.ParseDialect(*dialectName)
 	if err != nil {
@@ -97,11 +106,17 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Cloud.Dialect = d
 	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
-	if d == secrets.EnOS {
-		cfg.Cloud.Keepalive = config.Duration(60 * time.Second)
-	}
+	// Quick reconnects after -outage. EnOS blocks a device for 5 minutes
+	// after 4 connection requests within 2 minutes, so its sessions wait at
+	// least config.EnOSBackoffFloor after a failed attempt, as they would
+	// against the real cloud (the simulator enforces the block too); the
+	// jitter above the floor stays short.
 	cfg.Cloud.BackoffMin = config.Duration(500 * time.Millisecond)
 	cfg.Cloud.BackoffMax = config.Duration(5 * time.Second)
+	if d == secrets.EnOS {
+		cfg.Cloud.Keepalive = config.Duration(60 * time.Second)
+		cfg.Cloud.BackoffMax = config.Duration(config.EnOSBackoffFloor + 5*time.Second)
+	}
 	cfg.Metrics.Listen = ""
 	if err := seedRegistry(cfg, d, devices, slog.New(slog.DiscardHandler)); err != nil {
 		return err
@@ -130,7 +145,11 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 
 	fmt.Fprintf(stdout, "edgegw demo: %d simulated %s devices → edgegw (local broker %s, state %s) → simulated %s cloud at %s\n",
 		*n, d, local, dir, d, sim.Addr(cloudsim.TCP))
-	fmt.Fprintf(stdout, "each device posts a property every %s with QoS 1; the cloud writes a property to one device every 5 s. Ctrl-C stops.\n\n", *interval)
+	fmt.Fprintf(stdout, "each device posts a property every %s with QoS 1; the cloud writes a property to one device every %s. Ctrl-C stops.\n", *interval, *downEvery)
+	if d == secrets.EnOS && *outage > 0 {
+		fmt.Fprintf(stdout, "EnOS allows 4 connection requests per device within 2 minutes: after the outage, sessions wait at least %s before they reconnect.\n", config.EnOSBackoffFloor)
+	}
+	fmt.Fprintln(stdout)
 
 	fleet, err := devsim.Start(ctx, devsim.Config{Broker: "tcp://" + local, Devices: devices, Interval: *interval, QoS: 1,
 		Logger: log.With("part", "devsim")})
@@ -142,7 +161,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	start := time.Now()
 	tick := time.NewTicker(*every)
 	defer tick.Stop()
-	downTick := time.NewTicker(5 * time.Second)
+	downTick := time.NewTicker(*downEvery)
 	defer downTick.Stop()
 	var outageStart, outageEnd <-chan time.Time
 	if *outage > 0 {
@@ -180,6 +199,9 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 			downSeq++
 			dev := devices[downSeq%len(devices)]
 			body := fmt.Sprintf(`{"id":"%d","version":"1.0","method":"thing.service.property.set","params":{"setpoint":%d}}`, downSeq, 40+downSeq%10)
+			if d == secrets.EnOS {
+				body = fmt.Sprintf(`{"id":"%d","version":"1.0","method":"thing.service.measurepoint.set","params":{"measurepoints":{"setpoint":%d}}}`, downSeq, 40+downSeq%10)
+			}
 			if err := sim.Publish(dev.ProductKey, dev.DeviceName, dev.DownlinkTopic(), []byte(body), 1); err == nil {
 				fmt.Fprintf(stdout, "cloud → %s/%s  %s\n", dev.ProductKey, dev.DeviceName, body)
 			}

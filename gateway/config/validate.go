@@ -40,6 +40,17 @@ func keepaliveRange(d secrets.Dialect) (lo, hi time.Duration) {
 	return 30 * time.Second, 1200 * time.Second
 }
 
+// EnOSBackoffFloor is the least wait of an EnOS session after a failed
+// connection attempt (uplink.DefaultLimits): EnOS accepts one connection
+// per second per device and blocks a device for 5 minutes after 4
+// connection requests within 2 minutes (docs/protocol.md §5.4, §8).
+// cloud.backoff_min and cloud.backoff_max shape the jitter above it, so
+// backoff_max must exceed it.
+const EnOSBackoffFloor = 30 * time.Second
+
+// maxInflight is the largest cloud.inflight the cloud sessions accept.
+const maxInflight = 65000
+
 // signMethods lists each dialect's sign methods (docs/protocol.md §1 and §3).
 var signMethods = map[secrets.Dialect][]secrets.SignMethod{
 	secrets.Aliyun: {secrets.HMACSHA256, secrets.HMACSHA1, secrets.HMACMD5},
@@ -339,11 +350,16 @@ func (c *CloudConfig) validate(v *validator) {
 	v.intRange("cloud.connect_burst", c.ConnectBurst, 1, math.MaxInt32)
 	v.duration("cloud.backoff_min", c.BackoffMin, time.Millisecond)
 	v.duration("cloud.backoff_max", c.BackoffMax, time.Millisecond)
-	if c.BackoffMax < c.BackoffMin {
+	switch {
+	case c.BackoffMax < c.BackoffMin:
 		v.add("cloud.backoff_max", "invalid value %s: less than cloud.backoff_min %s", quoteValue(c.BackoffMax.String()), quoteValue(c.BackoffMin.String()))
+	case c.Dialect == secrets.EnOS && time.Duration(c.BackoffMax) <= EnOSBackoffFloor:
+		v.add("cloud.backoff_max", "invalid value %s: the enos dialect waits at least %v after a failed connection "+
+			"(EnOS blocks a device for 5 minutes after 4 connection attempts within 2 minutes), so backoff_max must be more than %v",
+			quoteValue(c.BackoffMax.String()), EnOSBackoffFloor, EnOSBackoffFloor)
 	}
 	v.duration("cloud.auth_retry", c.AuthRetry, time.Second)
-	v.intRange("cloud.inflight", c.Inflight, 1, 65535)
+	v.intRange("cloud.inflight", c.Inflight, 1, maxInflight)
 	if c.DeviceRate != nil {
 		v.rate("cloud.device_rate", *c.DeviceRate, false)
 	}

@@ -178,8 +178,15 @@ func (f *Fleet) options(d Device) (*mqtt.ClientOptions, error) {
 		return o, nil
 	}
 	// Firmware built for the cloud: the C SDKs' constant 2050 timestamp.
+	// Alibaba's securemode names the transport (3: plain TCP); EnOS's names
+	// the secret, 2 for the deviceSecret on every transport (3 would be a
+	// productSecret login, docs/protocol.md §2.3).
+	secureMode := 3
+	if d.Dialect == secrets.EnOS {
+		secureMode = 2
+	}
 	c, err := secrets.Sign(secrets.SignParams{Dialect: d.Dialect, ProductKey: d.ProductKey, DeviceName: d.DeviceName,
-		ClientID: d.ProductKey + "." + d.DeviceName, Timestamp: "2524608000000", SecureMode: 3,
+		ClientID: d.ProductKey + "." + d.DeviceName, Timestamp: "2524608000000", SecureMode: secureMode,
 		Extra: d.extraParams()}, d.Secret)
 	if err != nil {
 		return nil, err

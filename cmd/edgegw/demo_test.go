@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/edgegw/edgegw/internal/testutil"
+)
+
+// TestDemoBothDialects runs 'edgegw demo' briefly for each dialect, as the
+// README shows it, and waits until messages have flowed both ways: the
+// cloud received device posts, and a device received a cloud write. The
+// EnOS demo once exited at start (issue #15: its short backoff was below
+// the EnOS session's 30 s floor).
+func TestDemoBothDialects(t *testing.T) {
+	summary := regexp.MustCompile(`cloud received (\d+) \(.*\), downlinks (\d+)`)
+	for _, dialect := range []string{"aliyun", "enos"} {
+		t.Run(dialect, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			var stdout, stderr bytes.Buffer
+			out, errOut := &lockedBuf{b: &stdout}, &lockedBuf{b: &stderr}
+			done := make(chan error, 1)
+			go func() {
+				done <- runDemo(ctx, []string{"-dialect", dialect, "-devices", "2", "-state", t.TempDir(),
+					"-interval", "100ms", "-every", "100ms", "-downlink-every", "200ms"}, nil, out, errOut)
+			}()
+			flowed := func() bool {
+				out.mu.Lock()
+				text := stdout.String()
+				out.mu.Unlock()
+				for _, m := range summary.FindAllStringSubmatch(text, -1) {
+					up, _ := strconv.Atoi(m[1])
+					down, _ := strconv.Atoi(m[2])
+					if up > 0 && down > 0 {
+						return true
+					}
+				}
+				select {
+				case err := <-done:
+					done <- err
+					return true // reported below
+				default:
+					return false
+				}
+			}
+			testutil.Eventually(t, 30*time.Second, flowed, "messages both ways in the %s demo", dialect)
+			select {
+			case err := <-done:
+				t.Fatalf("demo ended early: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+			default:
+			}
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("demo: %v\nstderr:\n%s", err, stderr.String())
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("demo did not stop within 20 s of its context ending")
+			}
+		})
+	}
+}
