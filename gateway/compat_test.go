@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +42,9 @@ type compatDevice struct {
 	dialect secrets.Dialect
 	pk, dn  string
 	secret  secrets.Secret
+	// productSecret, when set, is the product's (for dynamic activation and
+	// registration), in the cloud and in the gateway's registry.
+	productSecret secrets.Secret
 }
 
 func (d compatDevice) String() string { return d.pk + "/" + d.dn }
@@ -65,6 +69,9 @@ func newCompatRig(t *testing.T, d compatDevice, mutate func(*cloudsim.Config, *c
 	}
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
+	if !d.productSecret.IsZero() {
+		simCfg.Products = []cloudsim.Product{{ProductKey: d.pk, Secret: d.productSecret}}
+	}
 	if mutate != nil {
 		mutate(&simCfg, cfg)
 	}
@@ -77,6 +84,9 @@ func newCompatRig(t *testing.T, d compatDevice, mutate func(*cloudsim.Config, *c
 	}
 	t.Cleanup(func() { sim.Close() })
 	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
+	if simCfg.TLSListen != "" {
+		cfg.Cloud.Endpoint = "tls://" + sim.Addr(cloudsim.TLS)
+	}
 
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -89,11 +99,20 @@ func newCompatRig(t *testing.T, d compatDevice, mutate func(*cloudsim.Config, *c
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := reg.PutProduct(secrets.Product{ProductKey: d.pk, Dialect: d.dialect}); err != nil {
+	if _, err := reg.PutProduct(secrets.Product{ProductKey: d.pk, Dialect: d.dialect, ProductSecret: d.productSecret}); err != nil {
 		t.Fatal(err)
 	}
 	if err := reg.AddDevice(secrets.Device{ProductKey: d.pk, DeviceName: d.dn, DeviceSecret: d.secret}); err != nil {
 		t.Fatal(err)
+	}
+	// Devices created in the console without a secret (to be activated
+	// with the productSecret) are registered at the gateway the same way.
+	for _, sd := range simCfg.Devices {
+		if sd.ProductKey == d.pk && sd.DeviceName != d.dn && sd.Secret.IsZero() {
+			if err := reg.AddDevice(secrets.Device{ProductKey: sd.ProductKey, DeviceName: sd.DeviceName}); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	if err := reg.Close(); err != nil {
 		t.Fatal(err)
@@ -154,7 +173,19 @@ type fwConn struct {
 // CONNACK.
 func dialFirmware(t *testing.T, addr string, cp packets.ConnectParams, level byte) (*fwConn, packets.Packet) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return dialFirmwareTLS(t, addr, nil, cp, level)
+}
+
+// dialFirmwareTLS is dialFirmware over TLS when tc is not nil.
+func dialFirmwareTLS(t *testing.T, addr string, tc *tls.Config, cp packets.ConnectParams, level byte) (*fwConn, packets.Packet) {
+	t.Helper()
+	var conn net.Conn
+	var err error
+	if tc != nil {
+		conn, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, tc)
+	} else {
+		conn, err = net.DialTimeout("tcp", addr, 5*time.Second)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
