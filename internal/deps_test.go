@@ -24,12 +24,13 @@ var corePackages = []string{
 
 // testOnly are packages that exist for tests and measurements. The daemon
 // must not link them: the benchmark harness and the device simulator start
-// processes and open ports of their own, and testutil stops a test on any
-// error.
+// processes and open ports of their own, and testutil and gwtest (which
+// runs a whole gateway) stop a test on any error.
 var testOnly = []string{
 	module + "/gateway/bench",
 	module + "/gateway/devsim",
 	module + "/internal/testutil",
+	module + "/internal/testutil/gwtest",
 }
 
 // TestCoreDoesNotImportTestPackages fails when a core package imports a

@@ -146,3 +146,28 @@ func TestPKIHandshake(t *testing.T) {
 		t.Fatalf("written server certificate does not load: %v", err)
 	}
 }
+
+// fakeToken is a paho token that completes as told.
+type fakeToken struct {
+	done bool
+	err  error
+}
+
+func (f fakeToken) Wait() bool                     { return f.done }
+func (f fakeToken) WaitTimeout(time.Duration) bool { return f.done }
+func (f fakeToken) Done() <-chan struct{}          { return nil }
+func (f fakeToken) Error() error                   { return f.err }
+
+func TestWaitToken(t *testing.T) {
+	testutil.WaitToken(t, fakeToken{done: true}, time.Second, "done")
+	s := run(t, func(tb testing.TB) { testutil.WaitToken(tb, fakeToken{}, 30*time.Millisecond, "subscribe x") })
+	if s.how != "fatal" || !strings.Contains(s.msg, "subscribe x: timed out") {
+		t.Fatalf("WaitToken on a token that never completes: %s %q", s.how, s.msg)
+	}
+	s = run(t, func(tb testing.TB) {
+		testutil.WaitToken(tb, fakeToken{done: true, err: io.ErrUnexpectedEOF}, time.Second, "publish")
+	})
+	if s.how != "fatal" || !strings.Contains(s.msg, "publish: unexpected EOF") {
+		t.Fatalf("WaitToken on a failed token: %s %q", s.how, s.msg)
+	}
+}
