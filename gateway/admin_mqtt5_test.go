@@ -5,30 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 )
-
-// admLookPeer finds a Debian mosquitto tool, or skips (fails with
-// EDGEGW_REQUIRE_PEERS=1).
-func admLookPeer(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("EDGEGW_REQUIRE_PEERS") == "1" {
-		t.Fatalf("%s not found and EDGEGW_REQUIRE_PEERS=1: apt-get install mosquitto-clients", name)
-	}
-	t.Skipf("%s not found: apt-get install mosquitto-clients (set EDGEGW_REQUIRE_PEERS=1 to make this a failure)", name)
-	return ""
-}
 
 // rr runs mosquitto_rr and returns the correlation data and the reply.
 func (r *admRig) rr(bin string, args ...string) (corr string, rep adminapi.Reply) {
@@ -58,7 +43,7 @@ func (r *admRig) rr(bin string, args ...string) (corr string, rep adminapi.Reply
 // over MQTT 5 (Response Topic and Correlation Data) on the unix socket and
 // on TCP with the admin user, and once over MQTT 3.1.1.
 func TestAdminMQTT5MosquittoRR(t *testing.T) {
-	bin := admLookPeer(t, "mosquitto_rr")
+	bin := testutil.Peer(t, "mosquitto_rr")
 	r := newAdmRig(t)
 	if err := r.sim.AddDevice(admPK, "rr-0001", secrets.NewSecret("Rr-secret-0001")); err != nil {
 		t.Fatal(err)
@@ -109,10 +94,10 @@ func TestAdminMQTT5MosquittoRR(t *testing.T) {
 			t.Errorf("%s: got %d %q, want %d containing %q", s.req, rep.Code, rep.Message, s.code, s.want)
 		}
 		if i == 3 {
-			admEventually(t, "the session of the device added over MQTT 5", 10*time.Second, func() bool { return r.sim.Connected(admPK, "rr-0001") })
+			testutil.Eventually(t, 10*time.Second, func() bool { return r.sim.Connected(admPK, "rr-0001") }, "the session of the device added over MQTT 5")
 		}
 	}
-	admEventually(t, "the session of the removed device to end", 10*time.Second, func() bool { return !r.sim.Connected(admPK, "rr-0001") })
+	testutil.Eventually(t, 10*time.Second, func() bool { return !r.sim.Connected(admPK, "rr-0001") }, "the session of the removed device to end")
 
 	// MQTT 3.1.1 with mosquitto_rr: no Response Topic, so the reply comes
 	// on the shared response topic.

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -19,6 +17,8 @@ import (
 	"github.com/edgegw/edgegw/gateway"
 	"github.com/edgegw/edgegw/gateway/adminapi"
 	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/testutil"
+	"github.com/edgegw/edgegw/internal/testutil/gwtest"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -33,35 +33,17 @@ const (
 // show up anywhere either).
 const admAdminPassword = "Adm1nPa55-k7Q9zW"
 
-// admLog collects the gateway's log lines.
-type admLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *admLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *admLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // admRig is a cloud simulator and a gateway with a TCP and a unix socket
 // listener, and an observer admin client that records every admin reply.
 type admRig struct {
 	t       *testing.T
 	sim     *cloudsim.Sim
 	cfg     *config.Config
+	run     *gwtest.Running
 	gw      *gateway.Gateway
-	log     *admLog
+	log     *testutil.SyncBuffer
 	sock    string // the admin unix socket
 	tcp     string // host:port of the TCP listener
-	stop    func()
 	replies *admReplies
 }
 
@@ -100,27 +82,9 @@ func newAdmRig(t *testing.T) *admRig {
 	}
 	t.Cleanup(func() { sim.Close() })
 
-	dir := t.TempDir()
-	// Unix socket paths are limited to 108 bytes: keep this one short.
-	sockDir, err := os.MkdirTemp("", "egw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	pwFile := filepath.Join(dir, "admin.pw")
-	if err := os.WriteFile(pwFile, []byte(admAdminPassword+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.StateDir = filepath.Join(dir, "state")
-	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(sockDir, "admin.sock")}
-	cfg.Broker.Admin = []config.AdminUser{{User: "ops", PasswordFile: pwFile}}
-	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
-	cfg.Cloud.BackoffMin = config.Duration(50 * time.Millisecond)
-	cfg.Cloud.BackoffMax = config.Duration(300 * time.Millisecond)
-	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
-	r := &admRig{t: t, sim: sim, cfg: cfg, log: &admLog{}, sock: filepath.Join(sockDir, "admin.sock"), replies: &admReplies{}}
+	cfg := gwtest.Config(t, sim)
+	gwtest.AddAdmin(t, cfg, "ops", admAdminPassword)
+	r := &admRig{t: t, sim: sim, cfg: cfg, log: &testutil.SyncBuffer{}, sock: gwtest.Socket(cfg), replies: &admReplies{}}
 	r.start()
 	return r
 }
@@ -130,73 +94,22 @@ func (r *admRig) start() {
 	t := r.t
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	gw, err := gateway.New(r.cfg, gateway.Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		cancel()
-		t.Fatalf("gateway: %v", err)
-	case <-time.After(20 * time.Second):
-		cancel()
-		t.Fatal("gateway not ready within 20 s")
-	}
-	r.gw = gw
-	for id, a := range gw.Addrs() {
-		if strings.HasPrefix(id, "tcp://") {
-			r.tcp = a.String()
-		}
-	}
-	var once sync.Once
-	r.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("gateway stopped with: %v", err)
-				}
-			case <-time.After(20 * time.Second):
-				t.Error("gateway did not stop within 20 s")
-			}
-		})
-	}
-	t.Cleanup(r.stop)
+	r.run = gwtest.Start(t, r.cfg, gateway.Options{Logger: log})
+	r.gw, r.tcp = r.run.Gateway, r.run.Addr("tcp")
 
 	// The observer: an admin that records every reply, whoever asked.
 	o := mqtt.NewClientOptions().AddBroker("unix://" + r.sock).SetClientID(fmt.Sprintf("observer-%d", time.Now().UnixNano())).
 		SetProtocolVersion(4).SetAutoReconnect(false).SetOrderMatters(true)
 	c := mqtt.NewClient(o)
-	admWait(t, c.Connect(), "observer connect")
-	admWait(t, c.Subscribe("$edgegw/admin/#", 1, func(_ mqtt.Client, m mqtt.Message) { r.replies.add(m.Payload()) }), "observer subscribe")
+	testutil.WaitToken(t, c.Connect(), 10*time.Second, "observer connect")
+	testutil.WaitToken(t, c.Subscribe("$edgegw/admin/#", 1, func(_ mqtt.Client, m mqtt.Message) { r.replies.add(m.Payload()) }),
+		10*time.Second, "observer subscribe")
 	t.Cleanup(func() { c.Disconnect(100) })
 }
 
-func admWait(t *testing.T, tok mqtt.Token, what string) {
-	t.Helper()
-	if !tok.WaitTimeout(10 * time.Second) {
-		t.Fatalf("%s: timed out", what)
-	}
-	if err := tok.Error(); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-}
-
-func admEventually(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// stop stops the gateway (a failure of its Run fails the test); start
+// runs a new one on the same configuration.
+func (r *admRig) stop() { r.run.Stop() }
 
 // admClient is an adminapi.Client bound to a test: failures to reach the
 // gateway end the test.

@@ -12,6 +12,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -50,7 +51,7 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	if !added.HasDeviceSecret || !added.HasLocalPassword || added.State != "ready" || added.Disabled {
 		t.Fatalf("added: %+v", added)
 	}
-	admEventually(t, "the cloud to see the new device", 10*time.Second, func() bool { return r.sim.Connected(admPK, dn) })
+	testutil.Eventually(t, 10*time.Second, func() bool { return r.sim.Connected(admPK, dn) }, "the cloud to see the new device")
 	a.expect(409, "already exists", adminapi.MethodDeviceAdd, dev(admPK, dn, "deviceSecret", sec1))
 
 	// A device added with no secret under a product with a productSecret
@@ -63,10 +64,10 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 
 	// device.get: record, session, queue; booleans only for secrets.
 	var det adminapi.DeviceDetail
-	admEventually(t, "device.get to report the session connected", 10*time.Second, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		a.must(adminapi.MethodDeviceGet, adminapi.DeviceGetParams{DeviceID: did(admPK, dn)}, &det)
 		return det.Session != nil && det.Session.State == "connected"
-	})
+	}, "device.get to report the session connected")
 	if det.Device.Dialect != "aliyun" || det.Queue.Device != admPK+"/"+dn || det.Session.Connects != 1 {
 		t.Fatalf("device.get: %+v / %+v", det.Device, det.Session)
 	}
@@ -124,10 +125,10 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	if !strings.Contains(rep.Message, "deviceSecret rotated") {
 		t.Fatalf("rotate: %s", rep.Message)
 	}
-	admEventually(t, "the session to reconnect with the rotated secret", 10*time.Second, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		a.must(adminapi.MethodDeviceGet, adminapi.DeviceGetParams{DeviceID: did(admPK, dn)}, &det)
 		return det.Session != nil && det.Session.State == "connected" && det.Session.Connects >= 2
-	})
+	}, "the session to reconnect with the rotated secret")
 	// The same secret again is no change.
 	rep = a.must(adminapi.MethodDeviceUpdate, adminapi.DeviceUpdateParams{DeviceID: did(admPK, dn), DeviceSecret: sec2}, nil)
 	if !strings.Contains(rep.Message, "unchanged") {
@@ -140,7 +141,7 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	if !upd.Disabled || upd.Session != "none" {
 		t.Fatalf("disabled: %+v", upd)
 	}
-	admEventually(t, "the cloud session to end", 10*time.Second, func() bool { return !r.sim.Connected(admPK, dn) })
+	testutil.Eventually(t, 10*time.Second, func() bool { return !r.sim.Connected(admPK, dn) }, "the cloud session to end")
 	select {
 	case <-local.lost:
 	case <-time.After(10 * time.Second):
@@ -150,7 +151,7 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 		t.Fatal("a disabled device logged in")
 	}
 	a.must(adminapi.MethodDeviceUpdate, adminapi.DeviceUpdateParams{DeviceID: did(admPK, dn), Disabled: new(false)}, &upd)
-	admEventually(t, "the re-enabled device's session", 10*time.Second, func() bool { return r.sim.Connected(admPK, dn) })
+	testutil.Eventually(t, 10*time.Second, func() bool { return r.sim.Connected(admPK, dn) }, "the re-enabled device's session")
 
 	// Local password: remove it, then the device can no longer log in.
 	a.must(adminapi.MethodDeviceUpdate, adminapi.DeviceUpdateParams{DeviceID: did(admPK, dn), LocalPassword: adminapi.Optional{Clear: true}}, &upd)
@@ -167,10 +168,10 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	if _, err := r.connectDevice(admPK, dn, "local-pw-0002"); err != nil {
 		t.Fatalf("new local password: %v", err)
 	}
-	admEventually(t, "the session with the new clientId", 10*time.Second, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		a.must(adminapi.MethodDeviceGet, adminapi.DeviceGetParams{DeviceID: did(admPK, dn)}, &det)
 		return det.Session != nil && det.Session.State == "connected" && strings.HasPrefix(det.Session.ClientID, "pump1.cloud|")
-	})
+	}, "the session with the new clientId")
 
 	// Queues.
 	var qs adminapi.QueueStats
@@ -208,7 +209,7 @@ func TestAdminMethodsMQTT311(t *testing.T) {
 	if rm.State != "removed" || rm.Spool != "discard" {
 		t.Fatalf("remove: %+v", rm)
 	}
-	admEventually(t, "the removed device's session to end", 10*time.Second, func() bool { return !r.sim.Connected(admPK, dn) })
+	testutil.Eventually(t, 10*time.Second, func() bool { return !r.sim.Connected(admPK, dn) }, "the removed device's session to end")
 	a.expect(404, "not found", adminapi.MethodDeviceGet, dev(admPK, dn))
 	for _, name := range []string{"imp-0001", "imp-0003"} {
 		a.must(adminapi.MethodDeviceRemove, adminapi.DeviceRemoveParams{DeviceID: did(admPK, name), Spool: adminapi.SpoolDrain}, nil)
@@ -375,7 +376,7 @@ func TestAdminRefusesNonAdmins(t *testing.T) {
 	}
 	got := make(chan []byte, 4)
 	tok := d.c.Subscribe(adminapi.ResponseTopic, 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Payload() })
-	admWait(t, tok, "device subscribe")
+	testutil.WaitToken(t, tok, 10*time.Second, "device subscribe")
 	if code := tok.(*mqtt.SubscribeToken).Result()[adminapi.ResponseTopic]; code != 0x80 {
 		t.Fatalf("device subscription to the response topic: SUBACK %#x, want 0x80", code)
 	}
@@ -383,11 +384,11 @@ func TestAdminRefusesNonAdmins(t *testing.T) {
 	// Refused like any publish outside the device's namespace: a 3.1.1
 	// device gets its PUBACK (so it does not reconnect and resend for
 	// ever) and the request goes nowhere.
-	admWait(t, d.c.Publish(adminapi.RequestTopic, 1, false, `{"id":"evil","method":"device.remove","params":{"productKey":"`+admPK+`","deviceName":"pump-0001","spool":"discard"}}`),
-		"device's admin request acknowledged and dropped")
+	testutil.WaitToken(t, d.c.Publish(adminapi.RequestTopic, 1, false, `{"id":"evil","method":"device.remove","params":{"productKey":"`+admPK+`","deviceName":"pump-0001","spool":"discard"}}`),
+		10*time.Second, "device's admin request acknowledged and dropped")
 	// Nothing was done: the device still exists and nobody got a reply.
 	a.must(adminapi.MethodDeviceGet, adminapi.DeviceGetParams{DeviceID: did(admPK, "pump-0001")}, nil)
-	admEventually(t, "the observer to see the device.get reply", 10*time.Second, func() bool { return r.replies.count() > before })
+	testutil.Eventually(t, 10*time.Second, func() bool { return r.replies.count() > before }, "the observer to see the device.get reply")
 	if all := r.replies.joined(); strings.Contains(all, `"evil"`) {
 		t.Fatalf("the device's request was answered: %s", all)
 	}
@@ -432,7 +433,7 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 			t.Fatal(err)
 		}
 		a.must(adminapi.MethodDeviceAdd, adminapi.DeviceAddParams{DeviceID: did(admPK, dn), DeviceSecret: sec, LocalPassword: "pw-" + dn}, nil)
-		admEventually(t, dn+" connected to the cloud", 10*time.Second, func() bool { return r.sim.Connected(admPK, dn) })
+		testutil.Eventually(t, 10*time.Second, func() bool { return r.sim.Connected(admPK, dn) }, "%s connected to the cloud", dn)
 		d, err := r.connectDevice(admPK, dn, "pw-"+dn)
 		if err != nil {
 			t.Fatal(err)
@@ -447,7 +448,7 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 	}
 	for _, dn := range names {
 		for i := range 5 {
-			admWait(t, devs[dn].c.Publish(propertyTopic(admPK, dn), 1, false, fmt.Sprintf(`{"id":"%d","params":{"n":%d}}`, i, i)), "publish")
+			testutil.WaitToken(t, devs[dn].c.Publish(propertyTopic(admPK, dn), 1, false, fmt.Sprintf(`{"id":"%d","params":{"n":%d}}`, i, i)), 10*time.Second, "publish")
 		}
 	}
 	var qs adminapi.QueueStats
@@ -488,11 +489,11 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 		drainReply <- a.raw([]byte(`{"id":"`+a.name+`-drop","method":"device.remove","params":{"productKey":"`+admPK+
 			`","deviceName":"drop-0001","spool":"drain","timeout":"1m"}}`), a.name+"-drop")
 	}()
-	admEventually(t, "drop-0001 to be draining", 10*time.Second, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		var det adminapi.DeviceDetail
 		a.must(adminapi.MethodDeviceGet, adminapi.DeviceGetParams{DeviceID: did(admPK, "drop-0001")}, &det)
 		return det.Device.Removing && det.Device.Disabled
-	})
+	}, "drop-0001 to be draining")
 	a.expect(409, "being removed", adminapi.MethodDeviceUpdate, dev(admPK, "drop-0001", "disabled", false))
 	a.expect(409, "already being removed", adminapi.MethodDeviceRemove, dev(admPK, "drop-0001", "spool", "drain"))
 	a.must(adminapi.MethodDeviceRemove, adminapi.DeviceRemoveParams{DeviceID: did(admPK, "drop-0001"), Spool: adminapi.SpoolDiscard}, &rm)
@@ -529,7 +530,7 @@ func TestAdminDrainAndDiscard(t *testing.T) {
 		t.Fatalf("cloud received %d messages from the drained device: %q", len(got), got)
 	}
 	a.expect(404, "not found", adminapi.MethodDeviceGet, dev(admPK, "drain-0001"))
-	admEventually(t, "the drained device's session to end", 10*time.Second, func() bool { return !r.sim.Connected(admPK, "drain-0001") })
+	testutil.Eventually(t, 10*time.Second, func() bool { return !r.sim.Connected(admPK, "drain-0001") }, "the drained device's session to end")
 
 	if recs := r.sim.MessagesFor(admPK, "drop-0001"); len(recs) != 0 {
 		t.Fatalf("the cloud received %d discarded messages", len(recs))
@@ -554,9 +555,9 @@ func TestAdminChangesSurviveRestart(t *testing.T) {
 	}
 	a.must(adminapi.MethodDeviceAdd, adminapi.DeviceAddParams{DeviceID: did(admPK, "keep-0001"), DeviceSecret: "KeEp-secret-0001"}, nil)
 	a.must(adminapi.MethodDeviceAdd, adminapi.DeviceAddParams{DeviceID: did(admPK, "off-0001"), DeviceSecret: "OfF-secret-0001", Disabled: true}, nil)
-	admEventually(t, "session", 10*time.Second, func() bool { return r.sim.Connected(admPK, "keep-0001") })
+	testutil.Eventually(t, 10*time.Second, func() bool { return r.sim.Connected(admPK, "keep-0001") }, "session")
 	r.stop()
-	admEventually(t, "session to end with the gateway", 10*time.Second, func() bool { return !r.sim.Connected(admPK, "keep-0001") })
+	testutil.Eventually(t, 10*time.Second, func() bool { return !r.sim.Connected(admPK, "keep-0001") }, "session to end with the gateway")
 
 	r.start()
 	a = r.dialAdmin("unix://"+r.sock, "", "")
@@ -565,7 +566,7 @@ func TestAdminChangesSurviveRestart(t *testing.T) {
 	if len(list.Devices) != 2 || list.Devices[0].DeviceName != "keep-0001" || !list.Devices[1].Disabled {
 		t.Fatalf("after restart: %+v", list.Devices)
 	}
-	admEventually(t, "session after restart", 10*time.Second, func() bool { return r.sim.Connected(admPK, "keep-0001") })
+	testutil.Eventually(t, 10*time.Second, func() bool { return r.sim.Connected(admPK, "keep-0001") }, "session after restart")
 }
 
 // TestAdminNoSecretInRepliesOrLogs runs every kind of request carrying
@@ -589,7 +590,7 @@ func TestAdminNoSecretInRepliesOrLogs(t *testing.T) {
 	}
 	pw := s("Pw1")
 	a.must(adminapi.MethodDeviceAdd, adminapi.DeviceAddParams{DeviceID: did(admPK, "leak-0001"), DeviceSecret: sec, LocalPassword: pw}, nil)
-	admEventually(t, "session", 10*time.Second, func() bool { return r.sim.Connected(admPK, "leak-0001") })
+	testutil.Eventually(t, 10*time.Second, func() bool { return r.sim.Connected(admPK, "leak-0001") }, "session")
 	if _, err := r.connectDevice(admPK, "leak-0001", pw); err != nil {
 		t.Fatal(err)
 	}
@@ -620,9 +621,9 @@ func TestAdminNoSecretInRepliesOrLogs(t *testing.T) {
 	}
 	a.must(adminapi.MethodDeviceRemove, adminapi.DeviceRemoveParams{DeviceID: did(admPK, "leak-0001"), Spool: adminapi.SpoolDiscard}, nil)
 
-	admEventually(t, "the observer to see every reply", 10*time.Second, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		return strings.Count(r.replies.joined(), `"code":`) >= 15
-	})
+	}, "the observer to see every reply")
 	replies, logs := r.replies.joined(), r.log.String()
 	if !strings.Contains(logs, `msg="admin change"`) {
 		t.Fatal("no audit lines captured")
@@ -650,7 +651,7 @@ func TestAdminDrainInterruptedByStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.must(adminapi.MethodDeviceAdd, adminapi.DeviceAddParams{DeviceID: did(admPK, "stop-0001"), DeviceSecret: "StOp-secret-0001", LocalPassword: "pw-stop-0001"}, nil)
-	admEventually(t, "session", 10*time.Second, func() bool { return r.sim.Connected(admPK, "stop-0001") })
+	testutil.Eventually(t, 10*time.Second, func() bool { return r.sim.Connected(admPK, "stop-0001") }, "session")
 	d, err := r.connectDevice(admPK, "stop-0001", "pw-stop-0001")
 	if err != nil {
 		t.Fatal(err)
@@ -659,7 +660,7 @@ func TestAdminDrainInterruptedByStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		admWait(t, d.c.Publish(propertyTopic(admPK, "stop-0001"), 1, false, fmt.Sprintf(`{"n":%d}`, i)), "publish")
+		testutil.WaitToken(t, d.c.Publish(propertyTopic(admPK, "stop-0001"), 1, false, fmt.Sprintf(`{"n":%d}`, i)), 10*time.Second, "publish")
 	}
 	// The reply to this request never comes: the gateway stops first, and
 	// the call ends with the connection.
@@ -669,16 +670,16 @@ func TestAdminDrainInterruptedByStop(t *testing.T) {
 		_, _ = a.api.DoRaw(t.Context(), []byte(`{"id":"stop","method":"device.remove","params":{"productKey":"`+admPK+
 			`","deviceName":"stop-0001","spool":"drain","timeout":"10m"}}`), "stop")
 	}()
-	admEventually(t, "the drain to start", 10*time.Second, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		var det adminapi.DeviceDetail
 		a.must(adminapi.MethodDeviceGet, adminapi.DeviceGetParams{DeviceID: did(admPK, "stop-0001")}, &det)
 		return det.Device.Removing
-	})
+	}, "the drain to start")
 	start := time.Now()
 	r.stop()
-	admEventually(t, "the drain to give up", 10*time.Second, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		return strings.Contains(r.log.String(), "not removed: the gateway is stopping; it stays disabled with 3 queued messages")
-	})
+	}, "the drain to give up")
 	if took := time.Since(start); took > 10*time.Second {
 		t.Fatalf("stop took %s with a drain waiting", took)
 	}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -237,17 +238,6 @@ func (s scrape) must(t *testing.T, name string, labels ...string) float64 {
 	return v
 }
 
-func metWait(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestMetricsAndHealth runs a gateway with three good devices and one the
 // cloud refuses, and checks /metrics, /healthz and /readyz online, offline
 // and through shutdown.
@@ -274,12 +264,12 @@ func TestMetricsAndHealth(t *testing.T) {
 
 	f1 := r.fleet(count)
 	for _, d := range r.good {
-		metWait(t, d.DeviceName+" messages in the cloud", 30*time.Second, func() bool {
+		testutil.Eventually(t, 30*time.Second, func() bool {
 			return len(r.sim.MessagesFor(d.ProductKey, d.DeviceName)) >= count
-		})
+		}, "%s messages in the cloud", d.DeviceName)
 	}
 	var s scrape
-	metWait(t, "metrics to show the sessions up, the refusal and the drained spool", 30*time.Second, func() bool {
+	testutil.Eventually(t, 30*time.Second, func() bool {
 		s = r.scrape()
 		up, _ := s.value("edgegw_cloud_sessions", "state", "connected")
 		sent, _ := s.value("edgegw_cloud_messages_sent_total")
@@ -290,7 +280,7 @@ func TestMetricsAndHealth(t *testing.T) {
 			refused += v
 		}
 		return up == n && sent >= n*count && depth == 0 && refused == 1
-	})
+	}, "metrics to show the sessions up, the refusal and the drained spool")
 
 	// Concurrent scrapes (the race detector watches the collector).
 	var wg sync.WaitGroup
@@ -423,20 +413,20 @@ func TestMetricsAndHealth(t *testing.T) {
 	if err := r.sim.Down(); err != nil {
 		t.Fatal(err)
 	}
-	metWait(t, "sessions down", 20*time.Second, func() bool {
+	testutil.Eventually(t, 20*time.Second, func() bool {
 		v, _ := r.scrape().value("edgegw_cloud_sessions", "state", "connected")
 		return v == 0
-	})
+	}, "sessions down")
 	sentBefore := r.scrape().must(t, "edgegw_cloud_messages_sent_total")
 	f1.Close() // the next fleet logs in as the same devices
 	f := r.fleet(5)
-	metWait(t, "posts acknowledged into the spool", 20*time.Second, func() bool { return f.Stats().Acked >= n*5 })
-	metWait(t, "a backlog with an age", 10*time.Second, func() bool {
+	testutil.Eventually(t, 20*time.Second, func() bool { return f.Stats().Acked >= n*5 }, "posts acknowledged into the spool")
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		s = r.scrape()
 		depth, _ := s.value("edgegw_spool_messages")
 		age, _ := s.value("edgegw_spool_oldest_message_age_seconds")
 		return depth >= n*5 && age > 0
-	})
+	}, "a backlog with an age")
 	if v := s.must(t, "edgegw_spool_bytes"); v <= 0 {
 		t.Errorf("spool bytes with a backlog = %v", v)
 	}
@@ -467,7 +457,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Errorf("alive once shutdown began: %v", err)
 	}
 	seen503 := 0
-	metWait(t, "the metrics server to close", 15*time.Second, func() bool {
+	testutil.Eventually(t, 15*time.Second, func() bool {
 		code, body, err := get(readyURL)
 		if err != nil {
 			return true
@@ -477,7 +467,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		}
 		seen503++
 		return false
-	})
+	}, "the metrics server to close")
 	t.Logf("/readyz answered 503 %d times during shutdown", seen503)
 	select {
 	case err := <-r.done:
@@ -612,12 +602,12 @@ func TestAliveSharesProbes(t *testing.T) {
 		t.Error("a fresh probe result was not reused")
 	}
 	// After the reuse interval a new probe runs.
-	metWait(t, "a new probe after the reuse interval", 5*time.Second, func() bool {
+	testutil.Eventually(t, 5*time.Second, func() bool {
 		if err := gw.Alive(); err != nil {
 			t.Fatal(err)
 		}
 		return currentOf(o) != first
-	})
+	}, "a new probe after the reuse interval")
 }
 
 // sessionValues runs the session part of the collector and returns the values
@@ -766,7 +756,7 @@ func TestAliveDetectsWedgedSpool(t *testing.T) {
 	}
 	o := gw.observer()
 	// Let any earlier result expire, then wedge the spool.
-	metWait(t, "no fresh probe result", 5*time.Second, func() bool {
+	testutil.Eventually(t, 5*time.Second, func() bool {
 		p := currentOf(o)
 		if p == nil {
 			return true
@@ -777,7 +767,7 @@ func TestAliveDetectsWedgedSpool(t *testing.T) {
 		default:
 			return false
 		}
-	})
+	}, "no fresh probe result")
 	wq := &wedgedQueue{release: make(chan struct{})}
 	gw.mu.Lock()
 	wq.Queue = gw.queue
@@ -814,7 +804,7 @@ func TestAliveDetectsWedgedSpool(t *testing.T) {
 	gw.mu.Lock()
 	gw.queue = wq.Queue
 	gw.mu.Unlock()
-	metWait(t, "Alive to recover", 5*time.Second, func() bool { return gw.Alive() == nil })
+	testutil.Eventually(t, 5*time.Second, func() bool { return gw.Alive() == nil }, "Alive to recover")
 }
 
 func currentOf(o *observer) *aliveProbe {
