@@ -15,6 +15,7 @@ import (
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/internal/testutil"
+	"github.com/edgegw/edgegw/internal/testutil/gwtest"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -91,18 +92,7 @@ func (c *actCloud) device(dn string) devsim.Device {
 // openRegistry opens the gateway's registry (the gateway must not run).
 func (c *actCloud) openRegistry(t *testing.T) *secrets.Registry {
 	t.Helper()
-	if err := os.MkdirAll(c.cfg.StateDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := secrets.LoadOrCreateKey(c.cfg.EffectiveKeyFile(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := secrets.OpenRegistry(c.cfg.RegistryPath(), key, &secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return reg
+	return gwtest.OpenRegistry(t, c.cfg)
 }
 
 // addAwaiting registers devices in the cloud (not activated) and in the

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -20,6 +18,7 @@ import (
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/internal/testutil"
+	"github.com/edgegw/edgegw/internal/testutil/gwtest"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -33,11 +32,11 @@ type rig struct {
 	t       testing.TB
 	sim     *cloudsim.Sim
 	cfg     *config.Config
+	run     *gwtest.Running
 	gw      *gateway.Gateway
 	local   string // tcp host:port of the local broker
 	devices []devsim.Device
 	clock   uplink.Clock
-	stop    func()
 }
 
 // rigOptions shape a rig; the zero value of each field is a sensible default.
@@ -87,15 +86,8 @@ func newRigWith(tb testing.TB, o rigOptions) *rig {
 	tb.Cleanup(func() { sim.Close() })
 	r.sim = sim
 
-	dir := tb.TempDir()
-	cfg := config.Default()
-	cfg.StateDir = dir
-	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(dir, "admin.sock")}
-	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
-	cfg.Cloud.BackoffMin = config.Duration(50 * time.Millisecond)
+	cfg := gwtest.Config(tb, sim)
 	cfg.Cloud.BackoffMax = config.Duration(200 * time.Millisecond)
-	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
 	if o.mutate != nil {
 		o.mutate(cfg)
 	}
@@ -107,17 +99,7 @@ func newRigWith(tb testing.TB, o rigOptions) *rig {
 
 func seedRegistry(tb testing.TB, cfg *config.Config, devs []devsim.Device, passwords int) {
 	tb.Helper()
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		tb.Fatal(err)
-	}
-	key, _, err := secrets.LoadOrCreateKey(cfg.EffectiveKeyFile(), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	reg, err := secrets.OpenRegistry(cfg.RegistryPath(), key, &secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	reg := gwtest.OpenRegistry(tb, cfg)
 	defer reg.Close()
 	if _, err := reg.PutProduct(secrets.Product{ProductKey: testPK, Dialect: secrets.Aliyun}); err != nil {
 		tb.Fatal(err)
@@ -136,46 +118,14 @@ func seedRegistry(tb testing.TB, cfg *config.Config, devs []devsim.Device, passw
 
 // start runs the gateway until the test ends (or stop is called).
 func (r *rig) start() {
-	t := r.t
-	gw, err := gateway.New(r.cfg, gateway.Options{Clock: r.clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		cancel()
-		t.Fatalf("gateway: %v", err)
-	case <-time.After(30 * time.Second):
-		cancel()
-		<-done
-		t.Fatal("gateway not ready within 30 s")
-	}
-	r.gw = gw
-	for id, a := range gw.Addrs() {
-		if strings.HasPrefix(id, "tcp://") {
-			r.local = a.String()
-		}
-	}
-	var once sync.Once
-	r.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("gateway stopped with: %v", err)
-				}
-			case <-time.After(20 * time.Second):
-				t.Error("gateway did not stop within 20 s")
-			}
-		})
-	}
-	t.Cleanup(r.stop)
+	r.t.Helper()
+	r.run = gwtest.Start(r.t, r.cfg, gateway.Options{Clock: r.clock})
+	r.gw, r.local = r.run.Gateway, r.run.Addr("tcp")
 }
+
+// stop stops the gateway (a failure of its Run fails the test); start
+// runs a new one on the same configuration and state.
+func (r *rig) stop() { r.run.Stop() }
 
 // fleet starts simulated devices against the local broker.
 func (r *rig) fleet(cfg devsim.Config) *devsim.Fleet {
