@@ -2,20 +2,19 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/edgegw/edgegw/gateway"
 	"github.com/edgegw/edgegw/gateway/adminapi"
-	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/testutil"
+	"github.com/edgegw/edgegw/internal/testutil/gwtest"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -31,24 +30,6 @@ const (
 	ctlImportSecPf = "CtlImp-"
 )
 
-// ctlLog collects log lines and ctl output from several goroutines.
-type ctlLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *ctlLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *ctlLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // ctlRig is a cloud simulator and a gateway with a TCP listener and an
 // admin unix socket; ctl runs 'edgegw ctl' in this process against it.
 type ctlRig struct {
@@ -57,8 +38,8 @@ type ctlRig struct {
 	sock   string
 	tcp    string
 	pwFile string
-	log    *ctlLog // the gateway's log
-	out    *ctlLog // everything ctl printed
+	log    *testutil.SyncBuffer // the gateway's log
+	out    *testutil.SyncBuffer // everything ctl printed
 }
 
 func newCtlRig(t *testing.T) *ctlRig {
@@ -71,56 +52,11 @@ func newCtlRig(t *testing.T) *ctlRig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sim.Close() })
-	dir := t.TempDir()
-	sockDir, err := os.MkdirTemp("", "egwctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	r := &ctlRig{t: t, sim: sim, sock: filepath.Join(sockDir, "admin.sock"), pwFile: filepath.Join(dir, "admin.pw"),
-		log: &ctlLog{}, out: &ctlLog{}}
-	if err := os.WriteFile(r.pwFile, []byte(ctlAdminPass+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.StateDir = filepath.Join(dir, "state")
-	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + r.sock}
-	cfg.Broker.Admin = []config.AdminUser{{User: "ops", PasswordFile: r.pwFile}}
-	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
-	cfg.Cloud.BackoffMin = config.Duration(50 * time.Millisecond)
-	cfg.Cloud.BackoffMax = config.Duration(300 * time.Millisecond)
-	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
-	gw, err := gateway.New(cfg, gateway.Options{Logger: slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("gateway stopped with: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("gateway did not stop within 20 s")
-		}
-	})
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		t.Fatalf("gateway: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("gateway not ready within 20 s")
-	}
-	for id, a := range gw.Addrs() {
-		if strings.HasPrefix(id, "tcp://") {
-			r.tcp = a.String()
-		}
-	}
+	cfg := gwtest.Config(t, sim)
+	r := &ctlRig{t: t, sim: sim, sock: gwtest.Socket(cfg), pwFile: gwtest.AddAdmin(t, cfg, "ops", ctlAdminPass),
+		log: &testutil.SyncBuffer{}, out: &testutil.SyncBuffer{}}
+	gw := gwtest.Start(t, cfg, gateway.Options{Logger: slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	r.tcp = gw.Addr("tcp")
 	return r
 }
 
@@ -166,15 +102,10 @@ func (r *ctlRig) fails(code int, want string, stdin string, args ...string) (std
 	return out
 }
 
+// eventually polls cond until it holds, failing the test after 15 s.
 func (r *ctlRig) eventually(what string, cond func() bool) {
 	r.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			r.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	testutil.Eventually(r.t, 15*time.Second, cond, "%s", what)
 }
 
 func (r *ctlRig) showJSON(id string) adminapi.DeviceDetail {

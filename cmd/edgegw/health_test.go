@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway"
 	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/testutil/gwtest"
 )
 
 func healthCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -30,32 +30,7 @@ func startGateway(t *testing.T) string {
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
-	gw, err := gateway.New(cfg, gateway.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("gateway: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("gateway did not stop within 15 s")
-		}
-	})
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		t.Fatalf("gateway: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("gateway not ready within 20 s")
-	}
-	return gw.MetricsAddr().String()
+	return gwtest.Start(t, cfg, gateway.Options{}).Gateway.MetricsAddr().String()
 }
 
 func closedPort(t *testing.T) string {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgegw/edgegw/internal/testutil"
 )
 
 // TestRunNotifiesSystemd runs the daemon as systemd would start it, with a
@@ -58,8 +60,8 @@ listen = ""
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var stderr bytes.Buffer
-	go func() { done <- runDaemon(ctx, []string{"-config", conf}, nil, nil, &lockedBuf{b: &stderr}) }()
+	var stderr testutil.SyncBuffer
+	go func() { done <- runDaemon(ctx, []string{"-config", conf}, nil, nil, &stderr) }()
 
 	has := func(prefix string) bool {
 		mu.Lock()
@@ -107,17 +109,6 @@ listen = ""
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
 }
 
 func TestKeygen(t *testing.T) {
