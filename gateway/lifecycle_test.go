@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -9,29 +8,37 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/testutil"
 )
 
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// runReady starts gw's Run and waits until the gateway is Ready, failing
+// the test when Run returns first or after 30 s. The test ends Run with
+// cancel and reads its error from done: what Run returns is for the test
+// to judge. (The external tests' gwtest.Start cannot serve this package's
+// own tests: it imports gateway.)
+func runReady(t *testing.T, gw *Gateway) (cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan error, 1)
+	go func() { ch <- gw.Run(ctx) }()
+	select {
+	case <-gw.Ready():
+	case err := <-ch:
+		cancel()
+		t.Fatalf("Run: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		select {
+		case <-ch:
+		case <-time.After(20 * time.Second):
+		}
+		t.Fatal("gateway not ready within 30 s")
+	}
+	return cancel, ch
 }
 
 // TestRunOnce: a second Run, while the first runs or after it returned,
@@ -45,7 +52,7 @@ func TestRunOnce(t *testing.T) {
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(dir, "admin.sock")}
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	gw, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +104,7 @@ func TestRunOnce(t *testing.T) {
 // TestStopSteps: steps run last-in-first-out, each logged with its name
 // and duration; errors and a step that overran its share are named.
 func TestStopSteps(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	s := &stopSteps{log: slog.New(slog.NewTextHandler(&logs, nil))}
 	var order []string
 	release := make(chan struct{})

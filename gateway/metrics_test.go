@@ -45,7 +45,7 @@ type metRig struct {
 	bad     devsim.Device // registered with a secret the cloud does not know
 	secrets []secrets.Secret
 	cancel  context.CancelFunc
-	done    chan error
+	done    <-chan error
 }
 
 func newMetRig(t *testing.T, n int) *metRig {
@@ -93,18 +93,8 @@ func newMetRig(t *testing.T, n int) *metRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r.gw, r.cancel, r.done = gw, cancel, make(chan error, 1)
-	go func() { r.done <- gw.Run(ctx) }()
-	select {
-	case <-gw.Ready():
-	case err := <-r.done:
-		cancel()
-		t.Fatalf("gateway: %v", err)
-	case <-time.After(20 * time.Second):
-		cancel()
-		t.Fatal("gateway not ready within 20 s")
-	}
+	r.gw = gw
+	r.cancel, r.done = runReady(t, gw)
 	for id, a := range gw.Addrs() {
 		if strings.HasPrefix(id, "tcp://") {
 			r.local = a.String()
@@ -536,78 +526,19 @@ func TestMetricsDisabled(t *testing.T) {
 	if err := gw.Alive(); !errors.Is(err, errNotRunning) {
 		t.Errorf("Alive before Run = %v", err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
+	cancel, done := runReady(t, gw)
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("not ready")
-	}
 	if a := gw.MetricsAddr(); a != nil {
 		t.Errorf("MetricsAddr = %v with metrics disabled", a)
 	}
 	if err := gw.Alive(); err != nil {
 		t.Errorf("Alive: %v", err)
 	}
-}
-
-// TestAliveSharesProbes: concurrent and repeated calls reuse one probe
-// (one spool commit) instead of starting one each.
-func TestAliveSharesProbes(t *testing.T) {
-	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.StateDir = dir
-	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
-	cfg.Metrics.Listen = ""
-	gw, err := New(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	}
-	if err := gw.Alive(); err != nil {
-		t.Fatal(err)
-	}
-	o := gw.observer()
-	first := currentOf(o)
-	var wg sync.WaitGroup
-	for range 20 {
-		wg.Go(func() {
-			if err := gw.Alive(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	if currentOf(o) != first && time.Since(first.finished) < aliveReuse {
-		t.Error("a fresh probe result was not reused")
-	}
-	// After the reuse interval a new probe runs.
-	testutil.Eventually(t, 5*time.Second, func() bool {
-		if err := gw.Alive(); err != nil {
-			t.Fatal(err)
-		}
-		return currentOf(o) != first
-	}, "a new probe after the reuse interval")
 }
 
 // sessionValues runs the session part of the collector and returns the values
@@ -712,103 +643,4 @@ func TestCommitHistogram(t *testing.T) {
 	if want := "0.001:3 0.005:3 0.01:5 "; got.String() != want {
 		t.Errorf("buckets %q, want %q", got.String(), want)
 	}
-}
-
-// wedgedQueue is a queue whose Sync hangs until released, ignoring its
-// context, like a writer stuck in fsync on a dead disk.
-type wedgedQueue struct {
-	Queue
-	release chan struct{}
-}
-
-func (q *wedgedQueue) Sync(context.Context) error {
-	<-q.release
-	return nil
-}
-
-// TestAliveDetectsWedgedSpool: a spool writer that does not answer makes
-// Alive fail within its bound, naming the part; callers meanwhile share
-// the stuck probe instead of piling up goroutines; Alive recovers when
-// the writer does.
-func TestAliveDetectsWedgedSpool(t *testing.T) {
-	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.StateDir = dir
-	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
-	cfg.Metrics.Listen = "127.0.0.1:0"
-	gw, err := New(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	}
-	o := gw.observer()
-	// Let any earlier result expire, then wedge the spool.
-	testutil.Eventually(t, 5*time.Second, func() bool {
-		p := currentOf(o)
-		if p == nil {
-			return true
-		}
-		select {
-		case <-p.done:
-			return time.Since(p.finished) >= aliveReuse
-		default:
-			return false
-		}
-	}, "no fresh probe result")
-	wq := &wedgedQueue{release: make(chan struct{})}
-	gw.mu.Lock()
-	wq.Queue = gw.queue
-	gw.queue = wq
-	gw.mu.Unlock()
-
-	start := time.Now()
-	err = gw.Alive()
-	took := time.Since(start)
-	if err == nil || !strings.Contains(err.Error(), "spool writer does not respond within 2s") {
-		t.Errorf("Alive with a wedged spool = %v", err)
-	}
-	if took < aliveTimeout-100*time.Millisecond || took > aliveTimeout+time.Second {
-		t.Errorf("Alive took %v, want about %v", took, aliveTimeout)
-	}
-	stuck := currentOf(o)
-	start = time.Now()
-	code, body, gerr := get("http://" + gw.MetricsAddr().String() + "/healthz")
-	if gerr != nil || code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "unhealthy: spool writer does not respond") {
-		t.Errorf("/healthz with a wedged spool: %d %q %v", code, body, gerr)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("/healthz on a stuck probe took %v, want an immediate answer", d)
-	}
-	if currentOf(o) != stuck {
-		t.Error("a second probe was started while the first is stuck")
-	}
-	// Ready is about serving, not about liveness.
-	if code, _, _ := get("http://" + gw.MetricsAddr().String() + "/readyz"); code != http.StatusOK {
-		t.Errorf("/readyz with a wedged spool: %d", code)
-	}
-
-	close(wq.release)
-	gw.mu.Lock()
-	gw.queue = wq.Queue
-	gw.mu.Unlock()
-	testutil.Eventually(t, 5*time.Second, func() bool { return gw.Alive() == nil }, "Alive to recover")
-}
-
-func currentOf(o *observer) *aliveProbe {
-	o.probeMu.Lock()
-	defer o.probeMu.Unlock()
-	return o.probe
 }
