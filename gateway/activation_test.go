@@ -53,14 +53,7 @@ func newActCloud(t *testing.T, d secrets.Dialect, tcpOnly bool) *actCloud {
 		simCfg.TLSListen = "127.0.0.1:0"
 	}
 	simCfg.Products = []cloudsim.Product{{ProductKey: c.pk, Secret: secrets.NewSecret(actProductKey)}}
-	sim, err := cloudsim.New(simCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	sim := gwtest.StartCloud(t, simCfg)
 	c.sim = sim
 
 	cfg := config.Default()

@@ -73,14 +73,7 @@ func (r *admReplies) count() int {
 
 func newAdmRig(t *testing.T) *admRig {
 	t.Helper()
-	sim, err := cloudsim.New(cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", DeviceRate: cloudsim.RateUnlimited})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	sim := gwtest.StartCloud(t, cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", DeviceRate: cloudsim.RateUnlimited})
 
 	cfg := gwtest.Config(t, sim)
 	gwtest.AddAdmin(t, cfg, "ops", admAdminPassword)

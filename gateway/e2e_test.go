@@ -75,15 +75,8 @@ func newRigWith(tb testing.TB, o rigOptions) *rig {
 		r.devices = append(r.devices, d)
 		simDevs[i] = cloudsim.Device{ProductKey: d.ProductKey, DeviceName: d.DeviceName, Secret: sec}
 	}
-	sim, err := cloudsim.New(cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", Devices: simDevs,
+	sim := gwtest.StartCloud(tb, cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", Devices: simDevs,
 		DeviceRate: o.simRate, MaxRecords: o.maxRecords})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := sim.Start(tb.Context()); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { sim.Close() })
 	r.sim = sim
 
 	cfg := gwtest.Config(tb, sim)

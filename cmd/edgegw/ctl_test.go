@@ -44,14 +44,7 @@ type ctlRig struct {
 
 func newCtlRig(t *testing.T) *ctlRig {
 	t.Helper()
-	sim, err := cloudsim.New(cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", DeviceRate: cloudsim.RateUnlimited})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	sim := gwtest.StartCloud(t, cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", DeviceRate: cloudsim.RateUnlimited})
 	cfg := gwtest.Config(t, sim)
 	r := &ctlRig{t: t, sim: sim, sock: gwtest.Socket(cfg), pwFile: gwtest.AddAdmin(t, cfg, "ops", ctlAdminPass),
 		log: &testutil.SyncBuffer{}, out: &testutil.SyncBuffer{}}

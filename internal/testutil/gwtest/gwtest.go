@@ -1,7 +1,7 @@
 // Package gwtest runs a gateway inside a test: the start, wait-for-Ready
 // and stop-on-cleanup block every rig of the gateway's external tests and
 // of cmd/edgegw's tests shared, and the configuration and registry those
-// rigs begin with.
+// rigs begin with: a cloud simulator, a configuration, a registry.
 //
 // It is a package of its own, not part of internal/testutil, because it
 // imports gateway: the gateway package's internal tests import testutil,
@@ -177,4 +177,19 @@ func OpenRegistry(tb testing.TB, cfg *config.Config) *secrets.Registry {
 		tb.Fatal(err)
 	}
 	return reg
+}
+
+// StartCloud makes and starts a cloud simulator on cfg, closed when the
+// test ends.
+func StartCloud(tb testing.TB, cfg cloudsim.Config) *cloudsim.Sim {
+	tb.Helper()
+	sim, err := cloudsim.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := sim.Start(tb.Context()); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { sim.Close() })
+	return sim
 }
