@@ -1,7 +1,7 @@
 // Package gwtest runs a gateway inside a test: the start, wait-for-Ready
 // and stop-on-cleanup block every rig of the gateway's external tests and
-// of cmd/edgegw's tests shared, and the configuration and registry those
-// rigs begin with: a cloud simulator, a configuration, a registry.
+// of cmd/edgegw's tests shared, and what those rigs begin with: a cloud
+// simulator, a configuration, a registry.
 //
 // It is a package of its own, not part of internal/testutil, because it
 // imports gateway: the gateway package's internal tests import testutil,
