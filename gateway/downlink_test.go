@@ -1,11 +1,9 @@
 package gateway
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -72,9 +70,7 @@ func newDownRig(t *testing.T, d secrets.Dialect, names ...string) *downRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
+	cancel, done := runReady(t, gw)
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -83,13 +79,6 @@ func newDownRig(t *testing.T, d secrets.Dialect, names ...string) *downRig {
 			t.Error("gateway did not stop within 15 s")
 		}
 	})
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		t.Fatalf("gateway: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("gateway not ready within 20 s")
-	}
 	r.gw = gw
 	for id, a := range gw.Addrs() {
 		if strings.HasPrefix(id, "tcp://") {
@@ -106,17 +95,7 @@ func newDownRig(t *testing.T, d secrets.Dialect, names ...string) *downRig {
 // each with the local password "pw-<deviceName>".
 func metSeedRegistryDialect(t *testing.T, cfg *config.Config, d secrets.Dialect, devs []secrets.Device) {
 	t.Helper()
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := secrets.LoadOrCreateKey(cfg.EffectiveKeyFile(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := secrets.OpenRegistry(cfg.RegistryPath(), key, &secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg := openTestRegistry(t, cfg)
 	defer reg.Close()
 	if _, err := reg.PutProduct(secrets.Product{ProductKey: devs[0].ProductKey, Dialect: d}); err != nil {
 		t.Fatal(err)

@@ -112,7 +112,13 @@ func seedRegistry(tb testing.TB, cfg *config.Config, devs []devsim.Device, passw
 // start runs the gateway until the test ends (or stop is called).
 func (r *rig) start() {
 	r.t.Helper()
-	r.run = gwtest.Start(r.t, r.cfg, gateway.Options{Clock: r.clock})
+	r.startWith(gateway.Options{Clock: r.clock})
+}
+
+// startWith is start with the gateway's options given.
+func (r *rig) startWith(opts gateway.Options) {
+	r.t.Helper()
+	r.run = gwtest.Start(r.t, r.cfg, opts)
 	r.gw, r.local = r.run.Gateway, r.run.Addr("tcp")
 }
 

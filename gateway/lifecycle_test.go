@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/internal/testutil"
+	"github.com/edgegw/edgegw/secrets"
 )
 
 // runReady starts gw's Run and waits until the gateway is Ready, failing
@@ -39,6 +41,26 @@ func runReady(t *testing.T, gw *Gateway) (cancel context.CancelFunc, done <-chan
 		t.Fatal("gateway not ready within 30 s")
 	}
 	return cancel, ch
+}
+
+// openTestRegistry opens (creating them if need be) cfg's state
+// directory, key and registry, with the cheapest password hashing; the
+// gateway must not run. It is gwtest.OpenRegistry for this package's own
+// tests, which cannot import gwtest.
+func openTestRegistry(t *testing.T, cfg *config.Config) *secrets.Registry {
+	t.Helper()
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	key, _, err := secrets.LoadOrCreateKey(cfg.EffectiveKeyFile(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := secrets.OpenRegistry(cfg.RegistryPath(), key, &secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
 }
 
 // TestRunOnce: a second Run, while the first runs or after it returned,

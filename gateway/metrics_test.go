@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -121,17 +120,7 @@ func (r *metRig) stop() error {
 
 func metSeedRegistry(t *testing.T, cfg *config.Config, devs []secrets.Device) {
 	t.Helper()
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := secrets.LoadOrCreateKey(cfg.EffectiveKeyFile(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := secrets.OpenRegistry(cfg.RegistryPath(), key, &secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg := openTestRegistry(t, cfg)
 	defer reg.Close()
 	if _, err := reg.PutProduct(secrets.Product{ProductKey: metPK, Dialect: secrets.Aliyun}); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -103,44 +102,7 @@ func (f *fwClient) publish(t *testing.T, topic, payload string) {
 func startLogged(t *testing.T, r *rig, buf *testutil.SyncBuffer) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	gw, err := gateway.New(r.cfg, gateway.Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		cancel()
-		t.Fatalf("gateway: %v", err)
-	case <-time.After(30 * time.Second):
-		cancel()
-		<-done
-		t.Fatal("gateway not ready within 30 s")
-	}
-	r.gw = gw
-	for id, a := range gw.Addrs() {
-		if strings.HasPrefix(id, "tcp://") {
-			r.local = a.String()
-		}
-	}
-	var once sync.Once
-	r.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("gateway stopped with: %v", err)
-				}
-			case <-time.After(20 * time.Second):
-				t.Error("gateway did not stop within 20 s")
-			}
-		})
-	}
-	t.Cleanup(r.stop)
+	r.startWith(gateway.Options{Logger: log})
 }
 
 // enosCreds signs an EnOS CONNECT the way the C SDK does (clientId pk.dk,

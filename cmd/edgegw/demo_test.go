@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"regexp"
 	"strconv"
@@ -22,17 +21,14 @@ func TestDemoBothDialects(t *testing.T) {
 		t.Run(dialect, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			var stdout, stderr bytes.Buffer
-			out, errOut := &lockedBuf{b: &stdout}, &lockedBuf{b: &stderr}
+			var stdout, stderr testutil.SyncBuffer
 			done := make(chan error, 1)
 			go func() {
 				done <- runDemo(ctx, []string{"-dialect", dialect, "-devices", "2", "-state", t.TempDir(),
-					"-interval", "100ms", "-every", "100ms", "-downlink-every", "200ms"}, nil, out, errOut)
+					"-interval", "100ms", "-every", "100ms", "-downlink-every", "200ms"}, nil, &stdout, &stderr)
 			}()
 			flowed := func() bool {
-				out.mu.Lock()
 				text := stdout.String()
-				out.mu.Unlock()
 				for _, m := range summary.FindAllStringSubmatch(text, -1) {
 					up, _ := strconv.Atoi(m[1])
 					down, _ := strconv.Atoi(m[2])
