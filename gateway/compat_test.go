@@ -33,6 +33,7 @@ import (
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/internal/testutil"
+	"github.com/edgegw/edgegw/internal/testutil/gwtest"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -75,30 +76,13 @@ func newCompatRig(t *testing.T, d compatDevice, mutate func(*cloudsim.Config, *c
 	if mutate != nil {
 		mutate(&simCfg, cfg)
 	}
-	sim, err := cloudsim.New(simCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	sim := gwtest.StartCloud(t, simCfg)
 	cfg.Cloud.Endpoint = "tcp://" + sim.Addr(cloudsim.TCP)
 	if simCfg.TLSListen != "" {
 		cfg.Cloud.Endpoint = "tls://" + sim.Addr(cloudsim.TLS)
 	}
 
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := secrets.LoadOrCreateKey(cfg.EffectiveKeyFile(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := secrets.OpenRegistry(cfg.RegistryPath(), key, &secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg := gwtest.OpenRegistry(t, cfg)
 	if _, err := reg.PutProduct(secrets.Product{ProductKey: d.pk, Dialect: d.dialect, ProductSecret: d.productSecret}); err != nil {
 		t.Fatal(err)
 	}
