@@ -10,7 +10,6 @@ package gateway_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -34,6 +33,7 @@ import (
 	"github.com/edgegw/edgegw/gateway/devsim"
 	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/internal/testutil/gwtest"
+	"github.com/edgegw/edgegw/internal/testutil/rawmqtt"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -190,31 +190,13 @@ func dialFirmwareTLS(t *testing.T, addr string, tc *tls.Config, cp packets.Conne
 
 func (c *fwConn) write(pk packets.Packet) {
 	c.t.Helper()
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		pk.FixedHeader.Qos = 1
-		err = pk.SubscribeEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	default:
-		err = fmt.Errorf("cannot send packet type %d", pk.FixedHeader.Type)
-	}
+	b, err := rawmqtt.Encode(pk)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if _, err := c.conn.Write(buf.Bytes()); err != nil {
+	if _, err := c.conn.Write(b); err != nil {
 		c.t.Fatalf("write packet type %d: %v", pk.FixedHeader.Type, err)
 	}
 }
@@ -222,7 +204,7 @@ func (c *fwConn) write(pk packets.Packet) {
 func (c *fwConn) readLoop() {
 	r := bufio.NewReader(c.conn)
 	for {
-		pk, err := readPacket(r)
+		pk, err := rawmqtt.Read(r)
 		c.mu.Lock()
 		if err != nil {
 			c.readErr = err
@@ -239,48 +221,12 @@ func (c *fwConn) readLoop() {
 			return
 		}
 		if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 1 {
-			var buf bytes.Buffer
-			ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
-			_ = ack.PubackEncode(&buf)
+			ack, _ := rawmqtt.Encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
 			c.wmu.Lock()
-			_, _ = c.conn.Write(buf.Bytes())
+			_, _ = c.conn.Write(ack)
 			c.wmu.Unlock()
 		}
 	}
-}
-
-func readPacket(r *bufio.Reader) (packets.Packet, error) {
-	var pk packets.Packet
-	pk.ProtocolVersion = 4
-	hb, err := r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(r)
-	if err != nil {
-		return pk, err
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return pk, err
-	}
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Pingresp:
-	default:
-		err = fmt.Errorf("unexpected packet type %d from the broker", pk.FixedHeader.Type)
-	}
-	return pk, err
 }
 
 // wait runs cond under the lock until it is true, the connection fails

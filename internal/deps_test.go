@@ -31,6 +31,7 @@ var testOnly = []string{
 	module + "/gateway/devsim",
 	module + "/internal/testutil",
 	module + "/internal/testutil/gwtest",
+	module + "/internal/testutil/rawmqtt",
 }
 
 // TestCoreDoesNotImportTestPackages fails when a core package imports a

@@ -2,9 +2,7 @@ package localbroker_test
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"testing"
@@ -12,6 +10,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgegw/edgegw/internal/testutil"
+	"github.com/edgegw/edgegw/internal/testutil/rawmqtt"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -109,28 +108,11 @@ func dialRaw(t *testing.T, addr, clientID, user, pass string, clean bool) (*rawC
 
 func (c *rawClient) send(pk packets.Packet) {
 	c.t.Helper()
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		pk.FixedHeader.Qos = 1
-		err = pk.SubscribeEncode(&buf)
-	case packets.Unsubscribe:
-		pk.FixedHeader.Qos = 1
-		err = pk.UnsubscribeEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	default:
-		c.t.Fatalf("rawClient cannot send packet type %d", pk.FixedHeader.Type)
-	}
+	b, err := rawmqtt.Encode(pk)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if _, err := c.conn.Write(buf.Bytes()); err != nil {
+	if _, err := c.conn.Write(b); err != nil {
 		c.t.Fatal(err)
 	}
 }
@@ -139,37 +121,9 @@ func (c *rawClient) send(pk packets.Packet) {
 func (c *rawClient) read() packets.Packet {
 	c.t.Helper()
 	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	hb, err := c.r.ReadByte()
+	pk, err := rawmqtt.Read(c.r)
 	if err != nil {
 		c.t.Fatalf("read packet: %v", err)
-	}
-	var pk packets.Packet
-	pk.ProtocolVersion = 4
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		c.t.Fatal(err)
-	}
-	n, _, err := packets.DecodeLength(c.r)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		c.t.Fatal(err)
-	}
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Unsuback:
-		err = pk.UnsubackDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	}
-	if err != nil {
-		c.t.Fatalf("decode packet type %d: %v", pk.FixedHeader.Type, err)
 	}
 	return pk
 }
