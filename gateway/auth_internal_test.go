@@ -1,9 +1,7 @@
 package gateway
 
 import (
-	"crypto/rand"
 	"log/slog"
-	"path/filepath"
 	"testing"
 
 	"github.com/edgegw/edgegw/gateway/config"
@@ -15,15 +13,9 @@ import (
 // an Alibaba device by _ss=1 in its signed clientId, an EnOS device always
 // (EnOS pushes commands without a SUBSCRIBE).
 func TestAuthenticateServerSubscribed(t *testing.T) {
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := secrets.OpenRegistry(filepath.Join(t.TempDir(), "registry.db"), key,
-		&secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	reg := openTestRegistry(t, cfg)
 	t.Cleanup(func() { reg.Close() })
 	secret := secrets.NewSecret("0123456789abcdef0123456789abcdef")
 	for _, p := range []secrets.Product{{ProductKey: "a1Ali", Dialect: secrets.Aliyun}, {ProductKey: "enosPK", Dialect: secrets.EnOS}} {

@@ -2,11 +2,9 @@ package gateway
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -38,15 +36,9 @@ func (f *fakeActivator) Activate(_ context.Context, id secrets.DeviceID) (secret
 // gets its secret. These are the refusals that remain, with their CONNACK
 // codes, and none of their reasons holds a secret.
 func TestProductSecretLoginRefusals(t *testing.T) {
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := secrets.OpenRegistry(filepath.Join(t.TempDir(), "registry.db"), key,
-		&secrets.RegistryOptions{PasswordIterations: secrets.MinPasswordIterations})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	reg := openTestRegistry(t, cfg)
 	t.Cleanup(func() { reg.Close() })
 	const ps = "theProductSecret-0001"
 	for _, p := range []secrets.Product{
