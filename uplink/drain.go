@@ -347,7 +347,7 @@ func (d *drainer) dropIfExpired(it *expressItem, now time.Time) bool {
 		return false
 	}
 	d.ex.release(it.msg.Seq)
-	d.s.m.dropExpired(d.s.sl, it.msg, it.class, age, now)
+	d.s.m.dropExpired(d.s.sl, it.msg, it.class, age)
 	return true
 }
 
@@ -366,7 +366,7 @@ func (d *drainer) skipTimeCritical(l *lane, m spool.Message, now time.Time) bool
 	}
 	if age, expired := d.s.m.cfg.TimeCritical.expired(class, m.Received, now); expired {
 		l.take()
-		d.s.m.dropExpired(d.s.sl, m, class, age, now)
+		d.s.m.dropExpired(d.s.sl, m, class, age)
 		return true
 	}
 	d.laneSent[m.Seq] = struct{}{}

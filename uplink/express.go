@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/loglimit"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
@@ -282,9 +283,7 @@ type expressState struct {
 	pending map[*slot]struct{} // slots whose lanes hold messages
 	wake    chan struct{}      // capacity 1: pending became non-empty
 
-	logMu      sync.Mutex
-	logNext    [numClasses]time.Time
-	suppressed [numClasses]int
+	logs *loglimit.Limiter // expiry lines, keyed by class
 }
 
 // Expedite takes a device's time-critical publish (Classify) onto the
@@ -331,8 +330,10 @@ func (m *Manager) Expedite(ctx context.Context, id secrets.DeviceID, msg spool.M
 	return true, nil
 }
 
-func newExpressState() expressState {
-	return expressState{pending: make(map[*slot]struct{}), wake: make(chan struct{}, 1)}
+func newExpressState(clk Clock) expressState {
+	logs := loglimit.New(expiryLogEvery, 1)
+	logs.Now = clk.Now
+	return expressState{pending: make(map[*slot]struct{}), wake: make(chan struct{}, 1), logs: logs}
 }
 
 // expressPending tells the sweeper that sl's lane holds messages.
@@ -384,7 +385,7 @@ func (m *Manager) sweepOnce() bool {
 	for _, sl := range slots {
 		for _, it := range sl.ex.takeExpired(m.cfg.TimeCritical, now) {
 			sl.ex.release(it.msg.Seq)
-			m.dropExpired(sl, it.msg, it.class, now.Sub(it.since), now)
+			m.dropExpired(sl, it.msg, it.class, now.Sub(it.since))
 		}
 	}
 	m.ex.mu.Lock()
@@ -401,7 +402,7 @@ func (m *Manager) sweepOnce() bool {
 // leaves the queue (with Ack: the queue has no other way to remove one
 // message, so the spool counts it as acknowledged), and it is counted and
 // logged.
-func (m *Manager) dropExpired(sl *slot, msg spool.Message, class Class, age time.Duration, now time.Time) {
+func (m *Manager) dropExpired(sl *slot, msg spool.Message, class Class, age time.Duration) {
 	if msg.Seq != 0 {
 		if err := m.cfg.Queue.Ack(sl.id, msg.Seq); err != nil {
 			// It stays queued; the drain drops it when it reaches it.
@@ -411,22 +412,16 @@ func (m *Manager) dropExpired(sl *slot, msg spool.Message, class Class, age time
 	sl.statMu.Lock()
 	sl.st.Expired.add(class)
 	sl.statMu.Unlock()
-	m.logExpired(sl.id, msg, class, age, now)
+	m.logExpired(sl.id, msg, class, age)
 }
 
 // logExpired logs an expiry, at most one line per class every
 // expiryLogEvery; the line counts the ones not logged since.
-func (m *Manager) logExpired(id secrets.DeviceID, msg spool.Message, class Class, age time.Duration, now time.Time) {
-	m.ex.logMu.Lock()
-	if now.Before(m.ex.logNext[class]) && !m.ex.logNext[class].After(now.Add(expiryLogEvery)) {
-		m.ex.suppressed[class]++
-		m.ex.logMu.Unlock()
+func (m *Manager) logExpired(id secrets.DeviceID, msg spool.Message, class Class, age time.Duration) {
+	ok, suppressed := m.ex.logs.Allow(class.String())
+	if !ok {
 		return
 	}
-	suppressed := m.ex.suppressed[class]
-	m.ex.suppressed[class] = 0
-	m.ex.logNext[class] = now.Add(expiryLogEvery)
-	m.ex.logMu.Unlock()
 	m.log.Warn("time-critical message expired before it could be sent; dropped",
 		"device", id.String(), "topic", msg.Topic, "class", class.String(), "qos", msg.QoS,
 		"age", age.Round(time.Millisecond), "ttl", m.cfg.TimeCritical.TTL(class),

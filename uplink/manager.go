@@ -70,7 +70,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		endpoints: make(map[secrets.Dialect]*endpoint),
 		newClient: mqtt.NewClient,
 		slots:     make(map[secrets.DeviceID]*slot),
-		ex:        newExpressState(),
+		ex:        newExpressState(cfg.Clock),
 	}
 	if m.rnd == nil {
 		m.rnd = rand.Float64
