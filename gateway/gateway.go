@@ -300,6 +300,7 @@ func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
 		GatewayRate:  uplink.Rate{PerSecond: c.GatewayRate, Burst: max(1, int(c.GatewayRate))},
 		StallTimeout: c.AckTimeout.Std(),
 		LiveFirst:    g.cfg.Spool.LiveFirst,
+		TimeCritical: uplink.TimeCritical{NTP: c.NTPTTL.Std(), RRPC: c.RRPCTTL.Std(), Reply: c.ReplyTTL.Std()},
 		StopTimeout:  g.budget.uplink,
 		Downlink:     g.downlink,
 	}

@@ -39,6 +39,7 @@ var (
 	descSent           = newDesc("cloud_messages_sent_total", "Messages delivered to the cloud (QoS 1: acknowledged; QoS 0: written).")
 	descResent         = newDesc("cloud_messages_resent_total", "Messages published again after a reconnect because their PUBACK had not arrived (possible duplicates in the cloud).")
 	descDeadLettered   = newDesc("cloud_messages_dead_lettered_total", "Messages the cloud would never accept, moved to the dead-letter store.")
+	descExpired        = newDesc("cloud_messages_expired_total", "Time-critical messages dropped because they could not be sent within their TTL (cloud.ntp_ttl, rrpc_ttl, reply_ttl), by class (ntp, rrpc, reply).", "class")
 	descInflight       = newDesc("cloud_inflight_messages", "Messages published to the cloud and not yet acknowledged.")
 	descCloudSubs      = newDesc("cloud_subscriptions", "Topic filters mirrored to the cloud.")
 
@@ -105,6 +106,7 @@ type collector struct {
 
 type sessionCounts struct {
 	attempts, connects, sent, resent, deadLettered uint64
+	expired                                        uplink.ExpiredCounts
 }
 
 func newCollector(g *Gateway) *collector {
@@ -116,7 +118,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descReady,
 		descSessions, descSessionsRefuse, descAttempts, descConnects, descSent, descResent,
-		descDeadLettered, descInflight, descCloudSubs,
+		descDeadLettered, descExpired, descInflight, descCloudSubs,
 		descBrokerClients, descBrokerSessions, descBrokerConnects, descBrokerRefused, descBrokerIn,
 		descBrokerSinkErrs, descBrokerWithheld, descBrokerPubDenied, descBrokerSubDenied, descBrokerAcceptErrs, descBrokerOutDropped,
 		descDownDelivered, descDownDropped,
@@ -186,13 +188,16 @@ func (c *collector) collectSessions(ch chan<- prometheus.Metric, sts []uplink.Se
 		if code, ok := refusalCode(st); ok {
 			refused[code-1]++
 		}
-		cur := sessionCounts{st.Attempts, st.Connects, st.Sent, st.Resent, st.DeadLettered}
+		cur := sessionCounts{st.Attempts, st.Connects, st.Sent, st.Resent, st.DeadLettered, st.Expired}
 		prev := c.seen[st.Device]
 		c.totals.attempts += delta(cur.attempts, prev.attempts)
 		c.totals.connects += delta(cur.connects, prev.connects)
 		c.totals.sent += delta(cur.sent, prev.sent)
 		c.totals.resent += delta(cur.resent, prev.resent)
 		c.totals.deadLettered += delta(cur.deadLettered, prev.deadLettered)
+		c.totals.expired.NTP += delta(cur.expired.NTP, prev.expired.NTP)
+		c.totals.expired.RRPC += delta(cur.expired.RRPC, prev.expired.RRPC)
+		c.totals.expired.Reply += delta(cur.expired.Reply, prev.expired.Reply)
 		gen[st.Device] = cur
 	}
 	c.seen = gen // devices removed since the last scrape are forgotten; their counts stay in totals
@@ -213,6 +218,9 @@ func (c *collector) collectSessions(ch chan<- prometheus.Metric, sts []uplink.Se
 	ch <- counter(descSent, float64(t.sent))
 	ch <- counter(descResent, float64(t.resent))
 	ch <- counter(descDeadLettered, float64(t.deadLettered))
+	for _, class := range uplink.TimeCriticalClasses {
+		ch <- counter(descExpired, float64(t.expired.Of(class)), class.String())
+	}
 	ch <- gauge(descInflight, float64(inflight))
 	ch <- gauge(descCloudSubs, float64(subs))
 }

@@ -360,7 +360,7 @@ func TestMetricsAndHealth(t *testing.T) {
 
 	// Bounded cardinality: only the fixed labels, and nothing that names
 	// a device or holds a secret.
-	allowed := []string{"state", "code", "reason", "durable", "overflow"}
+	allowed := []string{"state", "code", "reason", "durable", "overflow", "class"}
 	for name, mf := range s.mfs {
 		if !strings.HasPrefix(name, "edgegw_") {
 			continue

@@ -9,12 +9,17 @@ import (
 	"os"
 
 	"github.com/edgegw/edgegw/localbroker"
+	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
 // sink puts every accepted device publish into the queue before the device
 // gets its PUBACK (localbroker calls Publish inside mochi's OnPublish hook).
+// Time-critical publishes (NTP requests, RRPC responses, replies to cloud
+// requests) take the uplink's express lane instead: QoS 1 ones are
+// queued durably all the same, QoS 0 ones are held in memory until sent or
+// expired (docs/architecture.md §3.3).
 type sink struct {
 	q    Queue
 	mgr  *uplink.Manager
@@ -28,12 +33,21 @@ var errQoS0Offline = errors.New("QoS 0 publish dropped: cloud session down and s
 
 func (s *sink) Publish(ctx context.Context, m localbroker.Message) error {
 	id := m.Device.DeviceID
+	msg := spool.Message{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Received: m.Received}
+	if handled, err := s.mgr.Expedite(ctx, id, msg); handled {
+		return appendResult(id, err)
+	}
 	if m.QoS == 0 && !s.qos0 {
 		if st, ok := s.mgr.Status(id); !ok || st.State != uplink.StateConnected {
 			return errQoS0Offline
 		}
 	}
-	_, err := s.q.Append(ctx, id, spool.Message{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Received: m.Received})
+	_, err := s.q.Append(ctx, id, msg)
+	return appendResult(id, err)
+}
+
+// appendResult maps a queue's Append error to the broker's answer.
+func appendResult(id secrets.DeviceID, err error) error {
 	switch {
 	case err == nil:
 		return nil

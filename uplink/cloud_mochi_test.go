@@ -50,8 +50,9 @@ type cloudHook struct {
 	// client's connection before the PUBACK.
 	kick       func(id secrets.DeviceID, seq uint64) bool
 	received   map[secrets.DeviceID][]uint64
-	order      []secrets.DeviceID           // publishers of all device publishes, in arrival order
-	pending    map[string]map[uint16]uint64 // mochi client id → packet id → seq
+	topics     map[secrets.DeviceID][]string // topic of each received publish, as received
+	order      []secrets.DeviceID            // publishers of all device publishes, in arrival order
+	pending    map[string]map[uint16]uint64  // mochi client id → packet id → seq
 	pubacked   map[secrets.DeviceID]map[uint64]bool
 	subscribed map[secrets.DeviceID][]string
 }
@@ -110,6 +111,7 @@ func (h *cloudHook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Pack
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.received[id] = append(h.received[id], seq)
+	h.topics[id] = append(h.topics[id], pk.TopicName)
 	h.order = append(h.order, id)
 	if h.swallow {
 		return pk, packets.ErrRejectPacket
@@ -176,6 +178,12 @@ func (h *cloudHook) receivedBy(id secrets.DeviceID) []uint64 {
 	return append([]uint64(nil), h.received[id]...)
 }
 
+func (h *cloudHook) topicsBy(id secrets.DeviceID) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.topics[id]...)
+}
+
 func (h *cloudHook) arrivalOrder() []secrets.DeviceID {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -213,6 +221,7 @@ func startMochi(t testing.TB, dialect secrets.Dialect, opts ...mochiOptions) *mo
 		dialect:    dialect,
 		devices:    make(map[secrets.DeviceID]secrets.Secret),
 		received:   make(map[secrets.DeviceID][]uint64),
+		topics:     make(map[secrets.DeviceID][]string),
 		pending:    make(map[string]map[uint16]uint64),
 		pubacked:   make(map[secrets.DeviceID]map[uint64]bool),
 		subscribed: make(map[secrets.DeviceID][]string),

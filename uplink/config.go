@@ -230,6 +230,10 @@ type ManagerConfig struct {
 	// backlog, so a device whose live traffic fills its rate still drains
 	// it. Queue must implement LiveQueue.
 	LiveFirst bool
+	// TimeCritical are the TTLs of time-critical messages (NTP requests,
+	// RRPC responses, replies to cloud requests): they bypass the backlog
+	// and are dropped, counted, once their TTL passed (see Expedite).
+	TimeCritical TimeCritical
 	// Quiesce bounds the wait for in-flight PUBACKs and for the DISCONNECT
 	// when a session stops (default 250 ms).
 	Quiesce time.Duration
@@ -300,6 +304,10 @@ func (c ManagerConfig) withDefaults() (ManagerConfig, error) {
 		if err := setDur(f.p, f.def, f.name); err != nil {
 			return c, err
 		}
+	}
+	var err error
+	if c.TimeCritical, err = c.TimeCritical.withDefaults(); err != nil {
+		return c, fmt.Errorf("time-critical %w", err)
 	}
 	if c.AuthRetry == (RetryWindow{}) {
 		c.AuthRetry = RetryWindow{Min: 5 * time.Minute, Max: 15 * time.Minute}

@@ -23,6 +23,7 @@ type flight struct {
 	payload []byte
 	ready   chan struct{}
 	tok     mqtt.Token
+	item    *expressItem // set for a message from the express lane
 }
 
 // done returns the channel that closes when the flight's outcome is known
@@ -145,11 +146,18 @@ type drainer struct {
 	ls       *lanes
 	inflight []*flight     // oldest first
 	pinned   *lane         // the lane whose head holds rate tokens
+	exPinned bool          // exHead holds rate tokens
 	readErr  bool          // the last Read failed; retry on readTimer
 	readyAt  time.Time     // when pinned's head may be published
 	rateWait time.Duration // the wait reserved for it
 	stallRef time.Time     // lastAck when the stall timer was armed
 	lastAck  time.Time     // last progress: a PUBACK, or the window opening
+
+	// The express lane (express.go): served before the lanes.
+	ex        *expressLane
+	exHead    *expressItem        // taken from the express lane, not yet handed to paho
+	exFlights int                 // express messages in inflight
+	laneSent  map[uint64]struct{} // time-critical queued Seqs the lanes took on this connection
 
 	rateTimer, stallTimer, readTimer lazyTimer
 }
@@ -158,7 +166,7 @@ func (s *session) newDrainer(c *conn, subs *subSync) *drainer {
 	window := s.m.cfg.Window
 	return &drainer{
 		s: s, c: c, subs: subs,
-		pub:      startPublisher(c, window),
+		pub:      startPublisher(c, window+expressWindow),
 		q:        s.m.cfg.Queue,
 		id:       s.dev.ID,
 		clk:      s.m.clk,
@@ -166,15 +174,55 @@ func (s *session) newDrainer(c *conn, subs *subSync) *drainer {
 		stall:    s.m.cfg.StallTimeout,
 		ls:       s.newLanes(),
 		inflight: make([]*flight, 0, window),
+		ex:       s.sl.ex,
+		laneSent: make(map[uint64]struct{}),
 	}
 }
 
-// close stops the timers and the publisher.
+// close stops the timers and the publisher, and gives the express lane
+// back what it took and did not deliver.
 func (d *drainer) close() {
 	d.readTimer.stop()
 	d.stallTimer.stop()
 	d.rateTimer.stop()
 	d.pub.close()
+	d.returnExpress()
+}
+
+// returnExpress puts the express messages of this connection that were
+// not delivered back at the front of the express lane, in their order, for
+// the next connection (or the sweeper, once they expire). One the cloud
+// did acknowledge, behind a failed one, is settled instead: it is not
+// sent twice.
+func (d *drainer) returnExpress() {
+	var back []*expressItem
+	now := d.clk.Now()
+	for _, f := range d.inflight {
+		if f.item == nil {
+			continue
+		}
+		if f.finished() && f.tok.Error() == nil {
+			d.settled(f, now)
+			continue
+		}
+		// Handed to paho unless the publisher refused it: the cloud may
+		// have it.
+		select {
+		case <-f.ready:
+			f.item.resent = f.item.resent || !errors.Is(f.tok.Error(), errNotPublished)
+		default:
+			f.item.resent = true
+		}
+		back = append(back, f.item)
+	}
+	if d.exHead != nil {
+		back = append(back, d.exHead)
+		d.exHead = nil
+	}
+	if len(back) > 0 {
+		d.ex.requeue(back)
+		d.s.m.expressPending(d.s.sl)
+	}
 }
 
 // settleTokens settles finished tokens, oldest first: a success is
@@ -192,32 +240,150 @@ func (d *drainer) settleTokens() error {
 		d.inflight[0] = nil
 		d.inflight = d.inflight[1:]
 		d.lastAck = d.clk.Now()
-		d.s.delivered(d.c, f.seq, len(d.inflight), d.lastAck)
+		d.settled(f, d.lastAck)
 	}
 	return nil
 }
 
-// fillWindow publishes lane heads while the window has room, as far as the
-// queue and the rates allow; messages the cloud would never accept are
-// dead-lettered on the way.
+// settled records the success of f, no longer in inflight.
+func (d *drainer) settled(f *flight, now time.Time) {
+	if f.item != nil {
+		d.exFlights--
+		defer d.ex.release(f.seq) // after the Ack: the lanes must not see it again
+	}
+	if f.seq == 0 { // an express message held in memory only
+		d.s.updateStatus(func(st *SessionStatus) {
+			st.Sent++
+			st.InFlight = len(d.inflight)
+		})
+		return
+	}
+	d.s.delivered(d.c, f.seq, len(d.inflight), now)
+}
+
+// fillWindow publishes the express lane's messages and then lane heads
+// while the window has room, as far as the queue and the rates allow;
+// messages the cloud would never accept are dead-lettered on the way, and
+// time-critical ones that expired are dropped.
 func (d *drainer) fillWindow() {
-	for len(d.inflight) < d.window && !d.c.isLost() {
+	for !d.c.isLost() {
+		now := d.clk.Now()
+		if d.pinned == nil {
+			if it := d.expressHead(now); it != nil {
+				if !d.rateReady(nil, it.msg, now) {
+					return
+				}
+				if !d.dropIfExpired(it, now) {
+					d.publishExpress(it, now)
+				}
+				d.exHead = nil
+				continue
+			}
+		}
+		if len(d.inflight)-d.exFlights >= d.window {
+			return
+		}
 		l := d.nextLane()
 		if l == nil {
 			return
 		}
 		m := l.buf[0]
-		if reason := d.s.rejects(m); reason != "" {
-			l.take()
-			d.s.deadLetter(m, reason)
-			continue
+		if d.pinned == nil { // a pinned head was checked when it was pinned
+			if reason := d.s.rejects(m); reason != "" {
+				l.take()
+				d.s.deadLetter(m, reason)
+				continue
+			}
+			if d.skipTimeCritical(l, m, now) {
+				continue
+			}
 		}
-		now := d.clk.Now()
 		if !d.rateReady(l, m, now) {
 			return
 		}
 		d.publish(l, m, now)
 	}
+}
+
+// expressHead returns the express message to publish next, taking one
+// from the express lane when fewer than expressWindow are in flight, or
+// nil. Expired ones are dropped on the way, and so is one a lane of this
+// connection already took (registered on the express lane only after the
+// lane read it).
+func (d *drainer) expressHead(now time.Time) *expressItem {
+	for {
+		if d.exHead == nil {
+			if d.exFlights >= expressWindow {
+				return nil
+			}
+			if d.exHead = d.ex.pop(); d.exHead == nil {
+				return nil
+			}
+		}
+		it := d.exHead
+		if d.exPinned {
+			return it // holds rate tokens; its expiry is checked when they are due
+		}
+		if _, taken := d.laneSent[it.msg.Seq]; taken && it.msg.Seq != 0 {
+			d.ex.release(it.msg.Seq)
+			d.exHead = nil
+			continue
+		}
+		if d.dropIfExpired(it, now) {
+			d.exHead = nil
+			continue
+		}
+		return it
+	}
+}
+
+// dropIfExpired drops the express message it if its TTL has passed.
+func (d *drainer) dropIfExpired(it *expressItem, now time.Time) bool {
+	if now.Before(it.since) {
+		it.since = now // the clock stepped back: never hold it past another TTL
+	}
+	age, expired := d.s.m.cfg.TimeCritical.expired(it.class, it.since, now)
+	if !expired {
+		return false
+	}
+	d.ex.release(it.msg.Seq)
+	d.s.m.dropExpired(d.s.sl, it.msg, it.class, age)
+	return true
+}
+
+// skipTimeCritical takes m, the head of l, off the lane when it is
+// time-critical and either held by the express lane (which sends it) or
+// expired (dropped and counted; Received tells its age, as after a
+// restart the express lane knows nothing of it).
+func (d *drainer) skipTimeCritical(l *lane, m spool.Message, now time.Time) bool {
+	class := Classify(m.Topic)
+	if class == ClassNormal {
+		return false
+	}
+	if d.ex.holds(m.Seq) {
+		l.take()
+		return true
+	}
+	if age, expired := d.s.m.cfg.TimeCritical.expired(class, m.Received, now); expired {
+		l.take()
+		d.s.m.dropExpired(d.s.sl, m, class, age)
+		return true
+	}
+	d.laneSent[m.Seq] = struct{}{}
+	return false
+}
+
+// publishExpress hands the express message it to the publisher.
+func (d *drainer) publishExpress(it *expressItem, now time.Time) {
+	m := it.msg
+	f := &flight{seq: m.Seq, topic: m.Topic, qos: min(m.QoS, 1), payload: m.Payload, ready: make(chan struct{}), item: it}
+	d.pub.reqs <- f // never blocks: at most window+expressWindow flights exist
+	if len(d.inflight) == 0 {
+		d.lastAck = now
+	}
+	d.inflight = append(d.inflight, f)
+	d.exFlights++
+	d.s.published(it.resent, len(d.inflight))
 }
 
 // nextLane returns the lane whose head goes next: the pinned one, else the
@@ -240,13 +406,15 @@ func (d *drainer) nextLane() *lane {
 	return l
 }
 
-// rateReady reports whether m, the head of l, may be published at now.
-// The first time it reserves m's rate tokens and pins l, so the tokens
-// stay with m; while m must wait the rate timer is armed for it.
+// rateReady reports whether m, the head of l (nil: the express lane's
+// head), may be published at now. The first time it reserves m's rate
+// tokens and pins l (or the express head), so the tokens stay with m;
+// while m must wait the rate timer is armed for it.
 func (d *drainer) rateReady(l *lane, m spool.Message, now time.Time) bool {
-	if d.pinned == nil {
+	if d.pinned == nil && !d.exPinned {
 		d.rateWait = d.s.reserve(now, m)
-		d.readyAt, d.pinned = now.Add(d.rateWait), l
+		d.readyAt = now.Add(d.rateWait)
+		d.pinned, d.exPinned = l, l == nil
 	}
 	if d.readyAt.Sub(now) > d.rateWait {
 		// The clock stepped back: never wait longer than reserved.
@@ -256,7 +424,7 @@ func (d *drainer) rateReady(l *lane, m spool.Message, now time.Time) bool {
 		d.rateTimer.arm(d.clk, d.readyAt.Sub(now))
 		return false
 	}
-	d.pinned = nil
+	d.pinned, d.exPinned = nil, false
 	return true
 }
 
@@ -265,7 +433,7 @@ func (d *drainer) publish(l *lane, m spool.Message, now time.Time) {
 	resent := d.ls.resent(l, m.Seq, &d.s.sl.maxPublished)
 	l.take()
 	f := &flight{seq: m.Seq, topic: m.Topic, qos: min(m.QoS, 1), payload: m.Payload, ready: make(chan struct{})}
-	d.pub.reqs <- f // never blocks: at most window flights exist
+	d.pub.reqs <- f // never blocks: at most window+expressWindow flights exist
 	if len(d.inflight) == 0 {
 		d.lastAck = now
 	}
@@ -277,9 +445,12 @@ func (d *drainer) publish(l *lane, m spool.Message, now time.Time) {
 // appended, a timer fired, the subscriptions changed. It returns an error
 // when the drain must end.
 func (d *drainer) wait(ctx context.Context) error {
-	var doneC, notifyC <-chan struct{}
+	var doneC, notifyC, expressC <-chan struct{}
 	if len(d.inflight) > 0 {
 		doneC = d.inflight[0].wait()
+	}
+	if d.exHead == nil && d.exFlights < expressWindow {
+		expressC = d.ex.notify
 	}
 	stallC := d.armStall()
 	if d.ls.fresh.exhausted {
@@ -296,6 +467,7 @@ func (d *drainer) wait(ctx context.Context) error {
 	case <-doneC:
 	case <-notifyC:
 		d.ls.fresh.exhausted = false
+	case <-expressC:
 	case <-d.rateTimer.c():
 		d.rateTimer.armed = false
 	case <-d.readTimer.c():
@@ -349,7 +521,8 @@ func (d *drainer) quiesce() {
 	}
 	t := time.NewTimer(d.s.m.cfg.Quiesce)
 	defer t.Stop()
-	for i, f := range d.inflight {
+	for len(d.inflight) > 0 {
+		f := d.inflight[0]
 		for !f.finished() {
 			select {
 			case <-f.wait():
@@ -362,7 +535,9 @@ func (d *drainer) quiesce() {
 		if f.tok.Error() != nil {
 			return
 		}
-		d.s.delivered(d.c, f.seq, len(d.inflight)-i-1, d.clk.Now())
+		d.inflight[0] = nil
+		d.inflight = d.inflight[1:]
+		d.settled(f, d.clk.Now())
 	}
 }
 
@@ -375,13 +550,16 @@ func (s *session) reserve(now time.Time, m spool.Message) time.Duration {
 }
 
 // rejects returns why the cloud would never accept m, or "".
-func (s *session) rejects(m spool.Message) string {
+func (s *session) rejects(m spool.Message) string { return rejects(s.dev, s.lim, m) }
+
+// rejects returns why dev's cloud would never accept m, or "".
+func rejects(dev Device, lim DialectLimits, m spool.Message) string {
 	switch {
-	case len(m.Payload) > s.lim.MaxPayload:
-		return fmt.Sprintf("payload of %d bytes exceeds the %s limit of %d bytes", len(m.Payload), s.dev.Dialect, s.lim.MaxPayload)
+	case len(m.Payload) > lim.MaxPayload:
+		return fmt.Sprintf("payload of %d bytes exceeds the %s limit of %d bytes", len(m.Payload), dev.Dialect, lim.MaxPayload)
 	case !utf8.ValidString(m.Topic):
 		return "topic is not valid UTF-8"
-	case !secrets.TopicAllowed(s.dev.ID.ProductKey, s.dev.ID.DeviceName, m.Topic, false):
+	case !secrets.TopicAllowed(dev.ID.ProductKey, dev.ID.DeviceName, m.Topic, false):
 		return fmt.Sprintf("topic %q is not a valid topic of this device", m.Topic)
 	}
 	return ""

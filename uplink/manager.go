@@ -32,6 +32,7 @@ type Manager struct {
 	connectBudget *connectLimiter // gateway-wide connection attempts
 	gwRate        *bucket         // gateway-wide messages
 	gwBytes       *bucket         // gateway-wide bytes
+	ex            expressState    // time-critical messages (express.go)
 
 	// Seams for tests in this package.
 	newClient func(*mqtt.ClientOptions) mqtt.Client
@@ -41,7 +42,7 @@ type Manager struct {
 	slots  map[secrets.DeviceID]*slot
 	phase  phase
 	runCtx context.Context
-	wg     sync.WaitGroup // running sessions
+	wg     sync.WaitGroup // running sessions and the express sweeper
 	live   atomic.Int64   // running sessions, for the stop report
 }
 
@@ -69,6 +70,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		endpoints: make(map[secrets.Dialect]*endpoint),
 		newClient: mqtt.NewClient,
 		slots:     make(map[secrets.DeviceID]*slot),
+		ex:        newExpressState(cfg.Clock),
 	}
 	if m.rnd == nil {
 		m.rnd = rand.Float64
@@ -108,6 +110,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m.runCtx, m.phase = runCtx, phaseRunning
+	m.wg.Go(func() { m.sweepExpress(runCtx) })
 	slots := make([]*slot, 0, len(m.slots))
 	for _, sl := range m.slots {
 		slots = append(slots, sl)
@@ -354,7 +357,7 @@ func (m *Manager) lockSlot(id secrets.DeviceID, create bool) (*slot, error) {
 				m.mu.Unlock()
 				return nil, ErrUnknownDevice
 			}
-			sl = &slot{id: id}
+			sl = &slot{id: id, ex: newExpressLane()}
 			m.slots[id] = sl
 		}
 		m.mu.Unlock()

@@ -35,7 +35,8 @@ type slot struct {
 	// State that outlives one session; only the running session uses it.
 	attempts     attemptLog
 	rate         *bucket
-	maxPublished uint64 // highest Seq ever handed to paho: a lower one is a resend
+	maxPublished uint64       // highest Seq ever handed to paho: a lower one is a resend
+	ex           *expressLane // time-critical messages waiting to be sent (express.go)
 
 	subsMu sync.Mutex
 	subs   map[string]byte // the device's local subscriptions, mirrored to the cloud

@@ -49,6 +49,9 @@ type SessionStatus struct {
 	Resent uint64
 	// DeadLettered counts messages the cloud would never accept.
 	DeadLettered uint64
+	// Expired counts time-critical messages dropped, by class, because
+	// their TTL passed before they could be sent (express.go).
+	Expired ExpiredCounts
 	// Subscriptions is the number of topic filters mirrored to the cloud.
 	Subscriptions int
 }

@@ -125,6 +125,13 @@ type CloudConfig struct {
 	// MaxPayload is the largest payload the cloud accepts; larger messages
 	// go to the dead-letter store. 0: see EffectiveMaxPayload.
 	MaxPayload ByteSize `toml:"max_payload"`
+	// NTPTTL, RRPCTTL and ReplyTTL are how long a device's time-critical
+	// message may wait for its cloud session: NTP requests, RRPC responses
+	// (system and /ext/rrpc), and replies to cloud requests (…_reply). They
+	// bypass the device's backlog, and are dropped and counted once older.
+	NTPTTL   Duration `toml:"ntp_ttl"`
+	RRPCTTL  Duration `toml:"rrpc_ttl"`
+	ReplyTTL Duration `toml:"reply_ttl"`
 }
 
 // SpoolConfig configures the store-and-forward spool.
@@ -203,6 +210,9 @@ func Default() *Config {
 			AuthRetry:    Duration(10 * time.Minute),
 			Inflight:     16,
 			AckTimeout:   Duration(30 * time.Second),
+			NTPTTL:       Duration(5 * time.Second),
+			RRPCTTL:      Duration(8 * time.Second),
+			ReplyTTL:     Duration(30 * time.Second),
 		},
 		Spool: SpoolConfig{
 			Durable:      true,

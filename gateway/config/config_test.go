@@ -96,6 +96,9 @@ func TestParseGood(t *testing.T) {
 			GatewayBandwidth: 8 * MiB,
 			AckTimeout:       Duration(45 * time.Second),
 			MaxPayload:       128 * KiB,
+			NTPTTL:           Duration(2 * time.Second),
+			RRPCTTL:          Duration(6500 * time.Millisecond),
+			ReplyTTL:         Duration(time.Minute),
 		},
 		Spool: SpoolConfig{
 			Durable:      false,

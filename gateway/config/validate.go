@@ -32,6 +32,12 @@ func (c *Config) Validate() error {
 // maxMQTTPacket is the largest packet MQTT's length encoding allows.
 const maxMQTTPacket = 268435455
 
+// The bounds of cloud.ntp_ttl, rrpc_ttl and reply_ttl.
+const (
+	minTimeCriticalTTL = 100 * time.Millisecond
+	maxTimeCriticalTTL = time.Hour
+)
+
 // keepaliveRange returns the keepalive range a dialect's cloud accepts.
 func keepaliveRange(d secrets.Dialect) (lo, hi time.Duration) {
 	if d == secrets.EnOS {
@@ -368,6 +374,15 @@ func (c *CloudConfig) validate(v *validator) {
 		v.add("cloud.gateway_bandwidth", "invalid value %s: must not be negative (0 means unlimited)", quoteValue(c.GatewayBandwidth.String()))
 	}
 	v.duration("cloud.ack_timeout", c.AckTimeout, time.Second)
+	for _, ttl := range []struct {
+		key string
+		d   Duration
+	}{{"cloud.ntp_ttl", c.NTPTTL}, {"cloud.rrpc_ttl", c.RRPCTTL}, {"cloud.reply_ttl", c.ReplyTTL}} {
+		v.duration(ttl.key, ttl.d, minTimeCriticalTTL)
+		if time.Duration(ttl.d) > maxTimeCriticalTTL {
+			v.add(ttl.key, "invalid value %s: must be at most %v (a message that may wait longer is not time-critical)", quoteValue(ttl.d.String()), maxTimeCriticalTTL)
+		}
+	}
 	if c.MaxPayload < 0 || c.MaxPayload > maxMQTTPacket {
 		v.add("cloud.max_payload", "invalid value %s: must be from 0 (the dialect's limit) to %d bytes", quoteValue(c.MaxPayload.String()), maxMQTTPacket)
 	}
