@@ -7,10 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // An NTP request and an RRPC reply are only useful fresh
