@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -39,10 +40,12 @@ func regSampleDevices() []Device {
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 	return []Device{
 		{ProductKey: "a1B2c3D4e5F", DeviceName: "meter-01", DeviceSecret: NewSecret("0123456789abcdef0123456789abcdef"), ClientID: "a1B2c3D4e5F.meter-01",
-			LocalPassword: regTestHash, State: StateReady, Created: t0, Updated: t0.Add(time.Hour), ActivatedAt: t0.Add(time.Minute)},
+			LocalPassword: regTestHash, State: StateReady, Created: t0, Updated: t0.Add(time.Hour), ActivatedAt: t0.Add(time.Minute),
+			ConnectParams: []Param{{"_ss", "1"}, {"_v", "sdk-c-4.1.0"}, {"ext", "3"}}},
 		{ProductKey: "enosprod", DeviceName: "dk_1.x", State: StateAwaitingActivation, Created: t0, Updated: t0},
 		{ProductKey: "enosprod", DeviceName: "dk-2", State: StateActivationFailed, StateReason: "refused: code 5 — «unicode»", Disabled: true, Created: t0, Updated: t0},
 		{ProductKey: "p", DeviceName: "a@b:c", DeviceSecret: NewSecret("x"), State: StateReady},
+		{ProductKey: "p", DeviceName: "seen-none", DeviceSecret: NewSecret("x"), State: StateReady, ConnectParams: []Param{}},
 	}
 }
 
@@ -203,7 +206,7 @@ func FuzzDecodeDevice(f *testing.F) {
 	f.Fuzz(func(t *testing.T, key, data []byte) {
 		d, err := decodeDevice(aead, key, data)
 		if err != nil {
-			if d != (Device{}) {
+			if !reflect.ValueOf(d).IsZero() {
 				t.Fatalf("error %v with non-zero device", err)
 			}
 			return

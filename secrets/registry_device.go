@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -54,7 +55,14 @@ type Device struct {
 	// the device uses on the local broker; empty means none. It is not the
 	// password, but it allows offline guessing, so String, GoString,
 	// LogValue and JSON omit it.
-	LocalPassword string      `json:"-"`
+	LocalPassword string `json:"-"`
+	// ConnectParams are the clientId extension parameters (see
+	// ConnectParamKeys) the device presented at its last signed login, in
+	// its order; its cloud session carries them so the cloud treats the
+	// session as that firmware (docs/protocol.md §2.2, §7.9). nil means no
+	// signed login seen yet: the product's DefaultConnectParams apply. An
+	// empty, non-nil list means the device presented none. Alibaba only.
+	ConnectParams []Param     `json:"connectParams,omitzero"`
 	Disabled      bool        `json:"disabled,omitempty"`
 	State         DeviceState `json:"state"`
 	StateReason   string      `json:"stateReason,omitempty"`
@@ -77,8 +85,8 @@ func (d Device) String() string {
 
 // GoString implements fmt.GoStringer (%#v) without the local password hash.
 func (d Device) GoString() string {
-	return fmt.Sprintf("secrets.Device{ProductKey:%q, DeviceName:%q, DeviceSecret:%#v, ClientID:%q, LocalPassword:%s, Disabled:%t, State:%q, StateReason:%q, Created:%s, Updated:%s, ActivatedAt:%s}",
-		d.ProductKey, d.DeviceName, d.DeviceSecret, d.ClientID, redactedIfSet(d.LocalPassword), d.Disabled, d.State, d.StateReason,
+	return fmt.Sprintf("secrets.Device{ProductKey:%q, DeviceName:%q, DeviceSecret:%#v, ClientID:%q, LocalPassword:%s, ConnectParams:%#v, Disabled:%t, State:%q, StateReason:%q, Created:%s, Updated:%s, ActivatedAt:%s}",
+		d.ProductKey, d.DeviceName, d.DeviceSecret, d.ClientID, redactedIfSet(d.LocalPassword), d.ConnectParams, d.Disabled, d.State, d.StateReason,
 		d.Created.Format(time.RFC3339Nano), d.Updated.Format(time.RFC3339Nano), d.ActivatedAt.Format(time.RFC3339Nano))
 }
 
@@ -93,6 +101,9 @@ func (d Device) LogValue() slog.Value {
 	}
 	if d.ClientID != "" {
 		attrs = append(attrs, slog.String("clientId", d.ClientID))
+	}
+	if d.ConnectParams != nil {
+		attrs = append(attrs, slog.String("connectParams", FormatConnectParams(d.ConnectParams)))
 	}
 	if d.Disabled {
 		attrs = append(attrs, slog.Bool("disabled", true))
@@ -240,6 +251,46 @@ func (r *Registry) updateDevice(op, pk, dn string, fn func(*Device) error) (Devi
 	}
 	return out, nil
 }
+
+// SetConnectParams stores ps as the device's ConnectParams if they differ
+// from the stored ones (EqualConnectParams) and reports whether they did,
+// with the previous value. An unchanged device is not written. A disabled
+// device is left alone (changed false): it cannot log in, and the next
+// signed login after it is enabled stores its parameters.
+func (r *Registry) SetConnectParams(pk, dn string, ps []Param) (prev []Param, changed bool, err error) {
+	if err := ValidateConnectParams(ps); err != nil {
+		return nil, false, fmt.Errorf("set connect params of device %s: %w", DeviceID{ProductKey: pk, DeviceName: dn}.String(), err)
+	}
+	d, err := r.GetDevice(pk, dn)
+	if err != nil {
+		return nil, false, err
+	}
+	if d.Disabled || EqualConnectParams(d.ConnectParams, ps) {
+		return d.ConnectParams, false, nil
+	}
+	_, err = r.updateDevice("set connect params of device", pk, dn, func(d *Device) error {
+		prev = d.ConnectParams
+		if d.Disabled || EqualConnectParams(d.ConnectParams, ps) {
+			return errUnchanged
+		}
+		changed = true
+		d.ConnectParams = slices.Clone(ps)
+		if ps != nil && d.ConnectParams == nil {
+			d.ConnectParams = []Param{}
+		}
+		return nil
+	})
+	if errors.Is(err, errUnchanged) {
+		return prev, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return prev, changed, nil
+}
+
+// errUnchanged ends an updateDevice without writing.
+var errUnchanged = errors.New("unchanged")
 
 // DeleteDevice deletes the device pk/dn. Its activation records are kept:
 // a secret obtained by one-time activation must survive an accidental
@@ -390,6 +441,12 @@ func validateDevice(d Device, p Product) error {
 			return fmt.Errorf("localPassword: not an encoded hash (use SetLocalPassword): %w", err)
 		}
 	}
+	if err := ValidateConnectParams(d.ConnectParams); err != nil {
+		return err
+	}
+	if len(d.ConnectParams) > 0 && p.Dialect != Aliyun {
+		return fmt.Errorf("connectParams: %w", errConnectParamsDialect)
+	}
 	if err := validateStateReason(d.StateReason); err != nil {
 		return err
 	}
@@ -422,7 +479,8 @@ type deviceRecord struct {
 	DeviceName    string      `json:"dn"`
 	DeviceSecret  []byte      `json:"secret,omitempty"` // sealed
 	ClientID      string      `json:"cid,omitempty"`
-	LocalPassword []byte      `json:"pw,omitempty"` // sealed encoded hash
+	LocalPassword []byte      `json:"pw,omitempty"`    // sealed encoded hash
+	Params        paramList   `json:"params,omitzero"` // nil: none seen; [] seen, none presented
 	Disabled      bool        `json:"disabled,omitempty"`
 	State         DeviceState `json:"state"`
 	StateReason   string      `json:"reason,omitempty"`
@@ -436,7 +494,7 @@ func encodeDevice(aead cipher.AEAD, d Device) ([]byte, error) {
 	k := []byte(d.ID().String())
 	rec := deviceRecord{
 		V: recordVersion, ProductKey: d.ProductKey, DeviceName: d.DeviceName,
-		ClientID: d.ClientID, Disabled: d.Disabled, State: d.State, StateReason: d.StateReason,
+		ClientID: d.ClientID, Params: newParamList(d.ConnectParams), Disabled: d.Disabled, State: d.State, StateReason: d.StateReason,
 		Created: d.Created.UTC(), Updated: d.Updated.UTC(), ActivatedAt: d.ActivatedAt.UTC(),
 	}
 	var err error
@@ -480,7 +538,7 @@ func (rec *deviceRecord) device(aead cipher.AEAD, key []byte) (Device, error) {
 	}
 	d := Device{
 		ProductKey: rec.ProductKey, DeviceName: rec.DeviceName, ClientID: rec.ClientID,
-		Disabled: rec.Disabled, State: rec.State, StateReason: rec.StateReason,
+		ConnectParams: rec.Params.params(), Disabled: rec.Disabled, State: rec.State, StateReason: rec.StateReason,
 		Created: rec.Created, Updated: rec.Updated, ActivatedAt: rec.ActivatedAt,
 	}
 	var err error
@@ -501,6 +559,9 @@ func (rec *deviceRecord) device(aead cipher.AEAD, key []byte) (Device, error) {
 		if err := ValidateClientID(d.ClientID); err != nil {
 			return Device{}, err
 		}
+	}
+	if err := ValidateConnectParams(d.ConnectParams); err != nil {
+		return Device{}, err
 	}
 	if err := validateStateReason(d.StateReason); err != nil {
 		return Device{}, err

@@ -17,11 +17,18 @@ import (
 // Product is a cloud product: its key, its dialect and, for dynamic
 // registration or activation, its productSecret.
 type Product struct {
-	ProductKey    string    `json:"productKey"`
-	Dialect       Dialect   `json:"dialect"`
-	ProductSecret Secret    `json:"productSecret,omitzero"`
-	Created       time.Time `json:"created,omitzero"`
-	Updated       time.Time `json:"updated,omitzero"`
+	ProductKey    string  `json:"productKey"`
+	Dialect       Dialect `json:"dialect"`
+	ProductSecret Secret  `json:"productSecret,omitzero"`
+	// DefaultConnectParams are the clientId extension parameters (see
+	// ConnectParamKeys) the cloud sessions of this product's devices carry
+	// until a device has presented its own at a signed login (see
+	// Device.ConnectParams): what the product's firmware is known to send,
+	// e.g. _ss=1,ext=3 for Link SDK 4.x. Devices that log in with local
+	// passwords or certificates always get these. Alibaba only.
+	DefaultConnectParams []Param   `json:"defaultConnectParams,omitempty"`
+	Created              time.Time `json:"created,omitzero"`
+	Updated              time.Time `json:"updated,omitzero"`
 }
 
 // String returns "product PK (dialect)".
@@ -32,11 +39,15 @@ func (p Product) String() string {
 // LogValue implements slog.LogValuer; the productSecret appears only as
 // whether it is set.
 func (p Product) LogValue() slog.Value {
-	return slog.GroupValue(
+	attrs := []slog.Attr{
 		slog.String("productKey", p.ProductKey),
 		slog.String("dialect", string(p.Dialect)),
 		slog.Bool("hasProductSecret", !p.ProductSecret.IsZero()),
-	)
+	}
+	if len(p.DefaultConnectParams) > 0 {
+		attrs = append(attrs, slog.String("defaultConnectParams", FormatConnectParams(p.DefaultConnectParams)))
+	}
+	return slog.GroupValue(attrs...)
 }
 
 // PutProduct creates or replaces a product after validating it and
@@ -52,6 +63,9 @@ func (r *Registry) PutProduct(p Product) (created bool, err error) {
 		if err := validateSecretValue("productSecret", p.ProductSecret); err != nil {
 			return false, fmt.Errorf("put product %s: %w", p.ProductKey, err)
 		}
+	}
+	if err := validateDefaultConnectParams(p); err != nil {
+		return false, fmt.Errorf("put product %s: %w", p.ProductKey, err)
 	}
 	now := r.now().UTC().Round(0)
 	err = r.db.Update(func(tx *bolt.Tx) error {
@@ -84,6 +98,16 @@ func (r *Registry) PutProduct(p Product) (created bool, err error) {
 		return false, fmt.Errorf("put product %s: %w", p.ProductKey, err)
 	}
 	return created, nil
+}
+
+func validateDefaultConnectParams(p Product) error {
+	if err := ValidateConnectParams(p.DefaultConnectParams); err != nil {
+		return fmt.Errorf("defaultConnectParams: %w", err)
+	}
+	if len(p.DefaultConnectParams) > 0 && p.Dialect != Aliyun {
+		return fmt.Errorf("defaultConnectParams: %w", errConnectParamsDialect)
+	}
+	return nil
 }
 
 // GetProduct returns the product with key pk.
@@ -161,12 +185,14 @@ type productRecord struct {
 	ProductKey    string    `json:"pk"`
 	Dialect       Dialect   `json:"dialect"`
 	ProductSecret []byte    `json:"secret,omitempty"` // sealed
+	Params        paramList `json:"params,omitempty"`
 	Created       time.Time `json:"created,omitzero"`
 	Updated       time.Time `json:"updated,omitzero"`
 }
 
 func encodeProduct(aead cipher.AEAD, p Product) ([]byte, error) {
-	rec := productRecord{V: recordVersion, ProductKey: p.ProductKey, Dialect: p.Dialect, Created: p.Created.UTC(), Updated: p.Updated.UTC()}
+	rec := productRecord{V: recordVersion, ProductKey: p.ProductKey, Dialect: p.Dialect, Params: newParamList(p.DefaultConnectParams),
+		Created: p.Created.UTC(), Updated: p.Updated.UTC()}
 	var err error
 	if rec.ProductSecret, err = sealSecret(aead, bucketProducts, []byte(p.ProductKey), "productSecret", p.ProductSecret); err != nil {
 		return nil, err
@@ -196,5 +222,12 @@ func decodeProduct(aead cipher.AEAD, key, data []byte) (Product, error) {
 	if err != nil {
 		return fail(err)
 	}
-	return Product{ProductKey: rec.ProductKey, Dialect: rec.Dialect, ProductSecret: sec, Created: rec.Created, Updated: rec.Updated}, nil
+	p := Product{ProductKey: rec.ProductKey, Dialect: rec.Dialect, ProductSecret: sec, Created: rec.Created, Updated: rec.Updated}
+	if len(rec.Params) > 0 {
+		p.DefaultConnectParams = rec.Params.params()
+	}
+	if err := validateDefaultConnectParams(p); err != nil {
+		return fail(err)
+	}
+	return p, nil
 }

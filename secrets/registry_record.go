@@ -82,3 +82,36 @@ func strictUnmarshal(data []byte, v any) error {
 	}
 	return nil
 }
+
+// paramRecord is the stored form of a Param.
+type paramRecord struct {
+	K string `json:"k"`
+	V string `json:"v"`
+}
+
+// paramList is the stored form of a []Param. It keeps nil (omitted with
+// omitzero) apart from empty ("[]"): for Device.ConnectParams they mean
+// different things.
+type paramList []paramRecord
+
+func newParamList(ps []Param) paramList {
+	if ps == nil {
+		return nil
+	}
+	l := make(paramList, len(ps))
+	for i, p := range ps {
+		l[i] = paramRecord{K: p.Key, V: p.Value}
+	}
+	return l
+}
+
+func (l paramList) params() []Param {
+	if l == nil {
+		return nil
+	}
+	ps := make([]Param, len(l))
+	for i, p := range l {
+		ps[i] = Param{Key: p.K, Value: p.V}
+	}
+	return ps
+}
