@@ -545,6 +545,19 @@ func (s *Sim) Subscriptions(productKey, deviceName string) []string {
 	return out
 }
 
+// SessionClientID returns the full MQTT clientId (with its |…| block) of
+// the device's current session, as the device presented it; ok is false
+// when the device is not connected.
+func (s *Sim) SessionClientID(productKey, deviceName string) (clientID string, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess := s.active[DeviceRef{ProductKey: productKey, DeviceName: deviceName}]
+	if sess == nil {
+		return "", false
+	}
+	return sess.clientID, true
+}
+
 // ---- downlink ----
 
 // Publish sends a message to a device as the cloud does: on one of the
