@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -198,6 +199,39 @@ func (m *Manager) Update(dev Device) error {
 	sl.statMu.Unlock()
 	m.startLocked(sl)
 	return nil
+}
+
+// UpdateExtra replaces the extension parameters a device's session
+// carries in its clientId (Device.Extra; nil and empty are alike). When they
+// differ from the current ones the session restarts as with Update — the
+// old connection is closed before the new one is made, so there is never
+// a second session for the identity — and it reports changed with the
+// previous parameters. Unchanged parameters leave the session alone.
+func (m *Manager) UpdateExtra(id secrets.DeviceID, extra []secrets.Param) (prev []secrets.Param, changed bool, err error) {
+	sl, err := m.lockSlot(id, false)
+	if err != nil {
+		return nil, false, fmt.Errorf("update extension parameters of device %s: %w", id, err)
+	}
+	defer sl.mu.Unlock()
+	if !sl.registered {
+		return nil, false, fmt.Errorf("update extension parameters of device %s: %w", id, ErrUnknownDevice)
+	}
+	prev = sl.dev.Extra
+	if slices.Equal(prev, extra) {
+		return prev, false, nil
+	}
+	dev := sl.dev
+	dev.Extra = slices.Clone(extra)
+	if err := dev.validate(); err != nil {
+		return prev, false, fmt.Errorf("update extension parameters of device %s: %w", id, err)
+	}
+	m.stopLocked(sl)
+	sl.dev = dev
+	sl.statMu.Lock()
+	sl.st.State, sl.st.NextAttempt = StateIdle, time.Time{}
+	sl.statMu.Unlock()
+	m.startLocked(sl)
+	return prev, true, nil
 }
 
 // Remove stops a device's session (closing its paho client) and forgets

@@ -1,0 +1,93 @@
+package uplink
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgegw/edgegw/internal/testutil"
+	"github.com/edgegw/edgegw/secrets"
+	"github.com/edgegw/edgegw/uplink/cloudsim"
+)
+
+// A device's extension parameters are signed into every attempt after
+// edgegw's own securemode, signmethod and timestamp; UpdateExtra changes
+// them with exactly one reconnect (never two sessions for the identity),
+// and the cloud then treats the session as that firmware: with _ss=1 it
+// pushes system downlinks without a SUBSCRIBE (docs/protocol.md §2.2, §7.9).
+func TestUpdateExtraReconnectsOnce(t *testing.T) {
+	dev := testDevice(1)
+	dev.Extra = []secrets.Param{{Key: "_v", Value: "sdk-c-3.0.1"}, {Key: "lan", Value: "C"}}
+	sim, err := cloudsim.New(cloudsim.Config{Dialect: secrets.Aliyun, Listen: "127.0.0.1:0", DeviceRate: cloudsim.RateUnlimited,
+		Devices: []cloudsim.Device{{ProductKey: dev.ID.ProductKey, DeviceName: dev.ID.DeviceName, Secret: dev.Secret}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	r := newRig(t, "tcp://"+sim.Addr(cloudsim.TCP))
+	r.add(dev)
+	startManager(t, r.m)
+	r.waitStatus(dev.ID, "connected", func(st SessionStatus) bool { return st.State == StateConnected })
+
+	cid, ok := sim.SessionClientID(dev.ID.ProductKey, dev.ID.DeviceName)
+	if !ok || !strings.HasPrefix(cid, dev.ID.DeviceName+"|securemode=3,signmethod=hmacsha256,timestamp=") ||
+		!strings.HasSuffix(cid, ",_v=sdk-c-3.0.1,lan=C|") {
+		t.Fatalf("cloud session clientId %q (connected %v), want edgegw's params then _v=sdk-c-3.0.1,lan=C", cid, ok)
+	}
+	property := "/sys/" + dev.ID.ProductKey + "/" + dev.ID.DeviceName + "/thing/service/property/set"
+	if err := sim.Publish(dev.ID.ProductKey, dev.ID.DeviceName, property, []byte(`{"id":"1"}`), 1); !errors.Is(err, cloudsim.ErrNotSubscribed) {
+		t.Fatalf("without _ss=1 the cloud pushed a system downlink: %v", err)
+	}
+
+	linkSDK := []secrets.Param{{Key: "_ss", Value: "1"}, {Key: "_v", Value: "sdk-c-4.1.0"}, {Key: "ext", Value: "3"}}
+	prev, changed, err := r.m.UpdateExtra(dev.ID, linkSDK)
+	if err != nil || !changed || secrets.FormatConnectParams(prev) != "_v=sdk-c-3.0.1,lan=C" {
+		t.Fatalf("UpdateExtra = %v, %v, %v", prev, changed, err)
+	}
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		cid, ok = sim.SessionClientID(dev.ID.ProductKey, dev.ID.DeviceName)
+		return ok && strings.HasSuffix(cid, ",_ss=1,_v=sdk-c-4.1.0,ext=3|")
+	}, "cloud session with the Link SDK's params (last %q)", cid)
+	if !strings.Contains(cid, "|securemode=3,signmethod=hmacsha256,timestamp=") {
+		t.Errorf("clientId %q: edgegw's own params missing", cid)
+	}
+	// The cloud now pushes the property set without a SUBSCRIBE.
+	if err := sim.Publish(dev.ID.ProductKey, dev.ID.DeviceName, property, []byte(`{"id":"2"}`), 1); err != nil {
+		t.Fatalf("server-side subscribed session: %v", err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		for _, d := range r.downlinks() {
+			if d.topic == property && d.payload == `{"id":"2"}` {
+				return true
+			}
+		}
+		return false
+	}, "property set delivered on the session")
+
+	// The same parameters again: nothing happens.
+	r.mu.Lock()
+	dials := r.dials[dev.ID]
+	r.mu.Unlock()
+	if _, changed, err := r.m.UpdateExtra(dev.ID, []secrets.Param{{Key: "_ss", Value: "1"}, {Key: "_v", Value: "sdk-c-4.1.0"}, {Key: "ext", Value: "3"}}); err != nil || changed {
+		t.Fatalf("UpdateExtra with the same params = %v, %v", changed, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.dials[dev.ID] != dials || dials != 2 {
+		t.Errorf("%d dials before, %d after an unchanged UpdateExtra; want 2 in all", dials, r.dials[dev.ID])
+	}
+	if r.overlaps.Load() != 0 || sim.Stats().Takeovers != 0 {
+		t.Errorf("overlapping sessions: %d socket overlaps, %d cloud takeovers", r.overlaps.Load(), sim.Stats().Takeovers)
+	}
+
+	if _, _, err := r.m.UpdateExtra(testDevice(99).ID, linkSDK); !errors.Is(err, ErrUnknownDevice) {
+		t.Errorf("UpdateExtra(unknown) = %v", err)
+	}
+	if _, _, err := r.m.UpdateExtra(dev.ID, []secrets.Param{{Key: "ext", Value: "a,b"}}); err == nil {
+		t.Error("UpdateExtra accepted a value that breaks the clientId block")
+	}
+}
