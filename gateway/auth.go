@@ -10,6 +10,7 @@ import (
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
+	"github.com/edgegw/edgegw/uplink"
 )
 
 // adminUser is an admin identity for network listeners.
@@ -30,6 +31,16 @@ type authenticator struct {
 	// wait (default defaultActivateWait).
 	act          deviceActivator
 	activateWait time.Duration
+	// sessions, when set, is told the connect parameters of every signed
+	// Alibaba login (see carryConnectParams).
+	sessions connectParamsUpdater
+}
+
+// connectParamsUpdater is what the authenticator needs of the uplink
+// manager: make a device's cloud session carry the extension parameters
+// its firmware presented, reconnecting it only when they changed.
+type connectParamsUpdater interface {
+	UpdateExtra(id secrets.DeviceID, extra []secrets.Param) (prev []secrets.Param, changed bool, err error)
 }
 
 func refusal(code byte, format string, args ...any) error {
@@ -93,6 +104,9 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 		if ss, _ := p.Param("_ss"); ss == "1" {
 			id.ServerSubscribed = true
 		}
+		if prod.Dialect == secrets.Aliyun {
+			a.carryConnectParams(dev, p.Params)
+		}
 		id.Method = localbroker.MethodSigned
 		return id, nil
 	}
@@ -111,6 +125,44 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 	}
 	id.Method = localbroker.MethodPassword
 	return id, nil
+}
+
+// carryConnectParams makes the cloud session of a device that just logged
+// in with its signed cloud credentials carry the extension parameters it
+// presented (_ss, ext, _v, lan, gw: secrets.FilterConnectParams), so the
+// cloud treats the session as that firmware — with _ss=1 it pushes the
+// system downlinks the firmware never subscribes to, with ext bit 0 it
+// allows RRPC on custom topics (docs/protocol.md §2.2, §7.9). They are
+// stored with the device, for restarts, when they differ from the stored
+// ones; the running session reconnects once when they differ from the
+// ones it carries (never a second session: uplink.Manager.UpdateExtra).
+// Both comparisons are independent, so a failure or a race is repaired by
+// the device's next login. Nothing here refuses the login; EnOS has no
+// such parameters (its sessions are server-subscribed anyway).
+func (a *authenticator) carryConnectParams(dev secrets.Device, presented []secrets.Param) {
+	id := dev.ID()
+	kept, dropped := secrets.FilterConnectParams(presented)
+	for _, err := range dropped {
+		a.log.Warn("connect parameter not carried to the cloud session", "device", id.String(), "err", err)
+	}
+	if !secrets.EqualConnectParams(dev.ConnectParams, kept) {
+		if _, _, err := a.reg.SetConnectParams(dev.ProductKey, dev.DeviceName, kept); err != nil {
+			a.log.Error("store the device's connect parameters", "device", id.String(), "err", err)
+		}
+	}
+	if a.sessions == nil {
+		return
+	}
+	prev, changed, err := a.sessions.UpdateExtra(id, kept)
+	switch {
+	case errors.Is(err, uplink.ErrUnknownDevice), errors.Is(err, uplink.ErrStopped):
+		// No cloud session (yet, or any more): it starts from the registry.
+	case err != nil:
+		a.log.Error("apply the device's connect parameters to its cloud session", "device", id.String(), "err", err)
+	case changed:
+		a.log.Info("cloud session reconnects with the connect parameters the device presented", "device", id.String(),
+			"params", secrets.FormatConnectParams(kept), "previous", secrets.FormatConnectParams(prev))
+	}
 }
 
 // byCertificate maps a verified client certificate to a device: the CN is

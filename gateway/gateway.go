@@ -318,7 +318,7 @@ func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
 
 func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager) (*localbroker.Broker, error) {
 	b := &g.cfg.Broker
-	auth := &authenticator{reg: reg, modes: map[string]bool{}, log: g.log, act: mgr}
+	auth := &authenticator{reg: reg, modes: map[string]bool{}, log: g.log, act: mgr, sessions: mgr}
 	for _, m := range b.Auth {
 		auth.modes[m] = true
 	}
@@ -437,9 +437,25 @@ func (g *Gateway) uplinkDevice(d secrets.Device) (uplink.Device, bool, error) {
 		Secret:        d.DeviceSecret,
 		ClientID:      cid,
 		SignMethod:    sm,
+		Extra:         connectParams(d, p),
 		ProductSecret: productSecret,
 		Activation:    activation,
 	}, true, nil
+}
+
+// connectParams are the clientId extension parameters a device's cloud
+// session carries after edgegw's own securemode, signmethod and timestamp:
+// the ones the device presented at its last signed login, or, for a device
+// not seen yet or one that logs in with a local password or certificate,
+// its product's default (docs/protocol.md §2.2). EnOS sessions carry none.
+func connectParams(d secrets.Device, p secrets.Product) []secrets.Param {
+	if p.Dialect != secrets.Aliyun {
+		return nil
+	}
+	if d.ConnectParams != nil {
+		return d.ConnectParams
+	}
+	return p.DefaultConnectParams
 }
 
 // downlinkDropReasons are the reasons a downlink is not handed to its

@@ -27,7 +27,11 @@ type Device struct {
 	// two-way TLS on 18883). It requires a tls or wss endpoint.
 	ClientCert *tls.Certificate
 	// Extra are extension parameters appended to the clientId's |…| block
-	// (e.g. _v, lan, ext on Alibaba). They are not signed.
+	// after edgegw's own securemode, signmethod and timestamp, on every
+	// attempt: on Alibaba the _ss, ext, _v, lan and gw the device's
+	// firmware presented (secrets.FilterConnectParams), so the cloud treats
+	// the session as that firmware (docs/protocol.md §2.2, §7.9). They are
+	// not signed. Manager.UpdateExtra changes them.
 	Extra []secrets.Param
 	// ProductSecret, for a device without Secret, is used to obtain the
 	// deviceSecret first: EnOS dynamic activation (securemode=3) or Alibaba
