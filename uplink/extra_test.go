@@ -80,8 +80,11 @@ func TestUpdateExtraReconnectsOnce(t *testing.T) {
 	if r.dials[dev.ID] != dials || dials != 2 {
 		t.Errorf("%d dials before, %d after an unchanged UpdateExtra; want 2 in all", dials, r.dials[dev.ID])
 	}
-	if r.overlaps.Load() != 0 || sim.Stats().Takeovers != 0 {
-		t.Errorf("overlapping sessions: %d socket overlaps, %d cloud takeovers", r.overlaps.Load(), sim.Stats().Takeovers)
+	// The old socket was closed before the new one was dialled (the cloud
+	// may still count a takeover: it can read the new CONNECT before it
+	// notices the old connection's end).
+	if r.overlaps.Load() != 0 {
+		t.Errorf("%d dials while another socket of the identity was open", r.overlaps.Load())
 	}
 
 	if _, _, err := r.m.UpdateExtra(testDevice(99).ID, linkSDK); !errors.Is(err, ErrUnknownDevice) {
