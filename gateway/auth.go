@@ -38,9 +38,9 @@ type authenticator struct {
 
 // connectParamsUpdater is what the authenticator needs of the uplink
 // manager: make a device's cloud session carry the extension parameters
-// its firmware presented, reconnecting it only when they changed.
+// its firmware presented (uplink.Manager.UpdateExtra).
 type connectParamsUpdater interface {
-	UpdateExtra(id secrets.DeviceID, extra []secrets.Param) (prev []secrets.Param, changed bool, err error)
+	UpdateExtra(id secrets.DeviceID, extra []secrets.Param) (uplink.ExtraUpdate, error)
 }
 
 func refusal(code byte, format string, args ...any) error {
@@ -134,8 +134,9 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 // system downlinks the firmware never subscribes to, with ext bit 0 it
 // allows RRPC on custom topics (docs/protocol.md §2.2, §7.9). They are
 // stored with the device, for restarts, when they differ from the stored
-// ones; the running session reconnects once when they differ from the
-// ones it carries (never a second session: uplink.Manager.UpdateExtra).
+// ones; the running session carries them from its next attempt on, and
+// reconnects once at once when they change what the cloud does for it
+// (_ss, ext; never a second session: uplink.Manager.UpdateExtra).
 // Both comparisons are independent, so a failure or a race is repaired by
 // the device's next login. Nothing here refuses the login; EnOS has no
 // such parameters (its sessions are server-subscribed anyway).
@@ -153,15 +154,18 @@ func (a *authenticator) carryConnectParams(dev secrets.Device, presented []secre
 	if a.sessions == nil {
 		return
 	}
-	prev, changed, err := a.sessions.UpdateExtra(id, kept)
+	up, err := a.sessions.UpdateExtra(id, kept)
 	switch {
 	case errors.Is(err, uplink.ErrUnknownDevice), errors.Is(err, uplink.ErrStopped):
 		// No cloud session (yet, or any more): it starts from the registry.
 	case err != nil:
 		a.log.Error("apply the device's connect parameters to its cloud session", "device", id.String(), "err", err)
-	case changed:
+	case up.Reconnected:
 		a.log.Info("cloud session reconnects with the connect parameters the device presented", "device", id.String(),
-			"params", secrets.FormatConnectParams(kept), "previous", secrets.FormatConnectParams(prev))
+			"params", secrets.FormatConnectParams(kept), "previous", secrets.FormatConnectParams(up.Prev))
+	case up.Changed:
+		a.log.Info("cloud session carries the connect parameters the device presented from its next connection", "device", id.String(),
+			"params", secrets.FormatConnectParams(kept), "previous", secrets.FormatConnectParams(up.Prev))
 	}
 }
 

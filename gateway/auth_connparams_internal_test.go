@@ -25,19 +25,20 @@ type fakeSessions struct {
 	err   error
 }
 
-func (f *fakeSessions) UpdateExtra(id secrets.DeviceID, extra []secrets.Param) ([]secrets.Param, bool, error) {
+func (f *fakeSessions) UpdateExtra(id secrets.DeviceID, extra []secrets.Param) (uplink.ExtraUpdate, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
 	if f.err != nil {
-		return nil, false, f.err
+		return uplink.ExtraUpdate{}, f.err
 	}
-	prev := f.extra[id]
-	if reflect.DeepEqual(prev, extra) {
-		return prev, false, nil
+	up := uplink.ExtraUpdate{Prev: f.extra[id]}
+	if reflect.DeepEqual(up.Prev, extra) {
+		return up, nil
 	}
 	f.extra[id] = extra
-	return prev, true, nil
+	up.Changed, up.Reconnected = true, secrets.ConnectParamsChangeSession(up.Prev, extra)
+	return up, nil
 }
 
 func (f *fakeSessions) get(id secrets.DeviceID) (string, int) {
@@ -105,24 +106,30 @@ func TestAuthenticateCarriesConnectParams(t *testing.T) {
 	}
 	p := func(k, v string) secrets.Param { return secrets.Param{Key: k, Value: v} }
 
+	const (
+		reconnects  = "cloud session reconnects with the connect parameters the device presented"
+		nextConnect = "cloud session carries the connect parameters the device presented from its next connection"
+	)
 	steps := []struct {
 		name       string
 		dialect    secrets.Dialect
 		pk         string
 		extra      []secrets.Param
 		want       string // stored and on the session
-		changedLog bool   // an info line about the change
+		changedLog string // the info line about the change, if any
 		dropLog    string // a warning naming a dropped param
 	}{
 		{"link sdk 4.1.0", secrets.Aliyun, "a1Ali", []secrets.Param{p("_ss", "1"), p("_v", "sdk-c-4.1.0"), p("ext", "3"), p("_conn", "tls_1")},
-			"_ss=1,_v=sdk-c-4.1.0,ext=3", true, ""},
+			"_ss=1,_v=sdk-c-4.1.0,ext=3", reconnects, ""},
 		{"same again", secrets.Aliyun, "a1Ali", []secrets.Param{p("_ss", "1"), p("_v", "sdk-c-4.1.0"), p("ext", "3"), p("_conn", "tls_1")},
-			"_ss=1,_v=sdk-c-4.1.0,ext=3", false, ""},
+			"_ss=1,_v=sdk-c-4.1.0,ext=3", "", ""},
 		{"firmware downgraded to c sdk 3", secrets.Aliyun, "a1Ali", []secrets.Param{p("_v", "sdk-c-3.0.1"), p("lan", "C"), p("gw", "0"), p("ext", "0")},
-			"_v=sdk-c-3.0.1,lan=C,gw=0,ext=0", true, ""},
+			"_v=sdk-c-3.0.1,lan=C,gw=0,ext=0", reconnects, ""},
+		{"informational change", secrets.Aliyun, "a1Ali", []secrets.Param{p("_v", "sdk-c-3.0.2"), p("lan", "C"), p("gw", "0"), p("ext", "0")},
+			"_v=sdk-c-3.0.2,lan=C,gw=0,ext=0", nextConnect, ""},
 		{"bad value dropped", secrets.Aliyun, "a1Ali", []secrets.Param{p("_v", "sdk c"), p("_ss", "1")},
-			"_ss=1", true, "connect parameter _v"},
-		{"none presented", secrets.Aliyun, "a1Ali", nil, "", true, ""},
+			"_ss=1", reconnects, "connect parameter _v"},
+		{"none presented", secrets.Aliyun, "a1Ali", nil, "", reconnects, ""},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -136,14 +143,17 @@ func TestAuthenticateCarriesConnectParams(t *testing.T) {
 				t.Errorf("session carries %q, want %q", onSession, st.want)
 			}
 			added := strings.TrimPrefix(logs.String(), before)
-			logged := false
+			logged := ""
 			for _, line := range strings.Split(added, "\n") {
-				if strings.Contains(line, `level=INFO msg="cloud session reconnects with the connect parameters the device presented" device=a1Ali/dev1`) {
-					logged = strings.Contains(line, "params="+st.want) || strings.Contains(line, `params="`+st.want+`"`)
+				for _, msg := range []string{reconnects, nextConnect} {
+					if strings.Contains(line, `level=INFO msg="`+msg+`" device=a1Ali/dev1`) &&
+						(strings.Contains(line, "params="+st.want+" ") || strings.Contains(line, `params="`+st.want+`"`)) {
+						logged = msg
+					}
 				}
 			}
 			if logged != st.changedLog {
-				t.Errorf("change logged %v, want %v:\n%s", logged, st.changedLog, added)
+				t.Errorf("change logged %q, want %q:\n%s", logged, st.changedLog, added)
 			}
 			if st.dropLog != "" && !strings.Contains(added, st.dropLog) {
 				t.Errorf("no warning naming %q:\n%s", st.dropLog, added)

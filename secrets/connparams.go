@@ -107,6 +107,33 @@ func EqualConnectParams(a, b []Param) bool {
 	return slices.Equal(a, b)
 }
 
+// ConnectParamsChangeSession reports whether a session carrying a would be
+// treated differently by the cloud if it carried b: server-side
+// subscription (_ss=1 or not) or the ext bitmap (bit 0 custom-topic RRPC,
+// bit 1 ext_notify; absent is 0) differ. The other keys (_v, lan, gw) are
+// informational: a running session need not reconnect for them.
+func ConnectParamsChangeSession(a, b []Param) bool {
+	ssA, extA := sessionParams(a)
+	ssB, extB := sessionParams(b)
+	return ssA != ssB || extA != extB
+}
+
+func sessionParams(ps []Param) (serverSub bool, ext string) {
+	ext = "0"
+	for _, p := range ps {
+		switch p.Key {
+		case "_ss":
+			serverSub = p.Value == "1"
+		case "ext":
+			ext = p.Value
+			if n, err := strconv.ParseUint(p.Value, 10, 32); err == nil {
+				ext = strconv.FormatUint(n, 10)
+			}
+		}
+	}
+	return serverSub, ext
+}
+
 // FormatConnectParams renders ps as "k=v,k=v" for logs and errors.
 func FormatConnectParams(ps []Param) string {
 	b := make([]byte, 0, 16*len(ps))

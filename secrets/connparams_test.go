@@ -152,3 +152,25 @@ func FuzzFilterConnectParams(f *testing.F) {
 		}
 	})
 }
+
+func TestConnectParamsChangeSession(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"", "", false},
+		{"", "_v=sdk-c-3.0.1,lan=C,gw=0", false},
+		{"", "ext=0,_ss=0", false},
+		{"ext=0", "ext=00", false},
+		{"_v=1", "_v=2,lan=C", false},
+		{"", "_ss=1", true},
+		{"_ss=1,ext=3", "_ss=1,ext=1", true},
+		{"ext=1", "", true},
+		{"ext=x", "ext=y", true},
+		{"_ss=1,_v=sdk-c-4.1.0,ext=3", "ext=3,_ss=1,_v=sdk-c-4.1.1", false},
+	} {
+		if got := secrets.ConnectParamsChangeSession(parseBlock(tc.a), parseBlock(tc.b)); got != tc.want {
+			t.Errorf("ChangeSession(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}

@@ -14,6 +14,8 @@ import (
 // A device's extension parameters are signed into every attempt after
 // edgegw's own securemode, signmethod and timestamp; UpdateExtra changes
 // them with exactly one reconnect (never two sessions for the identity),
+// when they change what the cloud does (_ss, ext), only the next connection
+// carries a change of the informational ones (_v, lan, gw),
 // and the cloud then treats the session as that firmware: with _ss=1 it
 // pushes system downlinks without a SUBSCRIBE (docs/protocol.md §2.2, §7.9).
 func TestUpdateExtraReconnectsOnce(t *testing.T) {
@@ -44,9 +46,9 @@ func TestUpdateExtraReconnectsOnce(t *testing.T) {
 	}
 
 	linkSDK := []secrets.Param{{Key: "_ss", Value: "1"}, {Key: "_v", Value: "sdk-c-4.1.0"}, {Key: "ext", Value: "3"}}
-	prev, changed, err := r.m.UpdateExtra(dev.ID, linkSDK)
-	if err != nil || !changed || secrets.FormatConnectParams(prev) != "_v=sdk-c-3.0.1,lan=C" {
-		t.Fatalf("UpdateExtra = %v, %v, %v", prev, changed, err)
+	up, err := r.m.UpdateExtra(dev.ID, linkSDK)
+	if err != nil || !up.Changed || !up.Reconnected || secrets.FormatConnectParams(up.Prev) != "_v=sdk-c-3.0.1,lan=C" {
+		t.Fatalf("UpdateExtra = %+v, %v", up, err)
 	}
 	testutil.Eventually(t, 15*time.Second, func() bool {
 		cid, ok = sim.SessionClientID(dev.ID.ProductKey, dev.ID.DeviceName)
@@ -72,14 +74,26 @@ func TestUpdateExtraReconnectsOnce(t *testing.T) {
 	r.mu.Lock()
 	dials := r.dials[dev.ID]
 	r.mu.Unlock()
-	if _, changed, err := r.m.UpdateExtra(dev.ID, []secrets.Param{{Key: "_ss", Value: "1"}, {Key: "_v", Value: "sdk-c-4.1.0"}, {Key: "ext", Value: "3"}}); err != nil || changed {
-		t.Fatalf("UpdateExtra with the same params = %v, %v", changed, err)
+	if up, err := r.m.UpdateExtra(dev.ID, []secrets.Param{{Key: "_ss", Value: "1"}, {Key: "_v", Value: "sdk-c-4.1.0"}, {Key: "ext", Value: "3"}}); err != nil || up.Changed || up.Reconnected {
+		t.Fatalf("UpdateExtra with the same params = %+v, %v", up, err)
+	}
+	// A new firmware version alone changes nothing the cloud does: no
+	// reconnect now, the next connection carries it.
+	if up, err := r.m.UpdateExtra(dev.ID, []secrets.Param{{Key: "_ss", Value: "1"}, {Key: "_v", Value: "sdk-c-4.1.1"}, {Key: "ext", Value: "3"}}); err != nil || !up.Changed || up.Reconnected {
+		t.Fatalf("UpdateExtra with a new _v = %+v, %v", up, err)
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.dials[dev.ID] != dials || dials != 2 {
-		t.Errorf("%d dials before, %d after an unchanged UpdateExtra; want 2 in all", dials, r.dials[dev.ID])
+		t.Errorf("%d dials before, %d after UpdateExtra without a reconnect; want 2 in all", dials, r.dials[dev.ID])
 	}
+	r.mu.Unlock()
+	if n := sim.Drop(); n != 1 {
+		t.Fatalf("dropped %d sessions", n)
+	}
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		cid, ok = sim.SessionClientID(dev.ID.ProductKey, dev.ID.DeviceName)
+		return ok && strings.HasSuffix(cid, ",_ss=1,_v=sdk-c-4.1.1,ext=3|")
+	}, "the next connection carries the new _v (last %q)", cid)
 	// The old socket was closed before the new one was dialled (the cloud
 	// may still count a takeover: it can read the new CONNECT before it
 	// notices the old connection's end).
@@ -87,10 +101,10 @@ func TestUpdateExtraReconnectsOnce(t *testing.T) {
 		t.Errorf("%d dials while another socket of the identity was open", r.overlaps.Load())
 	}
 
-	if _, _, err := r.m.UpdateExtra(testDevice(99).ID, linkSDK); !errors.Is(err, ErrUnknownDevice) {
+	if _, err := r.m.UpdateExtra(testDevice(99).ID, linkSDK); !errors.Is(err, ErrUnknownDevice) {
 		t.Errorf("UpdateExtra(unknown) = %v", err)
 	}
-	if _, _, err := r.m.UpdateExtra(dev.ID, []secrets.Param{{Key: "ext", Value: "a,b"}}); err == nil {
+	if _, err := r.m.UpdateExtra(dev.ID, []secrets.Param{{Key: "ext", Value: "a,b"}}); err == nil {
 		t.Error("UpdateExtra accepted a value that breaks the clientId block")
 	}
 }

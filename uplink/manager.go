@@ -164,6 +164,7 @@ func (m *Manager) Add(dev Device) error {
 	}
 	sl.registered = true
 	sl.dev, sl.ep, sl.lim = dev, ep, lim
+	sl.setExtra(dev.Extra)
 	sl.rate = newBucket(lim.MessageRate, m.clk.Now())
 	sl.subs = make(map[string]byte)
 	sl.statMu.Lock()
@@ -194,6 +195,7 @@ func (m *Manager) Update(dev Device) error {
 		sl.rate = newBucket(lim.MessageRate, m.clk.Now())
 	}
 	sl.dev, sl.ep, sl.lim = dev, ep, lim
+	sl.setExtra(dev.Extra)
 	sl.statMu.Lock()
 	sl.st.Dialect, sl.st.State, sl.st.NextAttempt = dev.Dialect, StateIdle, time.Time{}
 	sl.statMu.Unlock()
@@ -201,37 +203,55 @@ func (m *Manager) Update(dev Device) error {
 	return nil
 }
 
-// UpdateExtra replaces the extension parameters a device's session
-// carries in its clientId (Device.Extra; nil and empty are alike). When they
-// differ from the current ones the session restarts as with Update — the
-// old connection is closed before the new one is made, so there is never
-// a second session for the identity — and it reports changed with the
-// previous parameters. Unchanged parameters leave the session alone.
-func (m *Manager) UpdateExtra(id secrets.DeviceID, extra []secrets.Param) (prev []secrets.Param, changed bool, err error) {
+// ExtraUpdate says what UpdateExtra did.
+type ExtraUpdate struct {
+	Prev        []secrets.Param // the parameters the session carried before
+	Changed     bool            // the new ones differ (nil and empty are alike)
+	Reconnected bool            // the session was restarted to carry them at once
+}
+
+// UpdateExtra replaces the extension parameters a device's session carries
+// in its clientId (Device.Extra). Every connection attempt from now on
+// carries them. When they change what the cloud does for the session
+// (secrets.ConnectParamsChangeSession: _ss, ext) the running session is
+// restarted as with Update — the old connection is closed before the new
+// one is made, never two sessions for the identity; a change of
+// informational ones (_v, lan, gw) waits for the next reconnect, so it
+// costs no reconnect and no resent messages. Unchanged parameters change
+// nothing.
+func (m *Manager) UpdateExtra(id secrets.DeviceID, extra []secrets.Param) (ExtraUpdate, error) {
 	sl, err := m.lockSlot(id, false)
 	if err != nil {
-		return nil, false, fmt.Errorf("update extension parameters of device %s: %w", id, err)
+		return ExtraUpdate{}, fmt.Errorf("update extension parameters of device %s: %w", id, err)
 	}
 	defer sl.mu.Unlock()
 	if !sl.registered {
-		return nil, false, fmt.Errorf("update extension parameters of device %s: %w", id, ErrUnknownDevice)
+		return ExtraUpdate{}, fmt.Errorf("update extension parameters of device %s: %w", id, ErrUnknownDevice)
 	}
-	prev = sl.dev.Extra
-	if slices.Equal(prev, extra) {
-		return prev, false, nil
+	res := ExtraUpdate{Prev: sl.dev.Extra}
+	if slices.Equal(res.Prev, extra) {
+		return res, nil
 	}
 	dev := sl.dev
 	dev.Extra = slices.Clone(extra)
 	if err := dev.validate(); err != nil {
-		return prev, false, fmt.Errorf("update extension parameters of device %s: %w", id, err)
+		return res, fmt.Errorf("update extension parameters of device %s: %w", id, err)
+	}
+	res.Changed = true
+	if !secrets.ConnectParamsChangeSession(res.Prev, extra) {
+		sl.dev = dev
+		sl.setExtra(dev.Extra)
+		return res, nil
 	}
 	m.stopLocked(sl)
 	sl.dev = dev
+	sl.setExtra(dev.Extra)
 	sl.statMu.Lock()
 	sl.st.State, sl.st.NextAttempt = StateIdle, time.Time{}
 	sl.statMu.Unlock()
 	m.startLocked(sl)
-	return prev, true, nil
+	res.Reconnected = true
+	return res, nil
 }
 
 // Remove stops a device's session (closing its paho client) and forgets

@@ -41,6 +41,12 @@ type slot struct {
 	subsMu sync.Mutex
 	subs   map[string]byte // the device's local subscriptions, mirrored to the cloud
 
+	// extra is dev.Extra for the running session's attempts: UpdateExtra
+	// can change it without a restart. Its own lock, since the session
+	// must never take mu (Update holds mu while it waits for the session).
+	extraMu sync.Mutex
+	extra   []secrets.Param
+
 	statMu sync.Mutex
 	st     SessionStatus
 }
@@ -256,7 +262,7 @@ func (s *session) connect(ctx context.Context) (*conn, error) {
 		Timestamp:  strconv.FormatInt(now.UnixMilli(), 10),
 		SignMethod: s.dev.SignMethod,
 		SecureMode: s.secureMode(),
-		Extra:      s.dev.Extra,
+		Extra:      s.sl.currentExtra(),
 	}, s.dev.Secret)
 	if err != nil {
 		return nil, &ConnectError{Err: fmt.Errorf("sign credentials: %w", err)}
@@ -427,6 +433,20 @@ func (s *session) updateStatus(f func(*SessionStatus)) {
 	s.sl.statMu.Lock()
 	f(&s.sl.st)
 	s.sl.statMu.Unlock()
+}
+
+// setExtra sets the extension parameters of the next attempts.
+func (sl *slot) setExtra(extra []secrets.Param) {
+	sl.extraMu.Lock()
+	sl.extra = extra
+	sl.extraMu.Unlock()
+}
+
+// currentExtra returns the extension parameters of the next attempt.
+func (sl *slot) currentExtra() []secrets.Param {
+	sl.extraMu.Lock()
+	defer sl.extraMu.Unlock()
+	return sl.extra
 }
 
 func (sl *slot) subCount() int {
