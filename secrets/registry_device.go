@@ -254,12 +254,17 @@ func (r *Registry) updateDevice(op, pk, dn string, fn func(*Device) error) (Devi
 
 // SetConnectParams stores ps as the device's ConnectParams if they differ
 // from the stored ones (EqualConnectParams) and reports whether they did,
-// with the previous value. An unchanged device is not written. A disabled
+// with the previous value; nil makes the device "never seen" again (its
+// product's default applies). An unchanged device is not written. A disabled
 // device is left alone (changed false): it cannot log in, and the next
-// signed login after it is enabled stores its parameters.
+// signed login after it is enabled stores its parameters. It runs on the
+// local broker's login path, where a fleet logging in at once must not
+// queue behind one fsync each: concurrent calls share one commit
+// (bbolt's Batch).
 func (r *Registry) SetConnectParams(pk, dn string, ps []Param) (prev []Param, changed bool, err error) {
+	id := DeviceID{ProductKey: pk, DeviceName: dn}
 	if err := ValidateConnectParams(ps); err != nil {
-		return nil, false, fmt.Errorf("set connect params of device %s: %w", DeviceID{ProductKey: pk, DeviceName: dn}.String(), err)
+		return nil, false, fmt.Errorf("set connect params of device %s: %w", id, err)
 	}
 	d, err := r.GetDevice(pk, dn)
 	if err != nil {
@@ -268,29 +273,40 @@ func (r *Registry) SetConnectParams(pk, dn string, ps []Param) (prev []Param, ch
 	if d.Disabled || EqualConnectParams(d.ConnectParams, ps) {
 		return d.ConnectParams, false, nil
 	}
-	_, err = r.updateDevice("set connect params of device", pk, dn, func(d *Device) error {
+	now := r.now().UTC().Round(0)
+	// Batch may run the function more than once: it starts from the
+	// stored record every time.
+	err = r.db.Batch(func(tx *bolt.Tx) error {
+		prev, changed = nil, false
+		d, err := getDevice(r.aead, tx, pk, dn)
+		if err != nil {
+			return err
+		}
 		prev = d.ConnectParams
 		if d.Disabled || EqualConnectParams(d.ConnectParams, ps) {
-			return errUnchanged
+			return nil
+		}
+		p, err := getProduct(r.aead, tx, pk)
+		if err != nil {
+			return fmt.Errorf("product %s: %w", pk, err)
+		}
+		d.ConnectParams = slices.Clone(ps) // nil stays nil, empty stays empty
+		d.Updated = now
+		if err := validateDevice(d, p); err != nil {
+			return err
+		}
+		data, err := encodeDevice(r.aead, d)
+		if err != nil {
+			return err
 		}
 		changed = true
-		d.ConnectParams = slices.Clone(ps)
-		if ps != nil && d.ConnectParams == nil {
-			d.ConnectParams = []Param{}
-		}
-		return nil
+		return tx.Bucket(bucketDevices).Put([]byte(id.String()), data)
 	})
-	if errors.Is(err, errUnchanged) {
-		return prev, false, nil
-	}
 	if err != nil {
-		return nil, false, err
+		return nil, false, fmt.Errorf("set connect params of device %s: %w", id, err)
 	}
 	return prev, changed, nil
 }
-
-// errUnchanged ends an updateDevice without writing.
-var errUnchanged = errors.New("unchanged")
 
 // DeleteDevice deletes the device pk/dn. Its activation records are kept:
 // a secret obtained by one-time activation must survive an accidental
