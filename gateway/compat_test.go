@@ -47,6 +47,10 @@ type compatDevice struct {
 	// productSecret, when set, is the product's (for dynamic activation and
 	// registration), in the cloud and in the gateway's registry.
 	productSecret secrets.Secret
+	// connectParams, when set, is the product's DefaultConnectParams: the
+	// firmware's clientId extension parameters, as a plant configures a
+	// product whose firmware it knows.
+	connectParams []secrets.Param
 }
 
 func (d compatDevice) String() string { return d.pk + "/" + d.dn }
@@ -84,7 +88,8 @@ func newCompatRig(t *testing.T, d compatDevice, mutate func(*cloudsim.Config, *c
 	}
 
 	reg := gwtest.OpenRegistry(t, cfg)
-	if _, err := reg.PutProduct(secrets.Product{ProductKey: d.pk, Dialect: d.dialect, ProductSecret: d.productSecret}); err != nil {
+	if _, err := reg.PutProduct(secrets.Product{ProductKey: d.pk, Dialect: d.dialect, ProductSecret: d.productSecret,
+		DefaultConnectParams: d.connectParams}); err != nil {
 		t.Fatal(err)
 	}
 	if err := reg.AddDevice(secrets.Device{ProductKey: d.pk, DeviceName: d.dn, DeviceSecret: d.secret}); err != nil {
@@ -519,9 +524,21 @@ func replay(t *testing.T, conv conversation) {
 	if len(d.dn) > 32 {
 		d.dn = d.dn[:32]
 	}
+	cp, level := conv.credentials(t, d)
+	if conv.dialect == secrets.Aliyun {
+		// The product is configured for this firmware: its cloud session
+		// carries the firmware's _ss/ext from the start, so the device's
+		// login does not make it reconnect (one connection on each side).
+		_, block, _ := strings.Cut(cp.ClientIdentifier, "|")
+		var presented []secrets.Param
+		for _, kv := range strings.Split(strings.TrimSuffix(block, "|"), ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			presented = append(presented, secrets.Param{Key: k, Value: v})
+		}
+		d.connectParams, _ = secrets.FilterConnectParams(presented)
+	}
 	r := newCompatRig(t, d, nil)
 	sub := strings.NewReplacer("{pk}", d.pk, "{dn}", d.dn)
-	cp, level := conv.credentials(t, d)
 	c, ack := dialFirmware(t, r.local, cp, level)
 	if ack.ReasonCode != 0 {
 		t.Fatalf("CONNACK %d for clientId %q, want 0", ack.ReasonCode, cp.ClientIdentifier)
