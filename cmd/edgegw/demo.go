@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgegw/edgegw/gateway"
@@ -85,7 +86,9 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	for i := range devices {
 		sec := secrets.NewSecret(randomHex(16))
 		dn := fmt.Sprintf("pump-%04d", i+1)
-		devices[i] = devsim.Device{Dialect: d, ProductKey: pk, DeviceName: dn, Secret: sec}
+		// Firmware that never subscribes: Link SDK 4.x style (_ss=1) on
+		// Alibaba, and EnOS, which pushes commands without a SUBSCRIBE.
+		devices[i] = devsim.Device{Dialect: d, ProductKey: pk, DeviceName: dn, Secret: sec, ServerSubscribed: true}
 		simDevices[i] = cloudsim.Device{ProductKey: pk, DeviceName: dn, Secret: sec}
 	}
 
@@ -146,13 +149,25 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	fmt.Fprintf(stdout, "edgegw demo: %d simulated %s devices → edgegw (local broker %s, state %s) → simulated %s cloud at %s\n",
 		*n, d, local, dir, d, sim.Addr(cloudsim.TCP))
 	fmt.Fprintf(stdout, "each device posts a property every %s with QoS 1; the cloud writes a property to one device every %s. Ctrl-C stops.\n", *interval, *downEvery)
+	if d == secrets.EnOS {
+		fmt.Fprintln(stdout, "the devices never subscribe: EnOS pushes commands, and edgegw delivers them as the cloud would.")
+	} else {
+		fmt.Fprintln(stdout, "the devices never subscribe: their firmware signs with _ss=1 (server-side subscription), and edgegw's cloud sessions carry it.")
+	}
 	if d == secrets.EnOS && *outage > 0 {
 		fmt.Fprintf(stdout, "EnOS allows 4 connection requests per device within 2 minutes: after the outage, sessions wait at least %s before they reconnect.\n", config.EnOSBackoffFloor)
 	}
 	fmt.Fprintln(stdout)
 
+	var writes atomic.Int64 // cloud writes that reached a device
 	fleet, err := devsim.Start(ctx, devsim.Config{Broker: "tcp://" + local, Devices: devices, Interval: *interval, QoS: 1,
-		Logger: log.With("part", "devsim")})
+		Logger: log.With("part", "devsim"),
+		OnDownlink: func(dev devsim.Device, topic string, payload []byte) {
+			if topic == dev.DownlinkTopic() {
+				writes.Add(1)
+				fmt.Fprintf(stdout, "device %s/%s ← %s (never subscribed)\n", dev.ProductKey, dev.DeviceName, payload)
+			}
+		}})
 	if err != nil {
 		return err
 	}
@@ -211,9 +226,9 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 			snap := gw.Snapshot()
 			rate := float64(ss.Messages-lastCloud) / now.Sub(lastT).Seconds()
 			lastCloud, lastT = ss.Messages, now
-			fmt.Fprintf(stdout, "t=%-5s devices %d/%d connected | posted %d, acked by edgegw %d | cloud sessions up %d/%d | spool %d msgs | cloud received %d (%.0f msg/s), downlinks %d\n",
+			fmt.Fprintf(stdout, "t=%-5s devices %d/%d connected | posted %d, acked by edgegw %d | cloud sessions up %d/%d | spool %d msgs | cloud received %d (%.0f msg/s), writes delivered %d\n",
 				now.Sub(start).Round(time.Second), fs.Connected, *n, fs.Published, fs.Acked,
-				snap.Sessions["connected"], *n, snap.Spool.Depth, ss.Messages, rate, fs.Downlinks)
+				snap.Sessions["connected"], *n, snap.Spool.Depth, ss.Messages, rate, writes.Load())
 		}
 	}
 }

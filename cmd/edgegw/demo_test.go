@@ -12,11 +12,12 @@ import (
 
 // TestDemoBothDialects runs 'edgegw demo' briefly for each dialect, as the
 // README shows it, and waits until messages have flowed both ways: the
-// cloud received device posts, and a device received a cloud write. The
+// cloud received device posts, and a device that never subscribed (it
+// relies on server-side subscription) received a cloud write. The
 // EnOS demo once exited at start (issue #15: its short backoff was below
 // the EnOS session's 30 s floor).
 func TestDemoBothDialects(t *testing.T) {
-	summary := regexp.MustCompile(`cloud received (\d+) \(.*\), downlinks (\d+)`)
+	summary := regexp.MustCompile(`cloud received (\d+) \(.*\), writes delivered (\d+)`)
 	for _, dialect := range []string{"aliyun", "enos"} {
 		t.Run(dialect, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
