@@ -174,7 +174,7 @@ type Message struct {
 	ClientID string
 	Topic    string
 	// Payload is the broker's own copy; the sink may keep it but must not
-	// modify it (it is also fanned out to local subscribers).
+	// modify it.
 	Payload []byte
 	QoS     byte // 0 or 1
 	// Retain is the flag the device set. The broker never retains; the
@@ -187,8 +187,7 @@ type Message struct {
 // mochi's OnPublish hook on the device's read goroutine; the device's PUBACK
 // is written only after it returns nil. It may block (an fsync): that stalls
 // only this device's connection. An error means the publish is not
-// acknowledged (see RejectError) and not fanned out; a QoS 0 message is then
-// simply dropped. ctx is cancelled only when a shutdown runs out of time.
+// acknowledged (see RejectError); a QoS 0 message is then simply dropped. ctx is cancelled only when a shutdown runs out of time.
 type Sink interface {
 	Publish(ctx context.Context, m Message) error
 }

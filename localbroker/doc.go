@@ -10,27 +10,34 @@
 //
 //   - Durable before acknowledged. Every publish a device makes that passes
 //     the ACL is handed to the Sink inside mochi's OnPublish hook, on the
-//     device's own read goroutine, before the PUBACK is written and before
-//     the message is fanned out. The device gets its PUBACK only after
-//     Sink.Publish returns nil. When it returns an error the publish is not
-//     acknowledged (MQTT 3.1.1: no PUBACK at all, the device resends after
-//     reconnecting; MQTT 5: no PUBACK, or a PUBACK carrying the reason code of
-//     a *RejectError) and not fanned out. A slow sink stalls only that
-//     device's connection: natural backpressure.
-//   - Namespaces hold. A device may publish and subscribe only where
-//     secrets.TopicAllowed says it may (its own {productKey}/{deviceName}
-//     segments, plus receiving its product's /broadcast/{productKey}/…).
+//     device's own read goroutine, before the PUBACK is written. The device
+//     gets its PUBACK only after Sink.Publish returns nil. When it returns an
+//     error the publish is not acknowledged (MQTT 3.1.1: no PUBACK, and the
+//     device is disconnected so that it resends; MQTT 5: a PUBACK carrying
+//     the reason code of a *RejectError, or DISCONNECT 0x89). A slow sink
+//     stalls only that device's connection: natural backpressure.
+//   - No local echo. A device's publish goes to the sink only; it is never
+//     fanned out to local subscribers (the device itself included), as the
+//     clouds never send a device's publish back to it.
+//   - Namespaces hold. A device may publish and subscribe only to the topic
+//     forms its cloud gives it for its own identity (the catalogue in
+//     secrets/topics.go, for Identity.Dialect), plus receiving its product's
+//     /broadcast/{productKey}/….
 //     Only admin identities may use $edgegw/admin/: publish to
 //     AdminRequestTopic, subscribe under $edgegw/admin/. The ACL is checked on
 //     publish, on subscribe and again on every delivery.
-//   - Denials follow mochi: a denied QoS 0 publish is dropped silently; a
-//     denied QoS 1 publish disconnects an MQTT 3.1.1 client (3.1.1 has no
-//     negative PUBACK) and gets a PUBACK with reason 0x87 on MQTT 5; a denied
-//     subscription gets return code 0x80 (3.1.1) or 0x87 (5) in the SUBACK.
+//   - A device's refused publish is acknowledged and dropped, never answered
+//     with a disconnect (which made firmware reconnect and resend for
+//     ever): MQTT 5 gets PUBACK 0x87, MQTT 3.1.1 a plain PUBACK (it has no
+//     negative one), QoS 0 is dropped; each refusal is counted and logged at
+//     most once per device and minute. A denied subscription gets return
+//     code 0x80 (3.1.1) or 0x87 (5) in the SUBACK.
 //   - Downlink reaches only the addressed device: Broker.Deliver writes to the
-//     sessions of that one device whose subscriptions match, never through
-//     the broker-wide fan-out (which would also reach every other device of
-//     the product subscribed to a /broadcast/ topic).
+//     sessions of that one device whose subscriptions match, or that are
+//     server-subscribed (Identity.ServerSubscribed: firmware relying on
+//     Alibaba's _ss=1, every EnOS device), never through the broker-wide
+//     fan-out (which would also reach every other device of the product
+//     subscribed to a /broadcast/ topic).
 //
 // # Protocol choices
 //
@@ -39,8 +46,7 @@
 // DISCONNECT 0x9B first) rather than being acknowledged with the wrong packet.
 // Retained messages are not supported, as on both clouds: a retained publish
 // is accepted, handed to the Sink with Message.Retain set (the uplink must
-// publish it as a normal message), fanned out as a normal message and never
-// stored. A CONNECT whose will topic lies outside the device's namespace is
+// publish it as a normal message) and never stored. A CONNECT whose will topic lies outside the device's namespace is
 // refused (CONNACK 5); admin identities may not set a will at all; wills are
 // delivered locally only and are never handed to the Sink, because neither
 // cloud supports them.
