@@ -52,6 +52,7 @@ var (
 	descBrokerWithheld   = newDesc("broker_withheld_disconnects_total", "Devices disconnected after a refused QoS 1 publish, so that they send it again.")
 	descBrokerPubDenied  = newDesc("broker_publishes_denied_total", "Device publishes outside the device's topic namespace.")
 	descBrokerSubDenied  = newDesc("broker_subscriptions_denied_total", "Device subscription filters outside the device's topic namespace.")
+	descBrokerIDCollide  = newDesc("broker_packet_id_collisions_total", "SUBSCRIBE/UNSUBSCRIBE packet ids equal to a downlink's in flight, answered normally (a mochi defect worked around).")
 	descBrokerAcceptErrs = newDesc("broker_accept_errors_total", "Temporary accept failures on local listeners (e.g. out of file descriptors).")
 	descBrokerOutDropped = newDesc("broker_outbound_dropped_total", "Messages to local clients dropped by the broker, by reason.", "reason")
 
@@ -120,7 +121,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		descSessions, descSessionsRefuse, descAttempts, descConnects, descSent, descResent,
 		descDeadLettered, descExpired, descInflight, descCloudSubs,
 		descBrokerClients, descBrokerSessions, descBrokerConnects, descBrokerRefused, descBrokerIn,
-		descBrokerSinkErrs, descBrokerWithheld, descBrokerPubDenied, descBrokerSubDenied, descBrokerAcceptErrs, descBrokerOutDropped,
+		descBrokerSinkErrs, descBrokerWithheld, descBrokerPubDenied, descBrokerSubDenied, descBrokerIDCollide, descBrokerAcceptErrs, descBrokerOutDropped,
 		descDownDelivered, descDownDropped,
 		descSpoolInfo, descSpoolDevices, descSpoolDepth, descSpoolBytes, descSpoolBudget, descSpoolDevBudget,
 		descSpoolOldest, descSpoolAppended, descSpoolAcked, descSpoolDropped, descSpoolRejected, descSpoolDead,
@@ -160,6 +161,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- counter(descBrokerSinkErrs, float64(s.SinkErrors))
 		ch <- counter(descBrokerWithheld, float64(s.WithheldDisconnects))
 		ch <- counter(descBrokerPubDenied, float64(s.PublishesDenied))
+		ch <- counter(descBrokerIDCollide, float64(s.IDCollisions))
 		ch <- counter(descBrokerSubDenied, float64(s.SubscriptionsDenied))
 		ch <- counter(descBrokerAcceptErrs, float64(s.AcceptErrors))
 		ch <- counter(descBrokerOutDropped, float64(max(s.MessagesDropped, 0)), "queue-full")
