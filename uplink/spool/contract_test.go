@@ -270,8 +270,8 @@ func TestContractDropOldestDeviceBudget(t *testing.T) {
 	})
 }
 
-// The gateway-wide budget drops the spool's oldest message, whichever
-// device holds it.
+// The gateway-wide budget drops the oldest message of the device holding
+// the most bytes: devices appending in turn each keep their newest.
 func TestContractDropOldestGlobalBudget(t *testing.T) {
 	forEachImpl(t, func(t *testing.T, open func(testing.TB, spool.Options) queue) {
 		clk := newFakeClock()
@@ -316,26 +316,30 @@ func TestContractRejectNew(t *testing.T) {
 		for i := range 3 {
 			mustAppend(t, q, dev(2), msg(fmt.Sprintf("%02d", i)))
 		}
+		// The gateway budget is full. Device 2's fourth message is within
+		// its fair share (8 units ÷ 2 devices): it takes the oldest message
+		// of device 1, which holds more; its fifth is over it and refused.
+		mustAppend(t, q, dev(2), msg("03"))
 		if _, err := q.Append(context.Background(), dev(2), msg("yy")); !errors.Is(err, spool.ErrFull) {
-			t.Fatalf("append over the gateway budget: %v, want ErrFull", err)
+			t.Fatalf("append over the gateway budget and the fair share: %v, want ErrFull", err)
 		}
-		if got := seqs(readAll(t, q, dev(1))); !slices.Equal(got, []uint64{1, 2, 3, 4, 5}) {
+		if got := seqs(readAll(t, q, dev(1))); !slices.Equal(got, []uint64{2, 3, 4, 5}) {
 			t.Errorf("stored %v", got)
 		}
 		st := q.Stats(dev(1))
-		if st.Rejected != 1 || st.Dropped[spool.ReasonOverflow] != 0 {
+		if st.Rejected != 1 || st.Dropped[spool.ReasonOverflow] != 1 {
 			t.Errorf("stats %+v", st)
 		}
-		if tot := q.Totals(); tot.Rejected != 2 || tot.Bytes != 8*size {
-			t.Errorf("totals rejected %d bytes %d", tot.Rejected, tot.Bytes)
+		if tot := q.Totals(); tot.Rejected != 2 || tot.Bytes != 8*size || tot.Dropped[spool.ReasonOverflow] != 1 {
+			t.Errorf("totals rejected %d bytes %d dropped %v", tot.Rejected, tot.Bytes, tot.Dropped)
 		}
-		// Room again after an acknowledgement; the refused message got no seq.
-		if err := q.Ack(dev(1), 1); err != nil {
+		// Room again after an acknowledgement; the refused messages got no seq.
+		if err := q.Ack(dev(1), 2); err != nil {
 			t.Fatal(err)
 		}
 		syncQ(t, q)
-		if seq := mustAppend(t, q, dev(1), msg("zz")); seq != 9 {
-			t.Errorf("seq %d, want 9", seq)
+		if seq := mustAppend(t, q, dev(1), msg("zz")); seq != 10 {
+			t.Errorf("seq %d, want 10", seq)
 		}
 	})
 }

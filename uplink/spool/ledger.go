@@ -189,6 +189,16 @@ func (l *ledger) forget(d *devState) {
 // admit makes room for a message of size bytes for d according to the
 // budgets and the overflow policy, or refuses it with ErrTooLarge or
 // ErrFull (the caller counts the rejection with reject).
+//
+// The device budget is d's own: drop-oldest drops d's oldest messages,
+// reject-new refuses. The gateway-wide budget is shared fairly: when it is
+// full, room is taken from the device holding the most bytes (the
+// appending device counted with the new message), its oldest message
+// first, so that a device within its fair share — Budget divided by the
+// number of devices holding messages, the appending one included — never
+// loses data to another device's flood. Under reject-new a device over its
+// fair share is refused, and one within it still gets its message in,
+// taken from the largest holder (counted as overflow).
 func (l *ledger) admit(d *devState, size int64, st store) error {
 	o := l.opts
 	if size > o.DeviceBudget {
@@ -201,15 +211,22 @@ func (l *ledger) admit(d *devState, size int64, st store) error {
 		if d.bytes+size > o.DeviceBudget {
 			return fmt.Errorf("append for %s: %w: device holds %d of %d bytes, message %d", d.id, ErrFull, d.bytes, o.DeviceBudget, size)
 		}
-		return fmt.Errorf("append for %s: %w: spool holds %d of %d bytes, message %d", d.id, ErrFull, l.t.bytes, o.Budget, size)
+		if share := l.fairShare(d); d.bytes+size > share {
+			return fmt.Errorf("append for %s: %w: spool holds %d of %d bytes, device %d of its fair share %d, message %d",
+				d.id, ErrFull, l.t.bytes, o.Budget, d.bytes, share, size)
+		}
 	}
 	for d.bytes+size > o.DeviceBudget && d.depth > 0 {
 		if err := l.dropOldest(d, ReasonOverflow, st); err != nil {
 			return err
 		}
 	}
-	for l.t.bytes+size > o.Budget && len(l.byAge) > 0 {
-		if err := l.dropOldest(l.byAge[0], ReasonOverflow, st); err != nil {
+	for l.t.bytes+size > o.Budget {
+		v := l.largest(d, size)
+		if v == nil {
+			break
+		}
+		if err := l.dropOldest(v, ReasonOverflow, st); err != nil {
 			return err
 		}
 	}
@@ -218,6 +235,36 @@ func (l *ledger) admit(d *devState, size int64, st store) error {
 		return fmt.Errorf("append for %s: no room after dropping: device %d bytes, spool %d bytes", d.id, d.bytes, l.t.bytes)
 	}
 	return nil
+}
+
+// fairShare is d's fair share of the gateway-wide budget: Budget divided
+// by the number of devices holding messages, d included.
+func (l *ledger) fairShare(d *devState) int64 {
+	n := int64(len(l.byAge)) // the devices with depth > 0
+	if d == nil || d.depth == 0 {
+		n++
+	}
+	return l.opts.Budget / n
+}
+
+// largest returns the device with queued messages holding the most bytes,
+// counting extra for d (the device about to append; nil when none), or
+// nil if no device holds any. Ties go to d, then to the device with the
+// oldest message. It scans every device: it runs only while the
+// gateway-wide budget overflows, once per dropped message.
+func (l *ledger) largest(d *devState, extra int64) *devState {
+	var best *devState
+	var bestBytes int64
+	for _, x := range l.byAge {
+		b := x.bytes
+		if x == d {
+			b += extra
+		}
+		if best == nil || b > bestBytes || b == bestBytes && best != d && (x == d || l.byAge.older(x, best)) {
+			best, bestBytes = x, b
+		}
+	}
+	return best
 }
 
 func (l *ledger) reject(d *devState) {
@@ -229,7 +276,8 @@ func (l *ledger) reject(d *devState) {
 }
 
 // enforce drops the oldest messages until every budget holds (after Open
-// with a smaller budget than the file holds).
+// with a smaller budget than the file holds): each device's own first,
+// then those of the largest holders.
 func (l *ledger) enforce(st store) error {
 	for _, d := range l.devs {
 		for d.bytes > l.opts.DeviceBudget && d.depth > 0 {
@@ -239,7 +287,7 @@ func (l *ledger) enforce(st store) error {
 		}
 	}
 	for l.t.bytes > l.opts.Budget && len(l.byAge) > 0 {
-		if err := l.dropOldest(l.byAge[0], ReasonOverflow, st); err != nil {
+		if err := l.dropOldest(l.largest(nil, 0), ReasonOverflow, st); err != nil {
 			return err
 		}
 	}
@@ -523,12 +571,15 @@ func sortDevices(ds []*devState) {
 }
 
 // devHeap orders devices by their oldest queued message (Received), ties
-// by id, so that DropOldest and TTL find the spool's oldest message.
+// by id, so that TTL finds the spool's oldest message. It holds exactly
+// the devices with queued messages.
 type devHeap []*devState
 
-func (h devHeap) Len() int { return len(h) }
-func (h devHeap) Less(i, j int) bool {
-	a, b := h[i], h[j]
+func (h devHeap) Len() int           { return len(h) }
+func (h devHeap) Less(i, j int) bool { return h.older(h[i], h[j]) }
+
+// older reports whether a's oldest message sorts before b's.
+func (devHeap) older(a, b *devState) bool {
 	if !a.oldest.Equal(b.oldest) {
 		return a.oldest.Before(b.oldest)
 	}

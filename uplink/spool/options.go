@@ -13,8 +13,10 @@ import (
 // Errors returned (wrapped) by the queues. Test with errors.Is.
 var (
 	// ErrFull: the message does not fit the byte budget and the overflow
-	// policy is reject-new. The broker hook withholds the device's PUBACK,
-	// so the device keeps the message and retries.
+	// policy is reject-new: it would exceed the device's budget, or the
+	// gateway-wide budget is full and the device is over its fair share
+	// (see Overflow). The broker hook withholds the device's PUBACK, so
+	// the device keeps the message and retries.
 	ErrFull = errors.New("spool full")
 	// ErrTooLarge: the message alone is larger than a budget; it can never
 	// be stored, whatever the policy.
@@ -33,15 +35,27 @@ var (
 
 // Overflow is what a queue does when a new message would exceed a byte
 // budget.
+//
+// The gateway-wide budget is shared fairly. A device's fair share is
+// Budget divided by the number of devices holding queued messages, the
+// appending device included (with 4 such devices and a 2 MiB budget:
+// 512 KiB each). When the gateway-wide budget is full, room is taken from
+// the device holding the most bytes — the appending device counted with
+// its new message — its oldest message first, so a device within its fair
+// share never loses data to another device's flood.
 type Overflow string
 
 const (
 	// DropOldest makes room by dropping the oldest messages: the device's
-	// own oldest when its budget is exceeded, the spool's oldest (by
-	// Received, across devices) when the gateway-wide budget is exceeded.
+	// own oldest when its budget is exceeded, the oldest of the device
+	// holding the most bytes when the gateway-wide budget is exceeded.
+	// Dropped messages are counted as ReasonOverflow.
 	DropOldest Overflow = "drop-oldest"
-	// RejectNew refuses the new message with ErrFull and keeps what is
-	// stored.
+	// RejectNew refuses the new message with ErrFull when it would exceed
+	// the device's budget, or when the gateway-wide budget is full and the
+	// device would exceed its fair share. A device within its fair share
+	// still gets its message in: the oldest messages of the device holding
+	// the most bytes make room (counted as ReasonOverflow).
 	RejectNew Overflow = "reject-new"
 )
 
@@ -61,7 +75,7 @@ type Reason string
 
 // Drop reasons, the keys of the Dropped maps.
 const (
-	ReasonOverflow   Reason = "overflow"    // dropped by DropOldest to stay within a budget
+	ReasonOverflow   Reason = "overflow"    // dropped to stay within a budget (see Overflow)
 	ReasonTTL        Reason = "ttl"         // older than Options.TTL
 	ReasonPurge      Reason = "purge"       // Purge or Remove
 	ReasonDeadLetter Reason = "dead-letter" // moved to the dead-letter store
