@@ -252,15 +252,15 @@ func (g *Gateway) openQueue() (Queue, error) {
 	path := g.cfg.EffectiveSpoolPath()
 	s, err := spool.Open(path, opts)
 	if errors.Is(err, spool.ErrCorrupt) {
-		// A damaged spool must not keep the plant's devices offline: keep
-		// the file for recovery (bbolt surgery), start an empty one, and
-		// say so loudly.
-		aside, merr := spool.MoveAside(path, time.Now())
-		if merr != nil {
-			return nil, errors.Join(err, merr)
+		// A damaged spool must not keep the plant's devices offline: move
+		// the file aside (kept for inspection), recover what can be read
+		// of it into a new one, count the rest as dropped (corrupt); Salvage
+		// logs the counts and the path.
+		g.log.Error("spool file is corrupt; salvaging it", "err", err)
+		rep, serr := spool.Salvage(path, opts, time.Now())
+		if rep.MovedTo == "" {
+			return nil, errors.Join(err, serr)
 		}
-		g.log.Error("spool file is corrupt: moved aside, starting with an empty spool; undelivered messages in it are not forwarded",
-			"err", err, "moved_to", aside)
 		return spool.Open(path, opts)
 	}
 	return s, err

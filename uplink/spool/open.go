@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -444,6 +445,10 @@ func (s *Spool) rebuild() error {
 			l.t.dlCount++
 			l.t.dlBytes += size
 		}
+		if v := tx.Bucket(bucketMeta).Get(metaCorruptKey); len(v) == 8 {
+			// Lost to a damaged file (Salvage), device unknown.
+			l.t.dropped[ReasonCorrupt.index()] += binary.BigEndian.Uint64(v)
+		}
 		for _, d := range l.devs {
 			for i, n := range d.dropped {
 				l.t.dropped[i] += n
@@ -461,9 +466,10 @@ func (s *Spool) rebuild() error {
 }
 
 // MoveAside renames a spool file that failed to open (ErrCorrupt) to
-// "<path>.corrupt-<UTC time>", so that the gateway can start with an empty
-// spool and the damaged file stays available for inspection or recovery
-// (bbolt's CLI: "bbolt check", "bbolt surgery"). It returns the new name.
+// "<path>.corrupt-<UTC time>", so that the gateway can start a new spool
+// and the damaged file stays available for inspection or recovery
+// (Salvage; bbolt's CLI: "bbolt check", "bbolt surgery"). It returns the
+// new name.
 func MoveAside(path string, now time.Time) (string, error) {
 	to := fmt.Sprintf("%s.corrupt-%s", path, now.UTC().Format("20060102T150405Z"))
 	if err := os.Rename(path, to); err != nil {

@@ -79,7 +79,7 @@ const (
 	ReasonTTL        Reason = "ttl"         // older than Options.TTL
 	ReasonPurge      Reason = "purge"       // Purge or Remove
 	ReasonDeadLetter Reason = "dead-letter" // moved to the dead-letter store
-	ReasonCorrupt    Reason = "corrupt"     // its record failed its checksum (spool only)
+	ReasonCorrupt    Reason = "corrupt"     // its record failed its checksum, or Salvage could not recover it (spool only)
 )
 
 // Reasons lists every Reason, in a fixed order.
