@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
+	"github.com/edgegw/edgegw/gateway/adminapi"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
@@ -25,8 +27,9 @@ import (
 //     record (state ready) and in an activation record that outlives a
 //     deletion of the device. The session answers the cloud, disconnects
 //     and logs in with the secret only after that returned.
-//   - A refusal makes the device activation-failed, with the reason, until
-//     an operator updates the device or its product; it is not retried.
+//   - A refusal makes the device activation-failed, with the reason; it is
+//     not retried until an operator asks: device.activate (edgegw ctl
+//     device activate), or product.update with a new productSecret.
 type registryActivation struct {
 	reg *secrets.Registry
 	log *slog.Logger
@@ -77,8 +80,68 @@ func (a registryActivation) ActivationFailed(id secrets.DeviceID, reason string)
 	if err != nil {
 		return err
 	}
-	a.log.Warn("device activation failed; update the device or its product to try again", "device", d.ID(), "reason", d.StateReason)
+	a.log.Warn("device activation failed; "+activationAdvice(d.ID()), "device", d.ID(), "reason", d.StateReason)
 	return nil
+}
+
+// activationAdvice tells an operator how to recover a device whose
+// activation failed, with the commands that do it.
+func activationAdvice(id secrets.DeviceID) string {
+	return fmt.Sprintf("fix the cause, then retry with 'edgegw ctl device activate %s' (%s); "+
+		"a wrong productSecret is fixed with 'edgegw ctl product update %s -secret-file FILE', which retries by itself",
+		id, adminapi.MethodDeviceActivate, id.ProductKey)
+}
+
+// errKeptUnusable is a kept activation record that device.add or
+// device.activate cannot use; its message says why and what to do.
+var errKeptUnusable = errors.New("kept deviceSecret unusable")
+
+// sourceDialects are the dialects of the activation sources (the cloud a
+// kept deviceSecret came from).
+var sourceDialects = map[string]secrets.Dialect{
+	uplink.SourceEnOSActivate:   secrets.EnOS,
+	uplink.SourceAliyunRegister: secrets.Aliyun,
+}
+
+// keptActivation finds the deviceSecret the registry kept from the last
+// activation of id (it outlives a deletion of the device: the clouds
+// activate a device only once, docs/protocol.md §6). found is false when
+// there is none. A record that cannot be used — unreadable, from the other
+// cloud, or obtained with another productSecret than prod has now — is a
+// 409 saying exactly why, so that the device is not activated again in
+// vain (the cloud would refuse it, CONNACK 5); the operator gives the
+// deviceSecret, or asks for a fresh activation.
+func keptActivation(reg *secrets.Registry, prod secrets.Product, id secrets.DeviceID) (rec secrets.ActivationRecord, found bool, err error) {
+	recs, err := reg.Activations(id.ProductKey, id.DeviceName)
+	if err != nil {
+		return rec, false, keptConflict(id, "cannot be read (%v)", err)
+	}
+	if len(recs) == 0 {
+		return rec, false, nil
+	}
+	rec = recs[len(recs)-1]
+	when := rec.Time.UTC().Format(time.RFC3339)
+	if d, ok := sourceDialects[rec.Source]; ok && d != prod.Dialect {
+		return rec, false, keptConflict(id, "was obtained from %s (%s, %s), but product %s is now %s", d, rec.Source, when, prod.ProductKey, prod.Dialect)
+	}
+	if known, same := rec.ObtainedWith(prod.ProductSecret); known && !same {
+		return rec, false, keptConflict(id, "was obtained (%s, %s) with another productSecret than product %s has now (the product was re-created, or its productSecret changed), so the cloud most likely no longer accepts it",
+			rec.Source, when, prod.ProductKey)
+	}
+	return rec, true, nil
+}
+
+func keptConflict(id secrets.DeviceID, format string, args ...any) error {
+	return &apiError{code: adminapi.CodeConflict, msg: fmt.Sprintf("device %s: the deviceSecret kept from its earlier activation ", id) +
+		fmt.Sprintf(format, args...) +
+		fmt.Sprintf("; it is not activated again, since the cloud activates a device only once: give its deviceSecret ('edgegw ctl device add %s -secret-file FILE'), or, after resetting it in the cloud console, activate it afresh ('-fresh', params.fresh)", id)}
+}
+
+// keptNote describes the kept record a device got its deviceSecret from,
+// for replies.
+func keptNote(rec secrets.ActivationRecord) string {
+	return fmt.Sprintf("the deviceSecret kept from its activation on %s (%s); not activated again",
+		rec.Time.UTC().Format(time.RFC3339), rec.Source)
 }
 
 // maxStateReason is the registry's limit on Device.StateReason.
@@ -170,7 +233,7 @@ func (a *authenticator) deviceSecretFor(dev secrets.Device) (secret secrets.Secr
 	}
 	if dev.State == secrets.StateActivationFailed {
 		return secrets.Secret{}, "", refusal(localbroker.RefuseNotAuthorized,
-			"%s: the gateway's activation of this device failed (%s); update the device or its product to try again", id, dev.StateReason)
+			"%s: the gateway's activation of this device failed (%s); %s", id, dev.StateReason, activationAdvice(id))
 	}
 	if a.act == nil {
 		return secrets.Secret{}, "", refusal(localbroker.RefuseServerUnavailable, "%s: no deviceSecret yet and no cloud session to obtain it", id)

@@ -93,18 +93,21 @@ type adminMethod struct {
 }
 
 var adminMethods = map[string]adminMethod{
-	adminapi.MethodGatewayStatus: {h: (*admin).status},
-	adminapi.MethodDeviceList:    {h: (*admin).deviceList},
-	adminapi.MethodDeviceGet:     {h: (*admin).deviceGet},
-	adminapi.MethodDeviceAdd:     {h: (*admin).deviceAdd, change: true},
-	adminapi.MethodDeviceUpdate:  {h: (*admin).deviceUpdate, change: true},
-	adminapi.MethodDeviceRemove:  {h: (*admin).deviceRemove, change: true},
-	adminapi.MethodDeviceImport:  {h: (*admin).deviceImport, change: true},
-	adminapi.MethodProductAdd:    {h: (*admin).productAdd, change: true},
-	adminapi.MethodProductRemove: {h: (*admin).productRemove, change: true},
-	adminapi.MethodProductList:   {h: (*admin).productList},
-	adminapi.MethodQueueStats:    {h: (*admin).queueStats},
-	adminapi.MethodQueuePurge:    {h: (*admin).queuePurge, change: true},
+	adminapi.MethodGatewayStatus:  {h: (*admin).status},
+	adminapi.MethodDeviceList:     {h: (*admin).deviceList},
+	adminapi.MethodDeviceGet:      {h: (*admin).deviceGet},
+	adminapi.MethodDeviceAdd:      {h: (*admin).deviceAdd, change: true},
+	adminapi.MethodDeviceUpdate:   {h: (*admin).deviceUpdate, change: true},
+	adminapi.MethodDeviceRemove:   {h: (*admin).deviceRemove, change: true},
+	adminapi.MethodDeviceImport:   {h: (*admin).deviceImport, change: true},
+	adminapi.MethodDeviceActivate: {h: (*admin).deviceActivate, change: true},
+	adminapi.MethodProductAdd:     {h: (*admin).productAdd, change: true},
+	adminapi.MethodProductRemove:  {h: (*admin).productRemove, change: true},
+	adminapi.MethodProductUpdate:  {h: (*admin).productUpdate, change: true},
+	adminapi.MethodProductList:    {h: (*admin).productList},
+	adminapi.MethodProductGet:     {h: (*admin).productGet},
+	adminapi.MethodQueueStats:     {h: (*admin).queueStats},
+	adminapi.MethodQueuePurge:     {h: (*admin).queuePurge, change: true},
 }
 
 // admin serves the admin topic: it implements localbroker.AdminHandler.

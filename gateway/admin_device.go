@@ -206,8 +206,12 @@ func (a *admin) deviceAdd(c *call, p *params) (result, error) {
 	password := p.str("localPassword")
 	clientID := p.str("clientId")
 	disabled, _ := p.boolean("disabled")
+	fresh, _ := p.boolean("fresh")
 	if err := p.finish(); err != nil {
 		return result{}, err
+	}
+	if fresh && secret != "" {
+		return result{}, badRequest("params.fresh: only for a device added without deviceSecret (it activates with the cloud)")
 	}
 	reg, mgr, q, _ := a.parts()
 	prod, err := getProduct(reg, id.ProductKey)
@@ -222,11 +226,23 @@ func (a *admin) deviceAdd(c *call, p *params) (result, error) {
 			return result{}, badRequest("params.%v", err)
 		}
 	}
+	// A device added again without its deviceSecret gets the one kept
+	// from its earlier activation: the cloud activates a device only once.
+	var kept *secrets.ActivationRecord
 	if secret != "" {
 		if err := checkSecretShape("params.deviceSecret", secret); err != nil {
 			return result{}, err
 		}
-	} else if prod.ProductSecret.IsZero() {
+	} else if !fresh {
+		rec, found, err := keptActivation(reg, prod, id)
+		if err != nil {
+			return result{}, err
+		}
+		if found {
+			kept = &rec
+		}
+	}
+	if secret == "" && kept == nil && prod.ProductSecret.IsZero() {
 		return result{}, badRequest("params.deviceSecret: required (product %s has no productSecret to obtain one by dynamic activation)", prod.ProductKey)
 	}
 	if password != "" {
@@ -242,6 +258,9 @@ func (a *admin) deviceAdd(c *call, p *params) (result, error) {
 	d := secrets.Device{ProductKey: id.ProductKey, DeviceName: id.DeviceName, ClientID: clientID, Disabled: disabled}
 	if secret != "" {
 		d.DeviceSecret = secrets.NewSecret(secret)
+	}
+	if kept != nil {
+		d.DeviceSecret, d.ActivatedAt = kept.Secret, kept.Time
 	}
 	if password != "" {
 		h, err := secrets.HashPassword(secrets.NewSecret(password))
@@ -269,11 +288,22 @@ func (a *admin) deviceAdd(c *call, p *params) (result, error) {
 		}
 		return result{}, fmt.Errorf("start cloud session of device %s (not added): %w", id, err)
 	}
-	a.audit(c, id.String(), "added", "state", stored.State, "disabled", stored.Disabled,
-		"hasDeviceSecret", !stored.DeviceSecret.IsZero(), "hasLocalPassword", stored.LocalPassword != "", "clientId", stored.ClientID)
+	attrs := []any{"state", stored.State, "disabled", stored.Disabled, "hasDeviceSecret", !stored.DeviceSecret.IsZero(),
+		"hasLocalPassword", stored.LocalPassword != "", "clientId", stored.ClientID}
+	if kept != nil {
+		attrs = append(attrs, "deviceSecretFrom", "kept activation record", "activationSource", kept.Source, "activationSeq", kept.Seq)
+	}
+	if fresh {
+		attrs = append(attrs, "fresh", true)
+	}
+	a.audit(c, id.String(), "added", attrs...)
 	v := deviceView(stored, mgr, q)
 	v.Dialect = string(prod.Dialect)
-	return result{msg: fmt.Sprintf("device %s added (%s, session %s)", id, stored.State, v.Session), data: v}, nil
+	msg := fmt.Sprintf("device %s added (%s, session %s)", id, stored.State, v.Session)
+	if kept != nil {
+		msg += " with " + keptNote(*kept)
+	}
+	return result{msg: msg, data: v}, nil
 }
 
 // syncSession makes a device's cloud session match its registry record:
@@ -459,5 +489,9 @@ func (a *admin) deviceUpdate(c *call, p *params) (result, error) {
 	a.audit(c, id.String(), what, "localConnectionsClosed", kicked)
 	v := deviceView(stored, mgr, q)
 	v.Dialect = string(prod.Dialect)
-	return result{msg: fmt.Sprintf("device %s updated: %s (session %s)", id, what, v.Session), data: v}, nil
+	msg := fmt.Sprintf("device %s updated: %s (session %s)", id, what, v.Session)
+	if stored.State == secrets.StateActivationFailed && !stored.Disabled {
+		msg += fmt.Sprintf("; its activation failed earlier (%s): retry it with %s ('edgegw ctl device activate %s')", stored.StateReason, adminapi.MethodDeviceActivate, id)
+	}
+	return result{msg: msg, data: v}, nil
 }

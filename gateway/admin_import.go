@@ -119,12 +119,27 @@ func (a *admin) importRow(c *call, reg *secrets.Registry, raw json.RawMessage, i
 	old, err := reg.GetDevice(row.ProductKey, row.DeviceName)
 	switch {
 	case errors.Is(err, secrets.ErrNotFound):
-		if row.DeviceSecret == "" && prod.ProductSecret.IsZero() {
+		// As with device.add: a device imported again without its
+		// deviceSecret gets the one kept from its earlier activation.
+		var kept *secrets.ActivationRecord
+		if row.DeviceSecret == "" {
+			rec, found, err := keptActivation(reg, prod, id)
+			if err != nil {
+				return row, rowFailed, err
+			}
+			if found {
+				kept = &rec
+			}
+		}
+		if row.DeviceSecret == "" && kept == nil && prod.ProductSecret.IsZero() {
 			return row, rowFailed, badRequest("DeviceSecret: empty, and product %s has no productSecret to obtain one by dynamic activation", prod.ProductKey)
 		}
 		d := secrets.Device{ProductKey: row.ProductKey, DeviceName: row.DeviceName, Disabled: disabled}
 		if row.DeviceSecret != "" {
 			d.DeviceSecret = secrets.NewSecret(row.DeviceSecret)
+		}
+		if kept != nil {
+			d.DeviceSecret, d.ActivatedAt = kept.Secret, kept.Time
 		}
 		if err := reg.AddDevice(d); err != nil {
 			if errors.Is(err, secrets.ErrExists) {
@@ -142,7 +157,12 @@ func (a *admin) importRow(c *call, reg *secrets.Registry, raw json.RawMessage, i
 			}
 			return row, rowFailed, fmt.Errorf("start cloud session (not added): %w", err)
 		}
-		a.audit(c, id.String(), "added", "state", d.State, "disabled", disabled, "line", row.Line)
+		if kept != nil {
+			a.audit(c, id.String(), "added", "state", d.State, "disabled", disabled, "line", row.Line,
+				"deviceSecretFrom", "kept activation record", "activationSource", kept.Source, "activationSeq", kept.Seq)
+		} else {
+			a.audit(c, id.String(), "added", "state", d.State, "disabled", disabled, "line", row.Line)
+		}
 		return row, rowAdded, nil
 	case err != nil:
 		return row, rowFailed, err

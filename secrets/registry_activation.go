@@ -6,6 +6,8 @@ package secrets
 import (
 	"bytes"
 	"crypto/cipher"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -23,11 +25,40 @@ type ActivationRecord struct {
 	Time   time.Time `json:"time"`   // when it was stored
 	Source string    `json:"source"` // e.g. "enos-activate", "aliyun-register"
 	Secret Secret    `json:"secret"`
+
+	// productSecretFP is the fingerprint of the productSecret the product
+	// had when the secret was stored (nil for records stored before it was
+	// kept, or for a product without one); see ObtainedWith.
+	productSecretFP []byte
+}
+
+// ObtainedWith compares the productSecret the product had when the record
+// was stored with productSecret. known is false when that cannot be told
+// (a record from an older edgegw, or either secret absent); same is
+// meaningful only when known. A record obtained with another productSecret
+// belongs to an earlier incarnation of the product (re-created in the
+// cloud, or its secret changed): its deviceSecret is unlikely to be valid.
+func (a ActivationRecord) ObtainedWith(productSecret Secret) (known, same bool) {
+	if a.productSecretFP == nil || productSecret.IsZero() {
+		return false, false
+	}
+	return true, subtle.ConstantTimeCompare(a.productSecretFP, productSecretFingerprint(productSecret)) == 1
+}
+
+// productSecretFingerprint is a one-way digest of a productSecret, stored
+// sealed like the secrets themselves.
+func productSecretFingerprint(s Secret) []byte {
+	if s.IsZero() {
+		return nil
+	}
+	h := sha256.Sum256([]byte("edgegw-activation-product-secret\x00" + s.Reveal()))
+	return h[:]
 }
 
 // StoreActivatedSecret records a deviceSecret obtained from the cloud: in
 // one fsynced transaction it appends an activation record (time, source,
-// encrypted secret) and makes the device StateReady with that secret and
+// encrypted secret, and a fingerprint of the product's productSecret:
+// see ActivationRecord.ObtainedWith) and makes the device StateReady with that secret and
 // ActivatedAt set. source names the mechanism, e.g. "enos-activate" or
 // "aliyun-register".
 func (r *Registry) StoreActivatedSecret(pk, dn string, secret Secret, source string) error {
@@ -53,7 +84,7 @@ func (r *Registry) StoreActivatedSecret(pk, dn string, secret Secret, source str
 		if seq, err = ab.NextSequence(); err != nil {
 			return err
 		}
-		rec := ActivationRecord{Seq: seq, Time: now, Source: source, Secret: secret}
+		rec := ActivationRecord{Seq: seq, Time: now, Source: source, Secret: secret, productSecretFP: productSecretFingerprint(p.ProductSecret)}
 		ak := activationKey(id, seq)
 		data, err := encodeActivation(r.aead, ak, rec)
 		if err != nil {
@@ -119,7 +150,8 @@ type activationRecord struct {
 	V      int       `json:"v"`
 	Time   time.Time `json:"t"`
 	Source string    `json:"src"`
-	Secret []byte    `json:"secret"` // sealed
+	Secret []byte    `json:"secret"`         // sealed
+	PSFP   []byte    `json:"psfp,omitempty"` // sealed productSecret fingerprint
 }
 
 func encodeActivation(aead cipher.AEAD, key []byte, a ActivationRecord) ([]byte, error) {
@@ -127,7 +159,13 @@ func encodeActivation(aead cipher.AEAD, key []byte, a ActivationRecord) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(activationRecord{V: recordVersion, Time: a.Time.UTC(), Source: a.Source, Secret: sealed})
+	rec := activationRecord{V: recordVersion, Time: a.Time.UTC(), Source: a.Source, Secret: sealed}
+	if a.productSecretFP != nil {
+		if rec.PSFP, err = sealField(aead, bucketActivations, key, "productSecretFingerprint", a.productSecretFP); err != nil {
+			return nil, err
+		}
+	}
+	return json.Marshal(rec)
 }
 
 func decodeActivation(aead cipher.AEAD, key, data []byte) (ActivationRecord, error) {
@@ -152,5 +190,11 @@ func decodeActivation(aead cipher.AEAD, key, data []byte) (ActivationRecord, err
 	if sec.IsZero() {
 		return fail(errors.New("no secret"))
 	}
-	return ActivationRecord{Seq: binary.BigEndian.Uint64(key[i+1:]), Time: rec.Time, Source: rec.Source, Secret: sec}, nil
+	out := ActivationRecord{Seq: binary.BigEndian.Uint64(key[i+1:]), Time: rec.Time, Source: rec.Source, Secret: sec}
+	if rec.PSFP != nil {
+		if out.productSecretFP, err = openField(aead, bucketActivations, key, "productSecretFingerprint", rec.PSFP); err != nil {
+			return fail(err)
+		}
+	}
+	return out, nil
 }

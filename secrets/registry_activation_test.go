@@ -67,3 +67,48 @@ func TestRegistryStoreActivatedSecret(t *testing.T) {
 		t.Errorf("Activations after delete = %d, %v; want 2 records", len(acts), err)
 	}
 }
+
+// TestActivationRecordProductSecret: a record tells whether it was
+// obtained with a given productSecret (kept sealed, across reopening and a
+// deletion of the device), and says "unknown" when it cannot tell.
+func TestActivationRecordProductSecret(t *testing.T) {
+	e := newEnv(t)
+	r := e.mustOpen(t)
+	mustPutProduct(t, r, secrets.Product{ProductKey: "enospk", Dialect: secrets.EnOS, ProductSecret: secrets.NewSecret("prodsec-1")})
+	mustAddDevice(t, r, secrets.Device{ProductKey: "enospk", DeviceName: "dk-1"})
+	if err := r.StoreActivatedSecret("enospk", "dk-1", secrets.NewSecret("issued-1"), "enos-activate"); err != nil {
+		t.Fatal(err)
+	}
+	mustPutProduct(t, r, secrets.Product{ProductKey: "enospk2", Dialect: secrets.EnOS})
+	mustAddDevice(t, r, secrets.Device{ProductKey: "enospk2", DeviceName: "dk-2", DeviceSecret: secrets.NewSecret("given")})
+	if err := r.StoreActivatedSecret("enospk2", "dk-2", secrets.NewSecret("issued-2"), "enos-activate"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeleteDevice("enospk", "dk-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r = e.mustOpen(t)
+	recs, err := r.Activations("enospk", "dk-1")
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("Activations = %v, %v", recs, err)
+	}
+	if known, same := recs[0].ObtainedWith(secrets.NewSecret("prodsec-1")); !known || !same {
+		t.Errorf("with the same productSecret: known %t, same %t", known, same)
+	}
+	if known, same := recs[0].ObtainedWith(secrets.NewSecret("prodsec-2")); !known || same {
+		t.Errorf("with another productSecret: known %t, same %t", known, same)
+	}
+	if known, _ := recs[0].ObtainedWith(secrets.Secret{}); known {
+		t.Error("without a productSecret to compare: known")
+	}
+	recs, err = r.Activations("enospk2", "dk-2")
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("Activations = %v, %v", recs, err)
+	}
+	if known, _ := recs[0].ObtainedWith(secrets.NewSecret("prodsec-1")); known {
+		t.Error("a record stored while the product had no productSecret: known")
+	}
+}

@@ -40,12 +40,16 @@ Commands:
   device list [-product PK] [-state S] [-limit N] [-after PK/DN] [-all]
   device show PK/DN
   device add PK/DN [-secret-file F | -secret -] [-local-password-file F | -local-password -]
-                   [-client-id C] [-disabled]
+                   [-client-id C] [-disabled] [-fresh]
+  device activate PK/DN [-fresh] [-wait D]   obtain the deviceSecret now (retries activation-failed)
   device update PK/DN [-secret-file F | -secret -] [-local-password-file F | -local-password -]
                    [-clear-local-password] [-client-id C | -clear-client-id] [-enable | -disable]
   device rm PK/DN -spool discard|drain [-drain-timeout D]
   product list
-  product add PK [-dialect aliyun|enos] [-secret-file F | -secret -]
+  product show PK
+  product add PK [-dialect aliyun|enos] [-secret-file F | -secret -] [-default-connect-params _ss=1,ext=3]
+  product update PK [-secret-file F | -secret -] [-dialect aliyun|enos]
+                   [-default-connect-params P | -clear-default-connect-params]
   product rm PK
   queue stats [PK/DN]
   queue purge PK/DN
@@ -53,7 +57,9 @@ Commands:
 
 Secrets are never taken on the command line: "-secret -" reads one line from
 standard input, "-secret-file F" reads it from a file. -json prints the reply's
-data as JSON. The exit status is 0 on success, 1 when the gateway refused
+data as JSON. A device added again without -secret… gets the deviceSecret kept
+from its earlier activation (the clouds activate a device only once); -fresh
+activates it with the cloud anyway. The exit status is 0 on success, 1 when the gateway refused
 (its code and message are printed), 2 on a usage error.
 
 Global flags:
@@ -201,7 +207,7 @@ func (c *ctl) status(args []string) error {
 
 func (c *ctl) device(args []string) error {
 	if len(args) == 0 {
-		return c.usageErr("device: want list, show, add, update or rm")
+		return c.usageErr("device: want list, show, add, update, activate or rm")
 	}
 	switch sub, rest := args[0], args[1:]; sub {
 	case "list", "ls":
@@ -214,10 +220,12 @@ func (c *ctl) device(args []string) error {
 		return c.deviceUpdate(rest)
 	case "rm", "remove":
 		return c.deviceRemove(rest)
+	case "activate":
+		return c.deviceActivate(rest)
 	case "import":
 		return c.importCmd(rest)
 	default:
-		return c.usageErr("device %s: unknown (want list, show, add, update or rm)", sub)
+		return c.usageErr("device %s: unknown (want list, show, add, update, activate or rm)", sub)
 	}
 }
 
@@ -346,6 +354,7 @@ func (c *ctl) deviceAdd(args []string) error {
 	pw := addSecretFlags(fs, "local-password", "a local password the device may log in with")
 	clientID := fs.String("client-id", "", "the bare MQTT `clientId` towards the cloud (default: the configured template)")
 	disabled := fs.Bool("disabled", false, "add it disabled (no cloud session, no local login)")
+	fresh := fs.Bool("fresh", false, "without -secret…: activate with the cloud even though a deviceSecret kept from an earlier activation exists (after a reset in the cloud console)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -354,7 +363,10 @@ func (c *ctl) deviceAdd(args []string) error {
 	if err != nil {
 		return err
 	}
-	params := adminapi.DeviceAddParams{DeviceID: id, ClientID: *clientID, Disabled: *disabled}
+	if *fresh && sec.given() {
+		return c.usageErr("device add: -fresh is for a device added without -secret…")
+	}
+	params := adminapi.DeviceAddParams{DeviceID: id, ClientID: *clientID, Disabled: *disabled, Fresh: *fresh}
 	if err := c.readSecrets(sec.into(&params.DeviceSecret), pw.into(&params.LocalPassword)); err != nil {
 		return err
 	}
@@ -402,6 +414,63 @@ func (c *ctl) deviceUpdate(args []string) error {
 	return c.callDevice(adminapi.MethodDeviceUpdate, params)
 }
 
+func (c *ctl) deviceActivate(args []string) error {
+	fs := c.flags("device activate")
+	fresh := fs.Bool("fresh", false, "activate with the cloud even though a deviceSecret kept from an earlier activation exists (after a reset in the cloud console)")
+	wait := fs.Duration("wait", 0, "wait up to `D` for the outcome (ready or activation-failed)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	id, err := c.deviceArg("device activate", pos)
+	if err != nil {
+		return err
+	}
+	if *wait < 0 {
+		return c.usageErr("device activate: -wait must not be negative")
+	}
+	var d adminapi.Device
+	r, err := c.call(adminapi.MethodDeviceActivate, adminapi.DeviceActivateParams{DeviceID: id, Fresh: *fresh})
+	if err != nil {
+		return err
+	}
+	if err := r.Decode(adminapi.MethodDeviceActivate, &d); err != nil {
+		return err
+	}
+	if *wait > 0 && d.State == string(secrets.StateAwaitingActivation) {
+		deadline := time.Now().Add(*wait)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for d.State == string(secrets.StateAwaitingActivation) && time.Now().Before(deadline) {
+			select {
+			case <-tick.C:
+			case <-c.ctx.Done():
+				return c.ctx.Err()
+			}
+			var det adminapi.DeviceDetail
+			if err := c.callQuiet(adminapi.MethodDeviceGet, adminapi.DeviceGetParams{DeviceID: id}, &det); err != nil {
+				return err
+			}
+			d = det.Device
+		}
+	}
+	if c.json {
+		return c.printJSON(d)
+	}
+	fmt.Fprintln(c.stdout, r.Message)
+	if *wait > 0 {
+		state := d.State
+		if d.StateReason != "" {
+			state += " (" + d.StateReason + ")"
+		}
+		fmt.Fprintf(c.stdout, "device %s: %s, session %s\n", d.ID(), state, d.Session)
+		if d.State == string(secrets.StateActivationFailed) {
+			return fmt.Errorf("device %s: activation failed: %s", d.ID(), d.StateReason)
+		}
+	}
+	return nil
+}
+
 func (c *ctl) deviceRemove(args []string) error {
 	fs := c.flags("device rm")
 	mode := fs.String("spool", "", "what happens to the device's queued messages: `discard` them, or drain (deliver them first)")
@@ -437,7 +506,7 @@ func (c *ctl) deviceRemove(args []string) error {
 
 func (c *ctl) product(args []string) error {
 	if len(args) == 0 {
-		return c.usageErr("product: want list, add or rm")
+		return c.usageErr("product: want list, show, add, update or rm")
 	}
 	sub, rest := args[0], args[1:]
 	fs := c.flags("product " + sub)
@@ -455,14 +524,36 @@ func (c *ctl) product(args []string) error {
 			return err
 		}
 		w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "PRODUCT\tDIALECT\tPRODUCT SECRET\tDEVICES")
+		fmt.Fprintln(w, "PRODUCT\tDIALECT\tPRODUCT SECRET\tDEFAULT PARAMS\tDEVICES")
 		for _, p := range ps {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", p.ProductKey, p.Dialect, setOrNot(p.HasProductSecret), p.Devices)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", p.ProductKey, p.Dialect, setOrNot(p.HasProductSecret), orDash(p.DefaultConnectParams), p.Devices)
 		}
+		return w.Flush()
+	case "show", "get":
+		pos, err := parseInterspersed(fs, rest)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return c.usageErr("product show: want one productKey")
+		}
+		var p adminapi.Product
+		if err := c.callInto(adminapi.MethodProductGet, adminapi.ProductGetParams{ProductKey: pos[0]}, &p); err != nil || c.json {
+			return err
+		}
+		w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(w, "product\t%s\n", p.ProductKey)
+		fmt.Fprintf(w, "dialect\t%s\n", p.Dialect)
+		fmt.Fprintf(w, "productSecret\t%s\n", setOrNot(p.HasProductSecret))
+		fmt.Fprintf(w, "default connect params\t%s\n", orDash(p.DefaultConnectParams))
+		fmt.Fprintf(w, "devices\t%d\n", p.Devices)
+		fmt.Fprintf(w, "created\t%s\n", fmtTime(p.Created))
+		fmt.Fprintf(w, "updated\t%s\n", fmtTime(p.Updated))
 		return w.Flush()
 	case "add":
 		dialect := fs.String("dialect", "", "the product's cloud `dialect`: aliyun or enos (default: the gateway's)")
 		sec := addSecretFlags(fs, "secret", "the productSecret (for dynamic activation of its devices)")
+		defaults := fs.String("default-connect-params", "", "Alibaba clientId `params` its devices' cloud sessions carry until a device logs in with its own, e.g. _ss=1,ext=3")
 		pos, err := parseInterspersed(fs, rest)
 		if err != nil {
 			return err
@@ -470,11 +561,44 @@ func (c *ctl) product(args []string) error {
 		if len(pos) != 1 {
 			return c.usageErr("product add: want one productKey")
 		}
-		params := adminapi.ProductAddParams{ProductKey: pos[0], Dialect: *dialect}
+		params := adminapi.ProductAddParams{ProductKey: pos[0], Dialect: *dialect, DefaultConnectParams: *defaults}
 		if err := c.readSecrets(sec.into(&params.ProductSecret)); err != nil {
 			return err
 		}
 		return c.callPrint(adminapi.MethodProductAdd, params)
+	case "update", "set":
+		dialect := fs.String("dialect", "", "a new cloud `dialect`: aliyun or enos (only while the product has no devices)")
+		sec := addSecretFlags(fs, "secret", "a new productSecret (devices without a deviceSecret activate again with it)")
+		defaults := fs.String("default-connect-params", "", "new default Alibaba clientId `params`, e.g. _ss=1,ext=3")
+		clearDefaults := fs.Bool("clear-default-connect-params", false, "remove the default connect params")
+		pos, err := parseInterspersed(fs, rest)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return c.usageErr("product update: want one productKey")
+		}
+		if *clearDefaults && *defaults != "" {
+			return c.usageErr("product update: -default-connect-params and -clear-default-connect-params exclude each other")
+		}
+		params := adminapi.ProductUpdateParams{ProductKey: pos[0], Dialect: *dialect,
+			DefaultConnectParams: adminapi.Optional{Value: *defaults, Clear: *clearDefaults}}
+		if err := c.readSecrets(sec.into(&params.ProductSecret)); err != nil {
+			return err
+		}
+		if params.ProductSecret == "" && params.Dialect == "" && params.DefaultConnectParams.IsZero() {
+			return c.usageErr("product update: nothing to change (give -secret…, -dialect, -default-connect-params or -clear-default-connect-params)")
+		}
+		var res adminapi.ProductUpdate
+		msg, err := c.callMsg(adminapi.MethodProductUpdate, params, &res)
+		if err != nil || c.json {
+			return err
+		}
+		fmt.Fprintln(c.stdout, msg)
+		for _, e := range res.Errors {
+			fmt.Fprintf(c.stdout, "  %s: %s\n", e.Device, e.Message)
+		}
+		return nil
 	case "rm", "remove":
 		pos, err := parseInterspersed(fs, rest)
 		if err != nil {
@@ -485,7 +609,7 @@ func (c *ctl) product(args []string) error {
 		}
 		return c.callPrint(adminapi.MethodProductRemove, adminapi.ProductRemoveParams{ProductKey: pos[0]})
 	}
-	return c.usageErr("product %s: unknown (want list, add or rm)", sub)
+	return c.usageErr("product %s: unknown (want list, show, add, update or rm)", sub)
 }
 
 func (c *ctl) queue(args []string) error {
@@ -848,6 +972,13 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func setOrNot(b bool) string {

@@ -429,3 +429,48 @@ func TestImportBatchBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestCtlActivateAndProductUpdate: 'device activate' retries an
+// activation-failed device now (and with -wait reports the outcome);
+// 'product update' changes a productSecret (from a file or standard input,
+// never the command line) and the default connect params, which 'product
+// show' and 'product list' display.
+func TestCtlActivateAndProductUpdate(t *testing.T) {
+	r := newCtlRig(t)
+	const pk, newSecret = "a1CtlDynP01", "CtlProdSecret-new-55"
+	r.ok(ctlProdSecret+"\n", []string{"product", "add", pk, "-secret", "-", "-default-connect-params", "_ss=1,ext=3"}, "product "+pk+" added")
+	r.ok("", []string{"product", "show", pk}, "_ss=1,ext=3", "productSecret", "set")
+	r.ok("", []string{"product", "list"}, "DEFAULT PARAMS", "_ss=1,ext=3")
+
+	// Alibaba registration needs TLS; this cloud is plain TCP, so the
+	// activation fails without reaching it.
+	id := pk + "/dyn-0001"
+	r.ok("", []string{"device", "add", id}, "awaiting-activation")
+	r.eventually("activation-failed", func() bool { return r.showJSON(id).Device.State == "activation-failed" })
+	r.ok("", []string{"device", "activate", id}, "activating now", "was activation-failed")
+	code, out, errOut := r.ctl("", "device", "activate", id, "-wait", "10s")
+	if code != 1 || !strings.Contains(out, "activation-failed (") || !strings.Contains(errOut, "only over TLS") {
+		t.Fatalf("device activate -wait: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if !strings.Contains(r.log.String(), "edgegw ctl device activate "+id) {
+		t.Error("the log does not name 'edgegw ctl device activate'")
+	}
+
+	r.ok("", []string{"product", "update", pk, "-secret-file", writeFile(t, "ps", newSecret+"\n")}, "productSecret changed", "1 devices activate again")
+	r.ok("", []string{"product", "update", pk, "-clear-default-connect-params"}, `defaultConnectParams "_ss=1,ext=3" -> ""`)
+	r.ok("", []string{"product", "show", pk}, "default connect params  -")
+	r.fails(2, "nothing to change", "", "product", "update", pk)
+	r.fails(2, "never taken on the command line", "", "product", "update", pk, "-secret", ctlCLISecret)
+	r.fails(1, "409 product "+pk+": has 1 devices", "", "product", "update", pk, "-dialect", "enos")
+	r.fails(1, "400 params.defaultConnectParams", "", "product", "update", pk, "-default-connect-params", "nokey")
+
+	if err := r.sim.AddDevice(ctlPK, "ready-0001", secrets.NewSecret(ctlSecretOne)); err != nil {
+		t.Fatal(err)
+	}
+	r.ok("", []string{"product", "add", ctlPK}, "added")
+	r.ok("", []string{"device", "add", ctlPK + "/ready-0001", "-secret-file", writeFile(t, "s1", ctlSecretOne)}, "added")
+	r.fails(1, "409 device "+ctlPK+"/ready-0001: already has its deviceSecret", "", "device", "activate", ctlPK+"/ready-0001")
+	r.fails(2, "-fresh is for a device added without", "", "device", "add", ctlPK+"/x-1", "-fresh", "-secret-file", writeFile(t, "s2", ctlSecretTwo))
+
+	assertNoSecrets(t, r, ctlProdSecret, newSecret, ctlCLISecret, ctlSecretOne, ctlSecretTwo)
+}

@@ -42,9 +42,17 @@ const (
 	MethodDeviceUpdate  = "device.update"
 	MethodDeviceRemove  = "device.remove"
 	MethodDeviceImport  = "device.import"
-	MethodProductAdd    = "product.add"
-	MethodProductRemove = "product.remove"
-	MethodProductList   = "product.list"
+	// MethodDeviceActivate obtains a deviceSecret for a device without one
+	// now: from the record kept of an earlier activation, else by
+	// activating with the cloud (clearing activation-failed).
+	MethodDeviceActivate = "device.activate"
+	MethodProductAdd     = "product.add"
+	MethodProductRemove  = "product.remove"
+	MethodProductList    = "product.list"
+	MethodProductGet     = "product.get"
+	// MethodProductUpdate changes a product's productSecret, dialect or
+	// defaultConnectParams.
+	MethodProductUpdate = "product.update"
 	MethodQueueStats    = "queue.stats"
 	MethodQueuePurge    = "queue.purge"
 )
@@ -52,8 +60,9 @@ const (
 // Methods returns every method name, sorted.
 func Methods() []string {
 	return []string{
-		MethodDeviceAdd, MethodDeviceGet, MethodDeviceImport, MethodDeviceList, MethodDeviceRemove, MethodDeviceUpdate,
-		MethodGatewayStatus, MethodProductAdd, MethodProductList, MethodProductRemove, MethodQueuePurge, MethodQueueStats,
+		MethodDeviceActivate, MethodDeviceAdd, MethodDeviceGet, MethodDeviceImport, MethodDeviceList, MethodDeviceRemove,
+		MethodDeviceUpdate, MethodGatewayStatus, MethodProductAdd, MethodProductGet, MethodProductList, MethodProductRemove,
+		MethodProductUpdate, MethodQueuePurge, MethodQueueStats,
 	}
 }
 

@@ -47,6 +47,23 @@ type DeviceAddParams struct {
 	ClientID string `json:"clientId,omitempty"`
 	// Disabled adds the device without a cloud session or local logins.
 	Disabled bool `json:"disabled,omitempty"`
+	// Fresh, for a device added without DeviceSecret, activates it with
+	// the cloud even though a deviceSecret kept from an earlier activation
+	// of the same productKey/deviceName exists (by default that one is
+	// used: the clouds activate a device only once). For a device that was
+	// reset in the cloud console.
+	Fresh bool `json:"fresh,omitempty"`
+}
+
+// DeviceActivateParams are the params of device.activate: the device must
+// have no deviceSecret (awaiting-activation or activation-failed), be
+// enabled, and its product must have a productSecret unless a kept
+// activation record is used.
+type DeviceActivateParams struct {
+	secrets.DeviceID
+	// Fresh activates with the cloud even when a deviceSecret kept from an
+	// earlier activation exists (see DeviceAddParams.Fresh).
+	Fresh bool `json:"fresh,omitempty"`
 }
 
 // DeviceUpdateParams are the params of device.update; at least one change
@@ -145,6 +162,33 @@ type ProductAddParams struct {
 	// ProductSecret, when set, lets the product's devices obtain their
 	// deviceSecret by dynamic activation.
 	ProductSecret string `json:"productSecret,omitempty"`
+	// DefaultConnectParams are the Alibaba clientId extension parameters
+	// the cloud sessions of the product's devices carry until a device
+	// logs in with its own, as "key=value,key=value" (keys _ss, ext, _v,
+	// lan, gw), e.g. "_ss=1,ext=3". Alibaba products only.
+	DefaultConnectParams string `json:"defaultConnectParams,omitempty"`
+}
+
+// ProductGetParams are the params of product.get.
+type ProductGetParams struct {
+	ProductKey string `json:"productKey"`
+}
+
+// ProductUpdateParams are the params of product.update; at least one
+// change must be given.
+type ProductUpdateParams struct {
+	ProductKey string `json:"productKey"`
+	// ProductSecret, when set, replaces the productSecret (it cannot be
+	// removed). Devices of the product without a deviceSecret try to
+	// activate again with it at once, activation-failed ones included.
+	ProductSecret string `json:"productSecret,omitempty"`
+	// Dialect, when set, changes the product's dialect; refused (409) while
+	// the product has devices.
+	Dialect string `json:"dialect,omitempty"`
+	// DefaultConnectParams sets ("_ss=1,ext=3") or (Clear) removes the
+	// product's default connect parameters. The sessions of its devices
+	// that carry the default (no params of their own yet) take them on.
+	DefaultConnectParams Optional `json:"defaultConnectParams,omitzero"`
 }
 
 // ProductRemoveParams are the params of product.remove; the product must

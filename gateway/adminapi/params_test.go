@@ -3,6 +3,8 @@ package adminapi_test
 import (
 	"encoding/json"
 	"reflect"
+	"slices"
+	"sort"
 	"testing"
 	"time"
 
@@ -86,5 +88,41 @@ func TestReplyErr(t *testing.T) {
 	_ = json.Unmarshal([]byte(`{"code":404,"message":"device a/b: not found","data":{"n":1}}`), &want)
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("error JSON: %s", b)
+	}
+}
+
+// TestParamsWireActivation: the params of device.activate, product.get and
+// product.update, and the new options of device.add and product.add.
+func TestParamsWireActivation(t *testing.T) {
+	id := secrets.DeviceID{ProductKey: "a1Prod", DeviceName: "pump-1"}
+	for _, tc := range []struct {
+		name   string
+		params any
+		want   string
+	}{
+		{"activate", adminapi.DeviceActivateParams{DeviceID: id}, `{"productKey":"a1Prod","deviceName":"pump-1"}`},
+		{"activate fresh", adminapi.DeviceActivateParams{DeviceID: id, Fresh: true}, `{"productKey":"a1Prod","deviceName":"pump-1","fresh":true}`},
+		{"add fresh", adminapi.DeviceAddParams{DeviceID: id, Fresh: true}, `{"productKey":"a1Prod","deviceName":"pump-1","fresh":true}`},
+		{"product add params", adminapi.ProductAddParams{ProductKey: "a1Prod", DefaultConnectParams: "_ss=1,ext=3"},
+			`{"productKey":"a1Prod","defaultConnectParams":"_ss=1,ext=3"}`},
+		{"product get", adminapi.ProductGetParams{ProductKey: "a1Prod"}, `{"productKey":"a1Prod"}`},
+		{"product update secret", adminapi.ProductUpdateParams{ProductKey: "a1Prod", ProductSecret: "ps"},
+			`{"productKey":"a1Prod","productSecret":"ps"}`},
+		{"product update all", adminapi.ProductUpdateParams{ProductKey: "a1Prod", Dialect: "enos", DefaultConnectParams: adminapi.Optional{Value: "ext=1"}},
+			`{"productKey":"a1Prod","dialect":"enos","defaultConnectParams":"ext=1"}`},
+		{"product update clear", adminapi.ProductUpdateParams{ProductKey: "a1Prod", DefaultConnectParams: adminapi.Optional{Clear: true}},
+			`{"productKey":"a1Prod","defaultConnectParams":null}`},
+	} {
+		got, err := json.Marshal(tc.params)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if string(got) != tc.want {
+			t.Errorf("%s:\n got %s\nwant %s", tc.name, got, tc.want)
+		}
+	}
+	if got := adminapi.Methods(); !sort.StringsAreSorted(got) || !slices.Contains(got, adminapi.MethodDeviceActivate) ||
+		!slices.Contains(got, adminapi.MethodProductUpdate) || !slices.Contains(got, adminapi.MethodProductGet) {
+		t.Errorf("Methods() = %v", got)
 	}
 }

@@ -164,12 +164,33 @@ type QueueStats struct {
 
 // Product is a product as admin replies show it.
 type Product struct {
-	ProductKey       string    `json:"productKey"`
-	Dialect          string    `json:"dialect"`
-	HasProductSecret bool      `json:"hasProductSecret"`
-	Devices          int       `json:"devices"`
-	Created          time.Time `json:"created,omitzero"`
-	Updated          time.Time `json:"updated,omitzero"`
+	ProductKey       string `json:"productKey"`
+	Dialect          string `json:"dialect"`
+	HasProductSecret bool   `json:"hasProductSecret"`
+	// DefaultConnectParams are the product's default connect parameters,
+	// "key=value,…" (empty: none).
+	DefaultConnectParams string    `json:"defaultConnectParams,omitempty"`
+	Devices              int       `json:"devices"`
+	Created              time.Time `json:"created,omitzero"`
+	Updated              time.Time `json:"updated,omitzero"`
+}
+
+// ProductUpdate is the data of product.update.
+type ProductUpdate struct {
+	Product Product `json:"product"`
+	// Changes name what changed ("productSecret changed", …); empty when
+	// nothing did.
+	Changes []string `json:"changes"`
+	// ActivationRetried counts devices without a deviceSecret that try to
+	// activate again with the new productSecret (activation-failed ones
+	// included; disabled ones do when enabled).
+	ActivationRetried int `json:"activationRetried"`
+	// SessionsUpdated counts cloud sessions that now carry the new default
+	// connect parameters.
+	SessionsUpdated int `json:"sessionsUpdated"`
+	// Errors are devices whose cloud session could not be changed (at most
+	// 20; the gateway log has all). Their registry records are changed.
+	Errors []RowError `json:"errors,omitempty"`
 }
 
 // Removed is the data of device.remove (also on a drain that did not
