@@ -13,18 +13,14 @@ import (
 	"github.com/edgegw/edgegw/uplink"
 )
 
-// adminUser is an admin identity for network listeners.
-type adminUser struct {
-	name     string
-	password secrets.Secret
-}
-
 // authenticator decides who a local connection is, from the registry. It
 // implements localbroker.Authenticator.
 type authenticator struct {
-	reg    *secrets.Registry
-	modes  map[string]bool
-	admins []adminUser
+	reg   *secrets.Registry
+	modes map[string]bool
+	// admins checks [[broker.admin]] users and throttles guessing
+	// (adminlogin.go); nil when there are none.
+	admins *adminLogins
 	log    *slog.Logger
 	// act obtains the deviceSecret of a device that activates itself and
 	// has none stored yet (the uplink manager); activateWait bounds that
@@ -56,13 +52,8 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 	if r.Transport == localbroker.TransportUnix {
 		return localbroker.Identity{Admin: true, Name: "unix", Method: localbroker.MethodUnix}, nil
 	}
-	for _, u := range a.admins {
-		if r.Username == u.name {
-			if !r.Password.IsZero() && r.Password.Equal(u.password) {
-				return localbroker.Identity{Admin: true, Name: u.name, Method: localbroker.MethodAdmin}, nil
-			}
-			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "admin %q: wrong password", u.name)
-		}
+	if u := a.admins.user(r.Username); u != nil {
+		return a.admins.login(u, r.Remote, r.Password)
 	}
 	if r.Username == "" {
 		if len(r.PeerCertificates) > 0 && a.modes[config.AuthCert] {
