@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -24,7 +25,7 @@ func (a *admin) productAdd(c *call, p *params) (result, error) {
 	if dialectName != "" {
 		d, err := secrets.ParseDialect(dialectName)
 		if err != nil {
-			return result{}, badRequest("params.dialect %q: want aliyun or enos", clip(dialectName))
+			return result{}, badRequest("params.dialect %q: want aliyun or enos", logsafe.Clip(dialectName))
 		}
 		dialect = d
 	}
