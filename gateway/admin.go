@@ -15,6 +15,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
 	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
@@ -148,14 +149,15 @@ func (a *admin) parts() (*secrets.Registry, *uplink.Manager, Queue, *localbroker
 // runs the method and publishes the reply on the request's MQTT 5 Response
 // Topic (with its Correlation Data) or on localbroker.AdminResponseTopic.
 func (a *admin) HandleAdmin(id localbroker.Identity, req localbroker.AdminRequest) {
-	c := &call{who: id, clientID: req.ClientID, topic: req.ResponseTopic, corr: req.CorrelationData, start: time.Now()}
+	// The clientId is only logged: clipped once here.
+	c := &call{who: id, clientID: logsafe.Clip(req.ClientID), topic: req.ResponseTopic, corr: req.CorrelationData, start: time.Now()}
 	if c.topic == "" {
 		c.topic = localbroker.AdminResponseTopic
 	}
 	if !id.Admin {
 		// The broker's ACL keeps non-admins off the request topic; this is
 		// a second line.
-		a.log.Warn("admin request refused: not an admin identity", "who", id.String(), "client", req.ClientID)
+		a.log.Warn("admin request refused: not an admin identity", "who", id.String(), "client", c.clientID)
 		a.reply(c, nil, &apiError{code: adminapi.CodeForbidden, msg: "not an admin identity"})
 		return
 	}
@@ -210,7 +212,7 @@ func (a *admin) parse(c *call, payload []byte) (*params, error) {
 	}
 	for k := range env {
 		if k != "id" && k != "method" && k != "params" {
-			return nil, badRequest("request: unknown field %q (want id, method, params)", clip(k))
+			return nil, badRequest("request: unknown field %q (want id, method, params)", logsafe.Clip(k))
 		}
 	}
 	raw, ok := env["method"]
@@ -223,10 +225,14 @@ func (a *admin) parse(c *call, payload []byte) (*params, error) {
 	if _, ok := adminMethods[c.method]; !ok {
 		m := c.method
 		c.method = ""
-		return nil, badRequest("method %q: unknown (want one of %s)", clip(m), strings.Join(adminapi.Methods(), ", "))
+		return nil, badRequest("method %q: unknown (want one of %s)", logsafe.Clip(m), strings.Join(adminapi.Methods(), ", "))
 	}
 	return newParams(env["params"])
 }
+
+// adminLogMessageMax bounds a reply's message in the log line (messages
+// quote request fields clipped; this bounds their sum).
+const adminLogMessageMax = 512
 
 // reply publishes the reply to c and logs the request.
 func (a *admin) reply(c *call, res *result, err error) {
@@ -262,13 +268,13 @@ func (a *admin) reply(c *call, res *result, err error) {
 		level = slog.LevelInfo
 	}
 	a.log.Log(context.Background(), level, "admin request", "admin", c.who.Name, "via", c.who.Method, "client", c.clientID,
-		"method", c.method, "code", r.Code, "message", r.Message, "took", time.Since(c.start).Round(time.Microsecond))
+		"method", c.method, "code", r.Code, "message", logsafe.ClipN(r.Message, adminLogMessageMax), "took", time.Since(c.start).Round(time.Microsecond))
 	_, _, _, b := a.parts()
 	if b == nil {
 		return
 	}
 	if err := b.PublishAdmin(c.topic, payload, c.corr); err != nil {
-		a.log.Warn("admin reply not sent", "method", c.method, "topic", c.topic, "err", err)
+		a.log.Warn("admin reply not sent", "method", c.method, "topic", logsafe.Clip(c.topic), "err", err)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 	"github.com/edgegw/edgegw/uplink/spool"
@@ -42,7 +43,7 @@ func (a *admin) deviceList(c *call, p *params) (result, error) {
 		match = func(_ secrets.Device, sess string) bool { return sess == state }
 	default:
 		return result{}, badRequest("params.state %q: unknown (want a registry state %s, %s, %s; a session state %s, none; or disabled, enabled)",
-			clip(state), secrets.StateReady, secrets.StateAwaitingActivation, secrets.StateActivationFailed, joinStates(sessionStates))
+			logsafe.Clip(state), secrets.StateReady, secrets.StateAwaitingActivation, secrets.StateActivationFailed, joinStates(sessionStates))
 	}
 	chunk := limit + 1
 	if match != nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 )
@@ -24,7 +25,7 @@ func (a *admin) deviceImport(c *call, p *params) (result, error) {
 	if dialectName != "" {
 		d, err := secrets.ParseDialect(dialectName)
 		if err != nil {
-			return result{}, badRequest("params.dialect %q: want aliyun or enos", clip(dialectName))
+			return result{}, badRequest("params.dialect %q: want aliyun or enos", logsafe.Clip(dialectName))
 		}
 		dialect = d
 	}
@@ -44,7 +45,7 @@ func (a *admin) deviceImport(c *call, p *params) (result, error) {
 			res.Failed++
 			re := adminapi.RowError{Line: row.Line, Code: adminapi.CodeInternal, Message: err.Error()}
 			if row.ProductKey != "" || row.DeviceName != "" {
-				re.Device = clip(row.ProductKey) + "/" + clip(row.DeviceName)
+				re.Device = logsafe.Clip(row.ProductKey) + "/" + logsafe.Clip(row.DeviceName)
 			}
 			var ae *apiError
 			if errors.As(err, &ae) {

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -173,7 +174,7 @@ func (p *params) duration(name string, def, lo, hi time.Duration) (time.Duration
 	case json.Unmarshal(raw, &s) == nil:
 		var err error
 		if d, err = time.ParseDuration(s); err != nil {
-			p.fail(name, "%q is not a duration (e.g. \"90s\", \"5m\")", clip(s))
+			p.fail(name, "%q is not a duration (e.g. \"90s\", \"5m\")", logsafe.Clip(s))
 			return def, true
 		}
 	case json.Unmarshal(raw, &f) == nil:
@@ -201,7 +202,7 @@ func (p *params) device() secrets.DeviceID {
 		case len(f.v) > adminIdentMax:
 			p.fail(f.name, "is %d bytes, at most %d allowed", len(f.v), adminIdentMax)
 		case strings.ContainsAny(f.v, "/\x00"):
-			p.fail(f.name, "%q: must not contain '/'", clip(f.v))
+			p.fail(f.name, "%q: must not contain '/'", logsafe.Clip(f.v))
 		}
 	}
 	return secrets.DeviceID{ProductKey: pk, DeviceName: dn}
@@ -235,7 +236,7 @@ func (p *params) finish() error {
 	var unknown []string
 	for k := range p.raw {
 		if !p.used[k] {
-			unknown = append(unknown, strconvQuote(clip(k)))
+			unknown = append(unknown, strconvQuote(logsafe.Clip(k)))
 		}
 	}
 	if len(unknown) > 0 {

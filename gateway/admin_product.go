@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 )
@@ -31,7 +32,7 @@ func (a *admin) productAdd(c *call, p *params) (result, error) {
 	if dialectName != "" {
 		d, err := secrets.ParseDialect(dialectName)
 		if err != nil {
-			return result{}, badRequest("params.dialect %q: want aliyun or enos", clip(dialectName))
+			return result{}, badRequest("params.dialect %q: want aliyun or enos", logsafe.Clip(dialectName))
 		}
 		dialect = d
 	}
@@ -134,7 +135,7 @@ func parseConnectParams(field, s string) ([]secrets.Param, error) {
 	for i, kv := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return nil, badRequest("%s: item %d %q: want key=value (e.g. \"_ss=1,ext=3\")", field, i+1, clip(kv))
+			return nil, badRequest("%s: item %d %q: want key=value (e.g. \"_ss=1,ext=3\")", field, i+1, logsafe.Clip(kv))
 		}
 		ps = append(ps, secrets.Param{Key: k, Value: v})
 	}
@@ -220,7 +221,7 @@ func (a *admin) productUpdate(c *call, p *params) (result, error) {
 	if dialectSet {
 		d, err := secrets.ParseDialect(dialectName)
 		if err != nil {
-			return result{}, badRequest("params.dialect %q: want aliyun or enos", clip(dialectName))
+			return result{}, badRequest("params.dialect %q: want aliyun or enos", logsafe.Clip(dialectName))
 		}
 		if d != old.Dialect {
 			if len(devs) > 0 {

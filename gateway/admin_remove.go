@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
@@ -28,7 +29,7 @@ func (a *admin) deviceRemove(c *call, p *params) (result, error) {
 	case "":
 		return result{}, badRequest("params.spool: required: \"discard\" (drop the device's queued messages) or \"drain\" (deliver them first)")
 	default:
-		return result{}, badRequest("params.spool %q: want \"discard\" or \"drain\"", clip(mode))
+		return result{}, badRequest("params.spool %q: want \"discard\" or \"drain\"", logsafe.Clip(mode))
 	}
 	if mode == "discard" && timeoutSet {
 		return result{}, badRequest("params.timeout: only with spool \"drain\"")

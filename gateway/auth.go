@@ -8,23 +8,20 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/localbroker"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink"
 )
 
-// adminUser is an admin identity for network listeners.
-type adminUser struct {
-	name     string
-	password secrets.Secret
-}
-
 // authenticator decides who a local connection is, from the registry. It
 // implements localbroker.Authenticator.
 type authenticator struct {
-	reg    *secrets.Registry
-	modes  map[string]bool
-	admins []adminUser
+	reg   *secrets.Registry
+	modes map[string]bool
+	// admins checks [[broker.admin]] users and throttles guessing
+	// (adminlogin.go); nil when there are none.
+	admins *adminLogins
 	log    *slog.Logger
 	// act obtains the deviceSecret of a device that activates itself and
 	// has none stored yet (the uplink manager); activateWait bounds that
@@ -56,13 +53,8 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 	if r.Transport == localbroker.TransportUnix {
 		return localbroker.Identity{Admin: true, Name: "unix", Method: localbroker.MethodUnix}, nil
 	}
-	for _, u := range a.admins {
-		if r.Username == u.name {
-			if !r.Password.IsZero() && r.Password.Equal(u.password) {
-				return localbroker.Identity{Admin: true, Name: u.name, Method: localbroker.MethodAdmin}, nil
-			}
-			return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "admin %q: wrong password", u.name)
-		}
+	if u := a.admins.user(r.Username); u != nil {
+		return a.admins.login(u, r.Remote, r.Password)
 	}
 	if r.Username == "" {
 		if len(r.PeerCertificates) > 0 && a.modes[config.AuthCert] {
@@ -72,7 +64,7 @@ func (a *authenticator) Authenticate(r localbroker.ConnectRequest) (localbroker.
 	}
 	dn, pk, ok := strings.Cut(r.Username, "&")
 	if !ok || dn == "" || pk == "" {
-		return localbroker.Identity{}, refusal(localbroker.RefuseBadCredentials, "username %q is not deviceName&productKey", clip(r.Username))
+		return localbroker.Identity{}, refusal(localbroker.RefuseBadCredentials, "username %q is not deviceName&productKey", logsafe.Clip(r.Username))
 	}
 	dev, prod, err := a.device(pk, dn)
 	if err != nil {
@@ -162,10 +154,10 @@ func (a *authenticator) carryConnectParams(dev secrets.Device, presented []secre
 		a.log.Error("apply the device's connect parameters to its cloud session", "device", id.String(), "err", err)
 	case up.Reconnected:
 		a.log.Info("cloud session reconnects with the connect parameters the device presented", "device", id.String(),
-			"params", secrets.FormatConnectParams(kept), "previous", secrets.FormatConnectParams(up.Prev))
+			"params", logsafe.Clip(secrets.FormatConnectParams(kept)), "previous", logsafe.Clip(secrets.FormatConnectParams(up.Prev)))
 	case up.Changed:
 		a.log.Info("cloud session carries the connect parameters the device presented from its next connection", "device", id.String(),
-			"params", secrets.FormatConnectParams(kept), "previous", secrets.FormatConnectParams(up.Prev))
+			"params", logsafe.Clip(secrets.FormatConnectParams(kept)), "previous", logsafe.Clip(secrets.FormatConnectParams(up.Prev)))
 	}
 }
 
@@ -178,7 +170,7 @@ func (a *authenticator) byCertificate(r localbroker.ConnectRequest) (localbroker
 		dn, pk, ok = strings.Cut(cn, "&")
 	}
 	if !ok || pk == "" || dn == "" {
-		return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "client certificate CN %q names no device (want productKey/deviceName)", clip(cn))
+		return localbroker.Identity{}, refusal(localbroker.RefuseNotAuthorized, "client certificate CN %q names no device (want productKey/deviceName)", logsafe.Clip(cn))
 	}
 	dev, prod, err := a.device(pk, dn)
 	if err != nil {
@@ -192,7 +184,7 @@ func (a *authenticator) byCertificate(r localbroker.ConnectRequest) (localbroker
 func (a *authenticator) device(pk, dn string) (secrets.Device, secrets.Product, error) {
 	dev, err := a.reg.GetDevice(pk, dn)
 	if errors.Is(err, secrets.ErrNotFound) {
-		return dev, secrets.Product{}, refusal(localbroker.RefuseNotAuthorized, "unknown device %s", clip(secrets.DeviceID{ProductKey: pk, DeviceName: dn}.String()))
+		return dev, secrets.Product{}, refusal(localbroker.RefuseNotAuthorized, "unknown device %s", logsafe.Clip(secrets.DeviceID{ProductKey: pk, DeviceName: dn}.String()))
 	}
 	if err != nil {
 		return dev, secrets.Product{}, refusal(localbroker.RefuseServerUnavailable, "look up device: %v", err)
@@ -213,12 +205,4 @@ func verifyRefusal(id secrets.DeviceID, err error) error {
 		return refusal(ve.ConnackCode(), "%s: %v", id, ve)
 	}
 	return refusal(localbroker.RefuseNotAuthorized, "%s: %v", id, err)
-}
-
-// clip keeps client-supplied text in log lines short.
-func clip(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "…"
-	}
-	return s
 }

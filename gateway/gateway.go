@@ -69,6 +69,8 @@ type Gateway struct {
 	mgr    *uplink.Manager
 	subs   *subscriptions
 	down   downlinkDrops
+	// adminLogins counts failed [[broker.admin]] logins (metrics).
+	adminLogins adminLoginStats
 }
 
 // New checks cfg and prepares a gateway; it opens nothing yet.
@@ -322,16 +324,16 @@ func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager)
 	for _, m := range b.Auth {
 		auth.modes[m] = true
 	}
-	for _, u := range b.Admin {
-		pw, err := os.ReadFile(u.PasswordFile)
+	if len(b.Admin) > 0 {
+		users, err := loadAdminUsers(b.Admin, 0)
 		if err != nil {
-			return nil, fmt.Errorf("admin user %q: read password file: %w", u.User, err)
+			return nil, err
 		}
-		line, _, _ := strings.Cut(string(pw), "\n")
-		if strings.TrimSpace(line) == "" {
-			return nil, fmt.Errorf("admin user %q: password file %s is empty", u.User, u.PasswordFile)
+		now := time.Now
+		if g.opts.Clock != nil {
+			now = g.opts.Clock.Now
 		}
-		auth.admins = append(auth.admins, adminUser{name: u.User, password: secrets.NewSecret(strings.TrimSpace(line))})
+		auth.admins = newAdminLogins(users, now, &g.adminLogins, g.log)
 	}
 	tlsCfg, err := g.brokerTLS()
 	if err != nil {

@@ -55,6 +55,7 @@ var (
 	descBrokerIDCollide  = newDesc("broker_packet_id_collisions_total", "SUBSCRIBE/UNSUBSCRIBE packet ids equal to a downlink's in flight, answered normally (a mochi defect worked around).")
 	descBrokerAcceptErrs = newDesc("broker_accept_errors_total", "Temporary accept failures on local listeners (e.g. out of file descriptors).")
 	descBrokerOutDropped = newDesc("broker_outbound_dropped_total", "Messages to local clients dropped by the broker, by reason.", "reason")
+	descAdminLoginFails  = newDesc("broker_admin_login_failures_total", "Failed logins of [[broker.admin]] users on network listeners, by reason (wrong_password: checked and wrong; throttled: refused without a check during the wait after earlier failures).", "reason")
 
 	descDownDelivered = newDesc("downlink_delivered_total", "Cloud messages delivered or queued to the local device.")
 	descDownDropped   = newDesc("downlink_dropped_total", "Cloud messages that could not be handed to the local device, by reason (not_connected, not_subscribed, inflight_full, topic_not_allowed, not_running, write_failed).", "reason")
@@ -122,7 +123,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		descDeadLettered, descExpired, descInflight, descCloudSubs,
 		descBrokerClients, descBrokerSessions, descBrokerConnects, descBrokerRefused, descBrokerIn,
 		descBrokerSinkErrs, descBrokerWithheld, descBrokerPubDenied, descBrokerSubDenied, descBrokerIDCollide, descBrokerAcceptErrs, descBrokerOutDropped,
-		descDownDelivered, descDownDropped,
+		descAdminLoginFails, descDownDelivered, descDownDropped,
 		descSpoolInfo, descSpoolDevices, descSpoolDepth, descSpoolBytes, descSpoolBudget, descSpoolDevBudget,
 		descSpoolOldest, descSpoolAppended, descSpoolAcked, descSpoolDropped, descSpoolRejected, descSpoolDead,
 		descSpoolDeadBytes, descSpoolDeadEvicted, descSpoolCommits, descSpoolCommitErrs, descSpoolCommitTime,
@@ -171,6 +172,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- counter(descDownDropped, float64(g.down.n[i].Load()), r.label)
 		}
 	}
+	ch <- counter(descAdminLoginFails, float64(g.adminLogins.wrongPassword.Load()), "wrong_password")
+	ch <- counter(descAdminLoginFails, float64(g.adminLogins.throttled.Load()), "throttled")
 	if q != nil {
 		c.collectSpool(ch, q)
 	}

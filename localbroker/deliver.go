@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -174,7 +175,7 @@ func matchSubscriptions(cl *mqtt.Client, topic string) (qos byte, ids []int, fou
 func (b *Broker) writeBounded(cl *mqtt.Client, pk packets.Packet) error {
 	t := time.AfterFunc(b.cfg.WriteTimeout, func() {
 		b.logLimited("write-timeout", slog.LevelWarn, "client did not take a message in time; disconnecting",
-			"client", cl.ID, "remote", cl.Net.Remote, "timeout", b.cfg.WriteTimeout)
+			"client", logsafe.Clip(cl.ID), "remote", cl.Net.Remote, "timeout", b.cfg.WriteTimeout)
 		cl.Stop(errWriteTimeout)
 	})
 	defer t.Stop()

@@ -119,7 +119,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	switch {
 	case !id.Admin && (id.ProductKey == "" || id.DeviceName == ""):
 		b.log.Error("authenticator returned a device identity without productKey or deviceName",
-			"client", cl.ID, "listener", cl.Net.Listener)
+			"client", logsafe.Clip(cl.ID), "listener", cl.Net.Listener)
 		return h.refuse(cl, req, &id, RefuseServerUnavailable, "incomplete identity from the authenticator")
 	case id.Admin && pk.Connect.WillFlag:
 		return h.refuse(cl, req, &id, RefuseNotAuthorized, "admin connections may not set a will")
@@ -128,7 +128,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	if id.Provision != nil && !id.Admin {
 		if reason := admitProvision(cl, id.Provision); reason != "" {
-			b.log.Error("authenticator returned an unusable provisioning identity", "client", cl.ID, "listener", cl.Net.Listener)
+			b.log.Error("authenticator returned an unusable provisioning identity", "client", logsafe.Clip(cl.ID), "listener", cl.Net.Listener)
 			return h.refuse(cl, req, &id, RefuseServerUnavailable, reason)
 		}
 	}
@@ -154,6 +154,11 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
+// refusalReasonMax bounds an Authenticator's refusal reason in the log
+// line: the reason may quote what the client sent (Authenticators clip
+// what they quote; this is the backstop).
+const refusalReasonMax = 512
+
 // refuse writes a CONNACK with the given 3.1.1 code (or its MQTT 5
 // equivalent), logs the refusal without secrets, and returns errRefused.
 func (h *hook) refuse(cl *mqtt.Client, req ConnectRequest, id *Identity, code byte, reason string) error {
@@ -169,7 +174,7 @@ func (h *hook) refuse(cl *mqtt.Client, req ConnectRequest, id *Identity, code by
 		rc = RefuseNotAuthorized
 	}
 	args := []any{"client", logsafe.Clip(cl.ID), "username", logsafe.Clip(req.Username), "remote", req.Remote, "listener", req.Listener,
-		"code", code, "reason", reason}
+		"code", code, "reason", logsafe.ClipN(reason, refusalReasonMax)}
 	if id != nil {
 		args = append(args, "device", id.String())
 	}
@@ -214,7 +219,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	h.b.stats.pubDenied.Add(1)
 	h.b.logLimited("acl-publish", slog.LevelInfo, "publish denied: topic outside the namespace",
-		"admin", c.id.String(), "client", c.clientID, "topic", topic, "remote", c.remote)
+		"admin", c.id.String(), "client", logsafe.Clip(c.clientID), "topic", logsafe.Clip(topic), "remote", c.remote)
 	return false
 }
 
@@ -283,7 +288,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	c.established = true
 	b.mu.Unlock()
 	b.stats.connects.Add(1)
-	b.log.Debug("client connected", "device", c.id.String(), "client", c.clientID, "remote", c.remote,
+	b.log.Debug("client connected", "device", c.id.String(), "client", logsafe.Clip(c.clientID), "remote", c.remote,
 		"listener", c.listener, "method", c.id.Method)
 	if o := b.observer(c); o != nil {
 		o.Connected(c.id, c.clientID)
@@ -325,7 +330,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if err == nil {
 		err = cl.StopCause()
 	}
-	b.log.Debug("client disconnected", "device", c.id.String(), "client", c.clientID, "remote", c.remote,
+	b.log.Debug("client disconnected", "device", c.id.String(), "client", logsafe.Clip(c.clientID), "remote", c.remote,
 		"error", err, "session_kept", !expire && !takenOver)
 	if o := b.observer(c); o != nil {
 		o.Disconnected(c.id, c.clientID, err)
@@ -386,7 +391,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		device = c.id.String()
 	}
 	h.b.logLimited("qos2", slog.LevelInfo, "QoS 2 publish refused; disconnecting",
-		"device", device, "client", cl.ID, "topic", pk.TopicName, "remote", cl.Net.Remote)
+		"device", device, "client", logsafe.Clip(cl.ID), "topic", logsafe.Clip(pk.TopicName), "remote", cl.Net.Remote)
 	h.b.disconnect(h.srv, cl, packets.ErrQosNotSupported, h.b.cfg.WriteTimeout)
 	cl.Stop(packets.ErrQosNotSupported)
 	return pk, packets.ErrRejectPacket
@@ -423,7 +428,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if c.id.Admin {
 		if rt := pk.Properties.ResponseTopic; rt != "" && !adminResponseTopicOK(rt) {
 			b.logLimited("admin-response-topic", slog.LevelInfo, "admin request refused: response topic outside "+AdminTopicPrefix,
-				"admin", c.id.String(), "client", c.clientID, "response_topic", rt)
+				"admin", c.id.String(), "client", logsafe.Clip(c.clientID), "response_topic", logsafe.Clip(rt))
 			if v5ack {
 				return pk, packets.ErrNotAuthorized
 			}
@@ -456,7 +461,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	var rej *RejectError
 	isReject := errors.As(err, &rej)
 	b.logLimited("sink", slog.LevelWarn, "publish not acknowledged: sink refused it",
-		"device", c.id.String(), "client", c.clientID, "topic", pk.TopicName, "qos", pk.FixedHeader.Qos,
+		"device", c.id.String(), "client", logsafe.Clip(c.clientID), "topic", logsafe.Clip(pk.TopicName), "qos", pk.FixedHeader.Qos,
 		"error", err)
 	if v5ack && isReject {
 		code, ok := pubackCodes[rej.Code]
@@ -482,7 +487,7 @@ func (h *hook) dropAfterWithheld(cl *mqtt.Client, c *conn) {
 	b := h.b
 	b.stats.withheldDrops.Add(1)
 	b.logLimited("withheld", slog.LevelInfo, "disconnecting a device whose publish was not acknowledged, so that it sends it again",
-		"device", c.id.String(), "client", c.clientID)
+		"device", c.id.String(), "client", logsafe.Clip(c.clientID))
 	if rs := b.rs.Load(); rs != nil {
 		b.disconnect(rs.srv, cl, packets.ErrServerBusy, min(time.Second, b.cfg.WriteTimeout))
 		return
@@ -502,7 +507,7 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	if b.cfg.Admin == nil {
 		b.logLimited("admin-none", slog.LevelWarn, "admin request dropped: no admin handler configured",
-			"admin", c.id.String(), "client", c.clientID)
+			"admin", c.id.String(), "client", logsafe.Clip(c.clientID))
 		return
 	}
 	b.cfg.Admin.HandleAdmin(c.id, AdminRequest{

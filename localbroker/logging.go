@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/edgegw/edgegw/internal/loglimit"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -60,6 +61,8 @@ func (b *Broker) logLimited(key string, level slog.Level, msg string, args ...an
 //     Debug;
 //   - packets and wills in attributes are summarised (type, topic, QoS, id,
 //     payload size) instead of dumped, so payloads never reach the log;
+//   - string attributes (client ids, topics: what clients sent) are
+//     clipped and escaped with logsafe.Clip;
 //   - remaining Warn and Error lines are rate limited per message.
 type mochiHandler struct {
 	inner slog.Handler
@@ -115,9 +118,21 @@ func (h *mochiHandler) WithGroup(name string) slog.Handler {
 	return &mochiHandler{inner: h.inner.WithGroup(name), limit: h.limit}
 }
 
-// summarise replaces packet and will values by a payload-free summary.
+// summarise replaces packet and will values by a payload-free summary and
+// clips strings.
 func summarise(a slog.Attr) slog.Attr {
-	if a.Value.Kind() != slog.KindAny {
+	switch a.Value.Kind() {
+	case slog.KindString:
+		return slog.String(a.Key, logsafe.Clip(a.Value.String()))
+	case slog.KindGroup:
+		g := a.Value.Group()
+		out := make([]any, len(g))
+		for i, ga := range g {
+			out[i] = summarise(ga)
+		}
+		return slog.Group(a.Key, out...)
+	case slog.KindAny:
+	default:
 		return a
 	}
 	switch v := a.Value.Any().(type) {
@@ -128,7 +143,7 @@ func summarise(a slog.Attr) slog.Attr {
 			return packetAttr(a.Key, v)
 		}
 	case mqtt.Will:
-		return slog.Group(a.Key, "topic", v.TopicName, "qos", v.Qos, "bytes", len(v.Payload))
+		return slog.Group(a.Key, "topic", logsafe.Clip(v.TopicName), "qos", v.Qos, "bytes", len(v.Payload))
 	}
 	return a
 }
@@ -136,7 +151,7 @@ func summarise(a slog.Attr) slog.Attr {
 func packetAttr(key string, pk *packets.Packet) slog.Attr {
 	attrs := []any{"type", packets.PacketNames[pk.FixedHeader.Type]}
 	if pk.TopicName != "" {
-		attrs = append(attrs, "topic", pk.TopicName)
+		attrs = append(attrs, "topic", logsafe.Clip(pk.TopicName))
 	}
 	if pk.FixedHeader.Type == packets.Publish {
 		attrs = append(attrs, "qos", pk.FixedHeader.Qos, "bytes", len(pk.Payload))

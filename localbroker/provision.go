@@ -69,7 +69,7 @@ func (h *hook) pushProvision(cl *mqtt.Client, c *conn) {
 // would only make the firmware retry). Nothing reaches the Sink.
 func (h *hook) provisionPublish(cl *mqtt.Client, c *conn, pk packets.Packet) (packets.Packet, error) {
 	if pk.TopicName == c.id.Provision.Reply {
-		h.b.log.Debug("activation: device acknowledged the push", "device", c.id.String(), "topic", pk.TopicName)
+		h.b.log.Debug("activation: device acknowledged the push", "device", c.id.String(), "topic", logsafe.Clip(pk.TopicName))
 		return pk, packets.CodeSuccessIgnore
 	}
 	h.b.stats.pubDenied.Add(1)

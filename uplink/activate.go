@@ -9,13 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -567,7 +567,7 @@ func parseIssued(d secrets.Dialect, id secrets.DeviceID, payload []byte) (secret
 		pk, dn, ds = m.ProductKey, m.DeviceName, m.DeviceSecret
 	}
 	if (pk != "" && pk != id.ProductKey) || (dn != "" && dn != id.DeviceName) {
-		return secrets.Secret{}, nil, fmt.Errorf("the deviceSecret is for %s/%s, not this device", clipIdent(pk), clipIdent(dn))
+		return secrets.Secret{}, nil, fmt.Errorf("the deviceSecret is for %s/%s, not this device", logsafe.Clip(pk), logsafe.Clip(dn))
 	}
 	if err := checkIssuedSecret(ds); err != nil {
 		return secrets.Secret{}, nil, err
@@ -590,12 +590,4 @@ func checkIssuedSecret(v string) error {
 		}
 	}
 	return nil
-}
-
-// clipIdent quotes a cloud-supplied identifier for an error, shortened.
-func clipIdent(s string) string {
-	if len(s) > 64 {
-		s = s[:64] + "…"
-	}
-	return strconv.Quote(strings.ToValidUTF8(s, "?"))
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/secrets"
 )
 
@@ -117,6 +118,10 @@ func runCtl(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	defer c.close()
 	err := c.dispatch(fs, rest[0], rest[1:])
 	var re *adminapi.Error
+	if errors.As(err, &re) {
+		// The message may echo what a request (or an import file) held.
+		re.Message = logsafe.ClipN(re.Message, ctlTextMax)
+	}
 	if c.json && errors.As(err, &re) {
 		// Scripts get the refusal as JSON too; the one-line error still
 		// goes to stderr and the exit status is 1.
@@ -124,6 +129,17 @@ func runCtl(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	}
 	return err
 }
+
+// ctlTextMax bounds free-form text from the gateway (a message, an error)
+// on the terminal. Every string ctl prints that it did not write itself —
+// the gateway's replies, fields of an import file — goes through
+// logsafe.ClipN (or logsafe.Clip for identifiers), which escapes control
+// bytes and invalid UTF-8, so a device name with an escape sequence or a
+// newline cannot rewrite the operator's screen or forge an output line.
+const ctlTextMax = 1024
+
+// text makes free-form text from the gateway safe to print.
+func text(s string) string { return logsafe.ClipN(s, ctlTextMax) }
 
 // dispatch runs one command.
 func (c *ctl) dispatch(fs *flag.FlagSet, cmd string, rest []string) error {
@@ -172,8 +188,8 @@ func (c *ctl) status(args []string) error {
 		return err
 	}
 	w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "edgegw\t%s, up %s (since %s)\n", st.Version,
-		(time.Duration(st.UptimeSeconds * float64(time.Second))).Round(time.Second), st.Started)
+	fmt.Fprintf(w, "edgegw\t%s, up %s (since %s)\n", logsafe.Clip(st.Version),
+		(time.Duration(st.UptimeSeconds * float64(time.Second))).Round(time.Second), logsafe.Clip(st.Started))
 	fmt.Fprintf(w, "devices\t%d (%s), %d disabled\n", st.Devices.Total, countList(st.Devices.ByState), st.Devices.Disabled)
 	sessions := countList(st.Sessions)
 	if sessions == "" {
@@ -187,19 +203,19 @@ func (c *ctl) status(args []string) error {
 			reach = "reachable"
 		}
 	}
-	fmt.Fprintf(w, "cloud\t%s (%s): %s, %d/%d sessions connected", st.Cloud.Endpoint, st.Cloud.Dialect, reach, st.Cloud.Connected, st.Cloud.Sessions)
+	fmt.Fprintf(w, "cloud\t%s (%s): %s, %d/%d sessions connected", logsafe.Clip(st.Cloud.Endpoint), logsafe.Clip(st.Cloud.Dialect), reach, st.Cloud.Connected, st.Cloud.Sessions)
 	if !st.Cloud.LastConnect.IsZero() {
 		fmt.Fprintf(w, ", last connect %s", st.Cloud.LastConnect.Local().Format(time.DateTime))
 	}
 	fmt.Fprintln(w)
 	for _, e := range st.Cloud.Errors {
-		fmt.Fprintf(w, "\t%d× %s\n", e.Sessions, e.Error)
+		fmt.Fprintf(w, "\t%d× %s\n", e.Sessions, text(e.Error))
 	}
 	sp := st.Spool
 	fmt.Fprintf(w, "spool\t%d messages, %s of %s (%s); appended %d, acked %d; dropped %s; %d dead letters\n",
 		sp.Depth, humanBytes(sp.Bytes), humanBytes(sp.Budget), sp.Overflow, sp.Appended, sp.Acked, dropList(sp.Dropped), sp.DeadLetters)
 	if sp.LastError != "" || sp.DiskFull {
-		fmt.Fprintf(w, "\tlast error: %s (disk full: %t)\n", sp.LastError, sp.DiskFull)
+		fmt.Fprintf(w, "\tlast error: %s (disk full: %t)\n", text(sp.LastError), sp.DiskFull)
 	}
 	fmt.Fprintf(w, "local\t%d clients connected, %d messages in, %d connects refused\n", st.Local.Clients, st.Local.MessagesIn, st.Local.Refused)
 	return w.Flush()
@@ -271,14 +287,14 @@ func (c *ctl) deviceList(args []string) error {
 		if d.Removing {
 			state += " (removing)"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID(), state, yesNo(!d.Disabled), d.Session, d.Queued,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", logsafe.Clip(d.ID()), logsafe.Clip(state), yesNo(!d.Disabled), logsafe.Clip(d.Session), d.Queued,
 			setOrNot(d.HasDeviceSecret), setOrNot(d.HasLocalPassword))
 	}
 	if err := w.Flush(); err != nil {
 		return err
 	}
 	if out.Next != "" {
-		fmt.Fprintf(c.stdout, "(more: edgegw ctl device list -after %s, or -all)\n", out.Next)
+		fmt.Fprintf(c.stdout, "(more: edgegw ctl device list -after %s, or -all)\n", logsafe.Clip(out.Next))
 	}
 	return nil
 }
@@ -299,13 +315,13 @@ func (c *ctl) deviceShow(args []string) error {
 	}
 	d := det.Device
 	w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "device\t%s\n", d.ID())
-	fmt.Fprintf(w, "dialect\t%s\n", d.Dialect)
+	fmt.Fprintf(w, "device\t%s\n", logsafe.Clip(d.ID()))
+	fmt.Fprintf(w, "dialect\t%s\n", logsafe.Clip(d.Dialect))
 	state := d.State
 	if d.StateReason != "" {
 		state += " (" + d.StateReason + ")"
 	}
-	fmt.Fprintf(w, "state\t%s\n", state)
+	fmt.Fprintf(w, "state\t%s\n", text(state))
 	fmt.Fprintf(w, "enabled\t%s\n", yesNo(!d.Disabled))
 	if d.Removing {
 		fmt.Fprintf(w, "removing\tyes (waiting for its queue to drain)\n")
@@ -313,7 +329,7 @@ func (c *ctl) deviceShow(args []string) error {
 	fmt.Fprintf(w, "deviceSecret\t%s\n", setOrNot(d.HasDeviceSecret))
 	fmt.Fprintf(w, "local password\t%s\n", setOrNot(d.HasLocalPassword))
 	if d.ClientID != "" {
-		fmt.Fprintf(w, "cloud clientId\t%s\n", d.ClientID)
+		fmt.Fprintf(w, "cloud clientId\t%s\n", logsafe.Clip(d.ClientID))
 	}
 	fmt.Fprintf(w, "created\t%s\n", fmtTime(d.Created))
 	fmt.Fprintf(w, "updated\t%s\n", fmtTime(d.Updated))
@@ -321,9 +337,9 @@ func (c *ctl) deviceShow(args []string) error {
 		fmt.Fprintf(w, "activated\t%s\n", fmtTime(d.ActivatedAt))
 	}
 	if s := det.Session; s != nil {
-		fmt.Fprintf(w, "session\t%s (%d connects of %d attempts)\n", s.State, s.Connects, s.Attempts)
+		fmt.Fprintf(w, "session\t%s (%d connects of %d attempts)\n", logsafe.Clip(s.State), s.Connects, s.Attempts)
 		if s.ClientID != "" {
-			fmt.Fprintf(w, "  clientId\t%s\n", s.ClientID)
+			fmt.Fprintf(w, "  clientId\t%s\n", logsafe.Clip(s.ClientID))
 		}
 		if !s.LastConnect.IsZero() {
 			fmt.Fprintf(w, "  last connect\t%s\n", fmtTime(s.LastConnect))
@@ -332,7 +348,7 @@ func (c *ctl) deviceShow(args []string) error {
 			fmt.Fprintf(w, "  next attempt\t%s\n", fmtTime(s.NextAttempt))
 		}
 		if s.LastError != "" {
-			fmt.Fprintf(w, "  last error\t%s\n", s.LastError)
+			fmt.Fprintf(w, "  last error\t%s\n", text(s.LastError))
 		}
 		fmt.Fprintf(w, "  sent\t%d (resent %d, dead-lettered %d, in flight %d)\n", s.Sent, s.Resent, s.DeadLettered, s.InFlight)
 		fmt.Fprintf(w, "  subscriptions\t%d\n", s.Subscriptions)
@@ -500,7 +516,7 @@ func (c *ctl) deviceRemove(args []string) error {
 	if err != nil || c.json {
 		return err
 	}
-	fmt.Fprintln(c.stdout, msg)
+	fmt.Fprintln(c.stdout, text(msg))
 	return nil
 }
 
@@ -526,7 +542,7 @@ func (c *ctl) product(args []string) error {
 		w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "PRODUCT\tDIALECT\tPRODUCT SECRET\tDEFAULT PARAMS\tDEVICES")
 		for _, p := range ps {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", p.ProductKey, p.Dialect, setOrNot(p.HasProductSecret), orDash(p.DefaultConnectParams), p.Devices)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", logsafe.Clip(p.ProductKey), logsafe.Clip(p.Dialect), setOrNot(p.HasProductSecret), logsafe.Clip(orDash(p.DefaultConnectParams)), p.Devices)
 		}
 		return w.Flush()
 	case "show", "get":
@@ -542,10 +558,10 @@ func (c *ctl) product(args []string) error {
 			return err
 		}
 		w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintf(w, "product\t%s\n", p.ProductKey)
-		fmt.Fprintf(w, "dialect\t%s\n", p.Dialect)
+		fmt.Fprintf(w, "product\t%s\n", logsafe.Clip(p.ProductKey))
+		fmt.Fprintf(w, "dialect\t%s\n", logsafe.Clip(p.Dialect))
 		fmt.Fprintf(w, "productSecret\t%s\n", setOrNot(p.HasProductSecret))
-		fmt.Fprintf(w, "default connect params\t%s\n", orDash(p.DefaultConnectParams))
+		fmt.Fprintf(w, "default connect params\t%s\n", logsafe.Clip(orDash(p.DefaultConnectParams)))
 		fmt.Fprintf(w, "devices\t%d\n", p.Devices)
 		fmt.Fprintf(w, "created\t%s\n", fmtTime(p.Created))
 		fmt.Fprintf(w, "updated\t%s\n", fmtTime(p.Updated))
@@ -638,7 +654,7 @@ func (c *ctl) queue(args []string) error {
 		}
 		w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 		if q := qs.Device; q != nil {
-			fmt.Fprintf(w, "device\t%s\n", q.Device)
+			fmt.Fprintf(w, "device\t%s\n", logsafe.Clip(q.Device))
 			fmt.Fprintf(w, "queued\t%d messages, %s\n", q.Depth, humanBytes(q.Bytes))
 			if q.Depth > 0 {
 				fmt.Fprintf(w, "oldest\t%s (%s old)\n", fmtTime(q.Oldest), (time.Duration(q.OldestAgeSeconds * float64(time.Second))).Round(time.Second))
@@ -660,7 +676,7 @@ func (c *ctl) queue(args []string) error {
 				fmt.Fprintf(w, "commits\t%d (avg %.2f ms, max %.2f ms, %d errors)\n", t.Commits, t.CommitAvgMs, t.CommitMaxMs, t.CommitErrors)
 			}
 			if t.LastError != "" {
-				fmt.Fprintf(w, "last error\t%s\n", t.LastError)
+				fmt.Fprintf(w, "last error\t%s\n", text(t.LastError))
 			}
 		}
 		return w.Flush()
@@ -743,7 +759,7 @@ func (c *ctl) callPrint(method string, params any) error {
 	if err != nil || c.json {
 		return err
 	}
-	fmt.Fprintln(c.stdout, msg)
+	fmt.Fprintln(c.stdout, text(msg))
 	return nil
 }
 
@@ -754,7 +770,7 @@ func (c *ctl) callDevice(method string, params any) error {
 	if err != nil || c.json {
 		return err
 	}
-	fmt.Fprintln(c.stdout, msg)
+	fmt.Fprintln(c.stdout, text(msg))
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
 	"github.com/edgegw/edgegw/internal/consolecsv"
+	"github.com/edgegw/edgegw/internal/logsafe"
 )
 
 // importRow is one device line of an import file.
@@ -77,6 +78,7 @@ func (c *ctl) importCmd(args []string) error {
 	} else {
 		name = "standard input"
 	}
+	shownName := logsafe.Clip(name)
 	rows, problems, err := readDevicesCSV(r, name)
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
@@ -87,7 +89,7 @@ func (c *ctl) importCmd(args []string) error {
 	var progress func(done int)
 	if f, ok := c.stderr.(*os.File); ok && isTerminal(f) && len(rows) > 0 {
 		progress = func(done int) {
-			fmt.Fprintf(c.stderr, "\rimporting %s: %d/%d rows (%d%%)", name, done, len(rows), done*100/len(rows))
+			fmt.Fprintf(c.stderr, "\rimporting %s: %d/%d rows (%d%%)", shownName, done, len(rows), done*100/len(rows))
 		}
 		progress(0)
 	}
@@ -115,7 +117,7 @@ func (c *ctl) importCmd(args []string) error {
 				fmt.Fprintln(c.stderr)
 			}
 			return fmt.Errorf("import %s: stopped after %d of %d rows (%d added, %d updated so far): %w",
-				name, i, len(rows), sum.Added, sum.Updated, err)
+				shownName, i, len(rows), sum.Added, sum.Updated, err)
 		default:
 			sum.Added += res.Added
 			sum.Unchanged += res.Unchanged
@@ -140,17 +142,17 @@ func (c *ctl) importCmd(args []string) error {
 			return err
 		}
 	} else {
-		fmt.Fprintf(c.stdout, "%s: %d rows in %s: %d added, %d unchanged, %d updated, %d failed\n", name, sum.Rows,
+		fmt.Fprintf(c.stdout, "%s: %d rows in %s: %d added, %d unchanged, %d updated, %d failed\n", shownName, sum.Rows,
 			time.Since(start).Round(time.Millisecond), sum.Added, sum.Unchanged, sum.Updated, sum.Failed)
 		if len(sum.ProductsAdded) > 0 {
-			fmt.Fprintf(c.stdout, "products added: %s\n", strings.Join(sum.ProductsAdded, ", "))
+			fmt.Fprintf(c.stdout, "products added: %s\n", text(strings.Join(sum.ProductsAdded, ", ")))
 		}
 		for _, e := range sum.Errors {
 			dev := ""
 			if e.Device != "" {
-				dev = e.Device + ": "
+				dev = logsafe.Clip(e.Device) + ": "
 			}
-			fmt.Fprintf(c.stdout, "%s:%d: %s%d %s\n", name, e.Line, dev, e.Code, e.Message)
+			fmt.Fprintf(c.stdout, "%s:%d: %s%d %s\n", shownName, e.Line, dev, e.Code, text(e.Message))
 		}
 	}
 	if sum.Failed > 0 {
