@@ -131,9 +131,11 @@ type Broker struct {
 	netConns sync.Map // net.Conn → *conn, to clean up connections mochi dropped without OnDisconnect
 	open     sync.Map // net.Conn → struct{}: every connection between accept and the end of its goroutine
 
-	mu         sync.Mutex
-	devices    map[secrets.DeviceID]map[*conn]struct{}
-	byClientID map[string]*conn
+	mu      sync.Mutex
+	devices map[secrets.DeviceID]map[*conn]struct{}
+	// bySession indexes sessions by mochi client ID (conn.session), which
+	// includes the identity (sessionKey).
+	bySession map[string]*conn
 }
 
 // runState is what exists while Run serves.
@@ -150,7 +152,8 @@ type conn struct {
 	cl        *mqtt.Client
 	nc        net.Conn
 	id        Identity
-	clientID  string
+	clientID  string // as the client sent it (or as assigned to it)
+	session   string // mochi's client ID: see sessionKey
 	remote    string
 	listener  string
 	transport string
@@ -235,15 +238,15 @@ func New(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("new broker: %w", err)
 	}
 	return &Broker{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		specs:      specs,
-		limit:      newLimiter(10*time.Second, 10),
-		perDevice:  newLimiter(time.Minute, 1),
-		ready:      make(chan struct{}),
-		failed:     make(chan error, len(specs)),
-		devices:    map[secrets.DeviceID]map[*conn]struct{}{},
-		byClientID: map[string]*conn{},
+		cfg:       cfg,
+		log:       cfg.Logger,
+		specs:     specs,
+		limit:     newLimiter(10*time.Second, 10),
+		perDevice: newLimiter(time.Minute, 1),
+		ready:     make(chan struct{}),
+		failed:    make(chan error, len(specs)),
+		devices:   map[secrets.DeviceID]map[*conn]struct{}{},
+		bySession: map[string]*conn{},
 	}, nil
 }
 
@@ -506,7 +509,7 @@ func (b *Broker) Stats() Stats {
 		s.InflightDropped = atomic.LoadInt64(&info.InflightDropped)
 	}
 	b.mu.Lock()
-	s.Sessions = len(b.byClientID)
+	s.Sessions = len(b.bySession)
 	b.mu.Unlock()
 	return s
 }
@@ -529,12 +532,12 @@ func (b *Broker) removeLocked(c *conn) {
 	b.unindexLocked(c)
 }
 
-// unindexLocked removes a session from the client-ID and device indexes but
+// unindexLocked removes a session from the session and device indexes but
 // keeps its identity for the ACL, for a connection that was taken over and
 // is still closing. b.mu must be held.
 func (b *Broker) unindexLocked(c *conn) {
-	if b.byClientID[c.clientID] == c {
-		delete(b.byClientID, c.clientID)
+	if b.bySession[c.session] == c {
+		delete(b.bySession, c.session)
 	}
 	if !c.id.Admin {
 		k := c.id.DeviceID

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -126,23 +127,25 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	case pk.Connect.WillFlag && id.Provision == nil && !canPublish(&id, pk.Connect.WillTopic):
 		return h.refuse(cl, req, &id, RefuseNotAuthorized, "will topic outside the device namespace")
 	}
+	clientID := cl.ID // as sent, or the one mochi assigned to an MQTT 5 client
+	key, ok := sessionKey(id, clientID)
+	if !ok {
+		b.log.Error("authenticator returned an identity with '|' in it", "client", logsafe.Clip(clientID), "listener", cl.Net.Listener)
+		return h.refuse(cl, req, nil, RefuseServerUnavailable, "unusable identity from the authenticator")
+	}
+	cl.ID = key
 	if id.Provision != nil && !id.Admin {
 		if reason := admitProvision(cl, id.Provision); reason != "" {
-			b.log.Error("authenticator returned an unusable provisioning identity", "client", cl.ID, "listener", cl.Net.Listener)
+			b.log.Error("authenticator returned an unusable provisioning identity", "client", logsafe.Clip(clientID), "listener", cl.Net.Listener)
 			return h.refuse(cl, req, &id, RefuseServerUnavailable, reason)
-		}
-	}
-	if existing, ok := h.srv.Clients.Get(cl.ID); ok {
-		if ec := b.connOf(existing); ec != nil && !ec.id.same(id) {
-			return h.refuse(cl, req, &id, RefuseIdentifierRejected,
-				"client identifier in use by the session of "+ec.id.String())
 		}
 	}
 	c := &conn{
 		cl:        cl,
 		nc:        cl.Net.Conn,
 		id:        id,
-		clientID:  cl.ID,
+		clientID:  clientID,
+		session:   cl.ID,
 		remote:    cl.Net.Remote,
 		listener:  cl.Net.Listener,
 		transport: transport,
@@ -152,6 +155,36 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		b.netConns.Store(c.nc, c)
 	}
 	return nil
+}
+
+// sessionKey is the mochi client ID of a connection: the identity, then
+// the client identifier it sent. mochi keys sessions (takeover, inherited
+// subscriptions and queued messages, expiry) by client ID alone, so without
+// the identity in the key a device could take another's usual client
+// identifier with a persistent session and either inherit the owner's
+// session or, refused, hold the identifier and lock the owner out until
+// the session expired (issue #13). With it, two identities never share a
+// session: each has its own, whatever client identifiers they choose, and
+// a second connection of the same identity with the same client
+// identifier takes the session over as MQTT prescribes. The identity part
+// never contains '|' (product keys, device names and admin names cannot,
+// secrets/validate.go; ok is false otherwise), so keys of different
+// identities never collide. MQTT 5's Assigned Client Identifier is
+// unaffected: mochi keeps it apart from the ID.
+func sessionKey(id Identity, clientID string) (key string, ok bool) {
+	var who string
+	if id.Admin {
+		who = "$admin:" + id.Name
+	} else {
+		who = id.ProductKey + "/" + id.DeviceName
+		if strings.Contains(id.ProductKey, "/") {
+			return "", false
+		}
+	}
+	if strings.Contains(who, "|") {
+		return "", false
+	}
+	return who + "|" + clientID, true
 }
 
 // refuse writes a CONNACK with the given 3.1.1 code (or its MQTT 5
@@ -260,7 +293,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		b.mu.Unlock()
 		return
 	}
-	if old := b.byClientID[c.clientID]; old != nil && old != c {
+	if old := b.bySession[c.session]; old != nil && old != c {
 		// Taken over. If the old connection has not yet been through
 		// OnDisconnect, it keeps its identity until then (for its
 		// Disconnected event), but no longer receives downlink.
@@ -270,7 +303,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 			b.unindexLocked(old)
 		}
 	}
-	b.byClientID[c.clientID] = c
+	b.bySession[c.session] = c
 	if !c.id.Admin && c.id.Provision == nil { // Deliver never reaches a provisioning connection
 		k := c.id.DeviceID
 		set := b.devices[k]
@@ -386,7 +419,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		device = c.id.String()
 	}
 	h.b.logLimited("qos2", slog.LevelInfo, "QoS 2 publish refused; disconnecting",
-		"device", device, "client", cl.ID, "topic", pk.TopicName, "remote", cl.Net.Remote)
+		"device", device, "client", logsafe.Clip(cl.ID), "topic", pk.TopicName, "remote", cl.Net.Remote)
 	h.b.disconnect(h.srv, cl, packets.ErrQosNotSupported, h.b.cfg.WriteTimeout)
 	cl.Stop(packets.ErrQosNotSupported)
 	return pk, packets.ErrRejectPacket
