@@ -60,6 +60,7 @@ var provided = []byte{
 	mqtt.OnPacketProcessed,
 	mqtt.OnPublish,
 	mqtt.OnPublished,
+	mqtt.OnSubscribe,
 	mqtt.OnSubscribed,
 	mqtt.OnUnsubscribed,
 	mqtt.OnClientExpired,
@@ -429,6 +430,12 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 // not advertise: the maximum packet size, and that retain and shared
 // subscriptions are unavailable.
 func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Suback {
+		if c := h.b.connOf(cl); c != nil && c.quota != nil {
+			return c.subackQuotaCodes(pk)
+		}
+		return pk
+	}
 	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
 		pk.Properties.MaximumPacketSize = h.b.cfg.MaxPacketSize
 		pk.Properties.RetainAvailable, pk.Properties.RetainAvailableFlag = 0, true
@@ -547,17 +554,26 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	})
 }
 
-// OnSubscribed reports accepted filters to the observer and logs denied ones.
+// OnSubscribed reports accepted filters to the observer and logs denied ones
+// (those refused for the device's quota in quotaDone).
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
 	b := h.b
 	c := b.connOf(cl)
 	if c == nil {
 		return
 	}
+	var overQuota []int
+	if q := h.quotaDone(c); q != nil {
+		overQuota = q.refused
+	}
 	var accepted []string
 	for i, sub := range pk.Filters {
 		if i < len(reasonCodes) && reasonCodes[i] < packets.ErrUnspecifiedError.Code {
 			accepted = append(accepted, sub.Filter)
+			continue
+		}
+		if len(overQuota) > 0 && overQuota[0] == i {
+			overQuota = overQuota[1:]
 			continue
 		}
 		b.stats.subDenied.Add(1)
