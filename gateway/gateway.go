@@ -166,7 +166,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	g.subs = newSubscriptions(mgr)
+	g.subs = newSubscriptions(mgr, g.cfg.Broker.MaxSubscriptions, g.log)
 	broker, err := g.newBroker(reg, q, mgr)
 	if err != nil {
 		return err
@@ -340,19 +340,21 @@ func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager)
 		return nil, err
 	}
 	return localbroker.New(localbroker.Config{
-		Listeners:       b.Listeners,
-		TLS:             tlsCfg,
-		Inherited:       g.opts.Inherited,
-		UnixSocketMode:  os.FileMode(b.UnixSocketMode),
-		MaxPacketSize:   uint32(b.MaxPacketSize),
-		MaxClients:      int64(b.MaxClients),
-		WritesPending:   b.WritesPending,
-		Logger:          g.log.With("part", "broker"),
-		ShutdownTimeout: g.budget.broker,
-		Auth:            auth,
-		Sink:            &sink{q: q, mgr: mgr, qos0: g.cfg.Spool.QoS0, log: g.log},
-		Observer:        g.subs,
-		Admin:           newAdmin(g),
+		Listeners:        b.Listeners,
+		TLS:              tlsCfg,
+		Inherited:        g.opts.Inherited,
+		UnixSocketMode:   os.FileMode(b.UnixSocketMode),
+		MaxPacketSize:    uint32(b.MaxPacketSize),
+		MaxClients:       int64(b.MaxClients),
+		WritesPending:    b.WritesPending,
+		SessionExpiry:    time.Duration(b.SessionExpiry),
+		MaxSubscriptions: b.MaxSubscriptions,
+		Logger:           g.log.With("part", "broker"),
+		ShutdownTimeout:  g.budget.broker,
+		Auth:             auth,
+		Sink:             &sink{q: q, mgr: mgr, qos0: g.cfg.Spool.QoS0, log: g.log},
+		Observer:         g.subs,
+		Admin:            newAdmin(g),
 	})
 }
 

@@ -53,6 +53,9 @@ var (
 	descBrokerPubDenied  = newDesc("broker_publishes_denied_total", "Device publishes outside the device's topic namespace.")
 	descBrokerSubDenied  = newDesc("broker_subscriptions_denied_total", "Device subscription filters outside the device's topic namespace.")
 	descBrokerIDCollide  = newDesc("broker_packet_id_collisions_total", "SUBSCRIBE/UNSUBSCRIBE packet ids equal to a downlink's in flight, answered normally (a mochi defect worked around).")
+	descBrokerSubQuota   = newDesc("broker_subscriptions_over_quota_total", "Device subscription filters refused because the device held broker.max_subscriptions (SUBACK 0x80, MQTT 5: 0x97); never mirrored to the cloud.")
+	descBrokerSubs       = newDesc("broker_subscriptions", "Subscriptions held by local broker sessions, including offline persistent ones.")
+	descCloudSubsQuota   = newDesc("cloud_subscriptions_over_quota_total", "Local filters not mirrored to the cloud because the device already mirrored broker.max_subscriptions filters.")
 	descBrokerAcceptErrs = newDesc("broker_accept_errors_total", "Temporary accept failures on local listeners (e.g. out of file descriptors).")
 	descBrokerOutDropped = newDesc("broker_outbound_dropped_total", "Messages to local clients dropped by the broker, by reason.", "reason")
 	descAdminLoginFails  = newDesc("broker_admin_login_failures_total", "Failed logins of [[broker.admin]] users on network listeners, by reason (wrong_password: checked and wrong; throttled: refused without a check during the wait after earlier failures).", "reason")
@@ -121,6 +124,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		descReady,
 		descSessions, descSessionsRefuse, descAttempts, descConnects, descSent, descResent,
 		descDeadLettered, descExpired, descInflight, descCloudSubs,
+		descBrokerSubQuota, descBrokerSubs, descCloudSubsQuota,
 		descBrokerClients, descBrokerSessions, descBrokerConnects, descBrokerRefused, descBrokerIn,
 		descBrokerSinkErrs, descBrokerWithheld, descBrokerPubDenied, descBrokerSubDenied, descBrokerIDCollide, descBrokerAcceptErrs, descBrokerOutDropped,
 		descAdminLoginFails, descDownDelivered, descDownDropped,
@@ -141,6 +145,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g := c.g
 	g.mu.Lock()
 	b, m, q := g.broker, g.mgr, g.queue
+	subs := g.subs // set before the broker, under the same lock
 	g.mu.Unlock()
 
 	ready := 0.0
@@ -164,6 +169,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- counter(descBrokerPubDenied, float64(s.PublishesDenied))
 		ch <- counter(descBrokerIDCollide, float64(s.IDCollisions))
 		ch <- counter(descBrokerSubDenied, float64(s.SubscriptionsDenied))
+		ch <- counter(descBrokerSubQuota, float64(s.SubscriptionsOverQuota))
+		ch <- gauge(descBrokerSubs, float64(max(s.Subscriptions, 0)))
+		if subs != nil {
+			ch <- counter(descCloudSubsQuota, float64(subs.overQuota.Load()))
+		}
 		ch <- counter(descBrokerAcceptErrs, float64(s.AcceptErrors))
 		ch <- counter(descBrokerOutDropped, float64(max(s.MessagesDropped, 0)), "queue-full")
 		ch <- counter(descBrokerOutDropped, float64(max(s.InflightDropped, 0)), "inflight-full")

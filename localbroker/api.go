@@ -104,15 +104,6 @@ func (id Identity) String() string {
 	return id.DeviceID.String()
 }
 
-// same reports whether a and b are the same principal (the method used to
-// authenticate does not matter).
-func (id Identity) same(o Identity) bool {
-	if id.Admin || o.Admin {
-		return id.Admin && o.Admin && id.Name == o.Name
-	}
-	return id.DeviceID == o.DeviceID
-}
-
 // UnixPeer is the process at the other end of a unix socket connection, as
 // the kernel reports it (SO_PEERCRED).
 type UnixPeer struct {

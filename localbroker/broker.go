@@ -26,7 +26,7 @@ const (
 	DefaultMaxClients      int64       = 20000
 	DefaultWritesPending               = 256
 	DefaultMaxInflight     uint16      = 128
-	DefaultSessionExpiry               = 24 * time.Hour
+	DefaultSessionExpiry               = time.Hour
 	DefaultConnectTimeout              = 15 * time.Second
 	DefaultWriteTimeout                = 10 * time.Second
 	DefaultShutdownTimeout             = 10 * time.Second
@@ -64,8 +64,13 @@ type Config struct {
 	WritesPending int    // outbound queue per client; beyond it messages are dropped and counted (default 256)
 	MaxInflight   uint16 // unacknowledged outbound QoS 1 messages per client (default 128)
 	// SessionExpiry caps how long a persistent session (3.1.1 clean=false,
-	// or an MQTT 5 session expiry) outlives its connection (default 24h).
+	// or an MQTT 5 session expiry) outlives its connection (default 1h).
+	// Until then it holds its subscriptions and queued downlinks in memory.
 	SessionExpiry time.Duration
+	// MaxSubscriptions bounds the subscriptions of one device, summed over
+	// all its sessions (offline persistent ones included); filters beyond
+	// it are refused in the SUBACK (default DefaultMaxSubscriptions).
+	MaxSubscriptions int
 	// ConnectTimeout bounds the TLS handshake, the WebSocket upgrade and the
 	// CONNECT packet of a new connection (default 15s).
 	ConnectTimeout time.Duration
@@ -95,18 +100,22 @@ type Stats struct {
 	WithheldDisconnects uint64 // devices disconnected so that they resend a publish left without PUBACK
 	PublishesDenied     uint64 // publishes outside the namespace
 	SubscriptionsDenied uint64 // subscription filters outside the namespace
-	AdminRequests       uint64 // publishes to AdminRequestTopic by admins
-	Delivered           uint64 // Deliver calls that reached or were queued for the device
-	DeliverFailed       uint64 // Deliver calls that returned an error
-	AcceptErrors        uint64 // temporary accept failures (e.g. out of file descriptors)
-	MessagesDropped     int64  // outbound messages dropped because a client's queue was full
-	InflightDropped     int64  // outbound QoS 1 messages dropped at a client's MaxInflight
-	IDCollisions        uint64 // SUBSCRIBE/UNSUBSCRIBE ids equal to a downlink's in flight (answered normally)
+	// SubscriptionsOverQuota counts filters refused because the device held
+	// Config.MaxSubscriptions subscriptions.
+	SubscriptionsOverQuota uint64
+	Subscriptions          int64  // subscriptions in the broker's topic index, all sessions
+	AdminRequests          uint64 // publishes to AdminRequestTopic by admins
+	Delivered              uint64 // Deliver calls that reached or were queued for the device
+	DeliverFailed          uint64 // Deliver calls that returned an error
+	AcceptErrors           uint64 // temporary accept failures (e.g. out of file descriptors)
+	MessagesDropped        int64  // outbound messages dropped because a client's queue was full
+	InflightDropped        int64  // outbound QoS 1 messages dropped at a client's MaxInflight
+	IDCollisions           uint64 // SUBSCRIBE/UNSUBSCRIBE ids equal to a downlink's in flight (answered normally)
 }
 
 type counters struct {
 	connects, refused, messagesIn, sinkErrors, pubDenied, subDenied,
-	adminRequests, delivered, deliverFailed, acceptErrors, withheldDrops, idCollisions atomic.Uint64
+	adminRequests, delivered, deliverFailed, acceptErrors, withheldDrops, idCollisions, subOverQuota atomic.Uint64
 }
 
 // Broker is the local MQTT broker. Create it with New, start it with Run.
@@ -131,9 +140,14 @@ type Broker struct {
 	netConns sync.Map // net.Conn → *conn, to clean up connections mochi dropped without OnDisconnect
 	open     sync.Map // net.Conn → struct{}: every connection between accept and the end of its goroutine
 
-	mu         sync.Mutex
-	devices    map[secrets.DeviceID]map[*conn]struct{}
-	byClientID map[string]*conn
+	mu      sync.Mutex
+	devices map[secrets.DeviceID]map[*conn]struct{}
+	// bySession indexes sessions by mochi client ID (conn.session), which
+	// includes the identity (sessionKey).
+	bySession map[string]*conn
+	// pending counts, per device, the subscriptions a SUBSCRIBE in
+	// progress was admitted for (see OnSubscribe).
+	pending map[secrets.DeviceID]int
 }
 
 // runState is what exists while Run serves.
@@ -150,7 +164,8 @@ type conn struct {
 	cl        *mqtt.Client
 	nc        net.Conn
 	id        Identity
-	clientID  string
+	clientID  string // as the client sent it (or as assigned to it)
+	session   string // mochi's client ID: see sessionKey
 	remote    string
 	listener  string
 	transport string
@@ -160,6 +175,9 @@ type conn struct {
 	// ids serialises the broker's packet id allocation for downlinks with
 	// the id stash of a SUBSCRIBE or UNSUBSCRIBE (idstash.go).
 	ids idStash
+	// quota is OnSubscribe's decision about the SUBSCRIBE being processed;
+	// read goroutine only.
+	quota *subQuota
 	// Guarded by Broker.mu.
 	established bool
 	offline     bool
@@ -211,6 +229,12 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxInflight == 0 {
 		cfg.MaxInflight = DefaultMaxInflight
 	}
+	if cfg.MaxSubscriptions == 0 {
+		cfg.MaxSubscriptions = DefaultMaxSubscriptions
+	}
+	if cfg.MaxSubscriptions < 0 {
+		return nil, errors.New("new broker: MaxSubscriptions must be positive")
+	}
 	for _, d := range []struct {
 		v   *time.Duration
 		def time.Duration
@@ -235,15 +259,16 @@ func New(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("new broker: %w", err)
 	}
 	return &Broker{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		specs:      specs,
-		limit:      newLimiter(10*time.Second, 10),
-		perDevice:  newLimiter(time.Minute, 1),
-		ready:      make(chan struct{}),
-		failed:     make(chan error, len(specs)),
-		devices:    map[secrets.DeviceID]map[*conn]struct{}{},
-		byClientID: map[string]*conn{},
+		cfg:       cfg,
+		log:       cfg.Logger,
+		specs:     specs,
+		limit:     newLimiter(10*time.Second, 10),
+		perDevice: newLimiter(time.Minute, 1),
+		ready:     make(chan struct{}),
+		failed:    make(chan error, len(specs)),
+		devices:   map[secrets.DeviceID]map[*conn]struct{}{},
+		bySession: map[string]*conn{},
+		pending:   map[secrets.DeviceID]int{},
 	}, nil
 }
 
@@ -487,26 +512,28 @@ func (b *Broker) Addrs() map[string]net.Addr {
 // Stats returns the broker's counters.
 func (b *Broker) Stats() Stats {
 	s := Stats{
-		Connects:            b.stats.connects.Load(),
-		ConnectsRefused:     b.stats.refused.Load(),
-		MessagesIn:          b.stats.messagesIn.Load(),
-		SinkErrors:          b.stats.sinkErrors.Load(),
-		WithheldDisconnects: b.stats.withheldDrops.Load(),
-		PublishesDenied:     b.stats.pubDenied.Load(),
-		SubscriptionsDenied: b.stats.subDenied.Load(),
-		AdminRequests:       b.stats.adminRequests.Load(),
-		Delivered:           b.stats.delivered.Load(),
-		DeliverFailed:       b.stats.deliverFailed.Load(),
-		AcceptErrors:        b.stats.acceptErrors.Load(),
-		IDCollisions:        b.stats.idCollisions.Load(),
+		Connects:               b.stats.connects.Load(),
+		ConnectsRefused:        b.stats.refused.Load(),
+		MessagesIn:             b.stats.messagesIn.Load(),
+		SinkErrors:             b.stats.sinkErrors.Load(),
+		WithheldDisconnects:    b.stats.withheldDrops.Load(),
+		PublishesDenied:        b.stats.pubDenied.Load(),
+		SubscriptionsDenied:    b.stats.subDenied.Load(),
+		AdminRequests:          b.stats.adminRequests.Load(),
+		Delivered:              b.stats.delivered.Load(),
+		DeliverFailed:          b.stats.deliverFailed.Load(),
+		AcceptErrors:           b.stats.acceptErrors.Load(),
+		IDCollisions:           b.stats.idCollisions.Load(),
+		SubscriptionsOverQuota: b.stats.subOverQuota.Load(),
 	}
 	if info := b.info.Load(); info != nil {
 		s.ClientsConnected = atomic.LoadInt64(&info.ClientsConnected)
 		s.MessagesDropped = atomic.LoadInt64(&info.MessagesDropped)
 		s.InflightDropped = atomic.LoadInt64(&info.InflightDropped)
+		s.Subscriptions = atomic.LoadInt64(&info.Subscriptions)
 	}
 	b.mu.Lock()
-	s.Sessions = len(b.byClientID)
+	s.Sessions = len(b.bySession)
 	b.mu.Unlock()
 	return s
 }
@@ -529,12 +556,12 @@ func (b *Broker) removeLocked(c *conn) {
 	b.unindexLocked(c)
 }
 
-// unindexLocked removes a session from the client-ID and device indexes but
+// unindexLocked removes a session from the session and device indexes but
 // keeps its identity for the ACL, for a connection that was taken over and
 // is still closing. b.mu must be held.
 func (b *Broker) unindexLocked(c *conn) {
-	if b.byClientID[c.clientID] == c {
-		delete(b.byClientID, c.clientID)
+	if b.bySession[c.session] == c {
+		delete(b.bySession, c.session)
 	}
 	if !c.id.Admin {
 		k := c.id.DeviceID

@@ -51,11 +51,20 @@
 // delivered locally only and are never handed to the Sink, because neither
 // cloud supports them.
 //
-// A second connection with the same client identifier takes the session over
-// and disconnects the first (mochi's behaviour), but only for the same
-// identity: a client identifier whose session belongs to a different identity
-// is refused with CONNACK 2, so no device can inherit another's subscriptions
-// or queued messages.
+// Sessions belong to identities: mochi's session key is the identity plus
+// the client identifier (sessionKey). A second connection of the same
+// identity with the same client identifier takes the session over and
+// disconnects the first (mochi's behaviour); another identity using the same
+// client identifier gets a separate session, so no device can inherit
+// another's subscriptions or queued messages, take its session over, or lock
+// it out by holding its client identifier. Persistent sessions expire
+// Config.SessionExpiry after their connection ends (MQTT 5 clients may ask
+// for less).
+//
+// Subscriptions are bounded per device (Config.MaxSubscriptions), across all
+// its sessions including offline persistent ones; filters beyond the bound
+// are refused in the SUBACK (0x80; MQTT 5: 0x97 quota exceeded), counted and
+// logged once per device and minute, and not reported to the Observer.
 //
 // Admin requests (publishes by an admin identity to AdminRequestTopic) are
 // acknowledged, never fanned out (they may carry secrets) and handed to the

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -59,6 +60,7 @@ var provided = []byte{
 	mqtt.OnPacketProcessed,
 	mqtt.OnPublish,
 	mqtt.OnPublished,
+	mqtt.OnSubscribe,
 	mqtt.OnSubscribed,
 	mqtt.OnUnsubscribed,
 	mqtt.OnClientExpired,
@@ -126,23 +128,25 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	case pk.Connect.WillFlag && id.Provision == nil && !canPublish(&id, pk.Connect.WillTopic):
 		return h.refuse(cl, req, &id, RefuseNotAuthorized, "will topic outside the device namespace")
 	}
+	clientID := cl.ID // as sent, or the one mochi assigned to an MQTT 5 client
+	key, ok := sessionKey(id, clientID)
+	if !ok {
+		b.log.Error("authenticator returned an identity with '|' in it", "client", logsafe.Clip(clientID), "listener", cl.Net.Listener)
+		return h.refuse(cl, req, nil, RefuseServerUnavailable, "unusable identity from the authenticator")
+	}
+	cl.ID = key
 	if id.Provision != nil && !id.Admin {
 		if reason := admitProvision(cl, id.Provision); reason != "" {
-			b.log.Error("authenticator returned an unusable provisioning identity", "client", logsafe.Clip(cl.ID), "listener", cl.Net.Listener)
+			b.log.Error("authenticator returned an unusable provisioning identity", "client", logsafe.Clip(clientID), "listener", cl.Net.Listener)
 			return h.refuse(cl, req, &id, RefuseServerUnavailable, reason)
-		}
-	}
-	if existing, ok := h.srv.Clients.Get(cl.ID); ok {
-		if ec := b.connOf(existing); ec != nil && !ec.id.same(id) {
-			return h.refuse(cl, req, &id, RefuseIdentifierRejected,
-				"client identifier in use by the session of "+ec.id.String())
 		}
 	}
 	c := &conn{
 		cl:        cl,
 		nc:        cl.Net.Conn,
 		id:        id,
-		clientID:  cl.ID,
+		clientID:  clientID,
+		session:   cl.ID,
 		remote:    cl.Net.Remote,
 		listener:  cl.Net.Listener,
 		transport: transport,
@@ -158,6 +162,36 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // line: the reason may quote what the client sent (Authenticators clip
 // what they quote; this is the backstop).
 const refusalReasonMax = 512
+
+// sessionKey is the mochi client ID of a connection: the identity, then
+// the client identifier it sent. mochi keys sessions (takeover, inherited
+// subscriptions and queued messages, expiry) by client ID alone, so without
+// the identity in the key a device could take another's usual client
+// identifier with a persistent session and either inherit the owner's
+// session or, refused, hold the identifier and lock the owner out until
+// the session expired (issue #13). With it, two identities never share a
+// session: each has its own, whatever client identifiers they choose, and
+// a second connection of the same identity with the same client
+// identifier takes the session over as MQTT prescribes. The identity part
+// never contains '|' (product keys, device names and admin names cannot,
+// secrets/validate.go; ok is false otherwise), so keys of different
+// identities never collide. MQTT 5's Assigned Client Identifier is
+// unaffected: mochi keeps it apart from the ID.
+func sessionKey(id Identity, clientID string) (key string, ok bool) {
+	var who string
+	if id.Admin {
+		who = "$admin:" + id.Name
+	} else {
+		who = id.ProductKey + "/" + id.DeviceName
+		if strings.Contains(id.ProductKey, "/") {
+			return "", false
+		}
+	}
+	if strings.Contains(who, "|") {
+		return "", false
+	}
+	return who + "|" + clientID, true
+}
 
 // refuse writes a CONNACK with the given 3.1.1 code (or its MQTT 5
 // equivalent), logs the refusal without secrets, and returns errRefused.
@@ -265,7 +299,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		b.mu.Unlock()
 		return
 	}
-	if old := b.byClientID[c.clientID]; old != nil && old != c {
+	if old := b.bySession[c.session]; old != nil && old != c {
 		// Taken over. If the old connection has not yet been through
 		// OnDisconnect, it keeps its identity until then (for its
 		// Disconnected event), but no longer receives downlink.
@@ -275,7 +309,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 			b.unindexLocked(old)
 		}
 	}
-	b.byClientID[c.clientID] = c
+	b.bySession[c.session] = c
 	if !c.id.Admin && c.id.Provision == nil { // Deliver never reaches a provisioning connection
 		k := c.id.DeviceID
 		set := b.devices[k]
@@ -401,6 +435,12 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 // not advertise: the maximum packet size, and that retain and shared
 // subscriptions are unavailable.
 func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Suback {
+		if c := h.b.connOf(cl); c != nil && c.quota != nil {
+			return c.subackQuotaCodes(pk)
+		}
+		return pk
+	}
 	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
 		pk.Properties.MaximumPacketSize = h.b.cfg.MaxPacketSize
 		pk.Properties.RetainAvailable, pk.Properties.RetainAvailableFlag = 0, true
@@ -519,17 +559,26 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	})
 }
 
-// OnSubscribed reports accepted filters to the observer and logs denied ones.
+// OnSubscribed reports accepted filters to the observer and logs denied ones
+// (those refused for the device's quota in quotaDone).
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
 	b := h.b
 	c := b.connOf(cl)
 	if c == nil {
 		return
 	}
+	var overQuota []int
+	if q := h.quotaDone(c); q != nil {
+		overQuota = q.refused
+	}
 	var accepted []string
 	for i, sub := range pk.Filters {
 		if i < len(reasonCodes) && reasonCodes[i] < packets.ErrUnspecifiedError.Code {
 			accepted = append(accepted, sub.Filter)
+			continue
+		}
+		if len(overQuota) > 0 && overQuota[0] == i {
+			overQuota = overQuota[1:]
 			continue
 		}
 		b.stats.subDenied.Add(1)

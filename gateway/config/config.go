@@ -64,6 +64,15 @@ type BrokerConfig struct {
 	WritesPending int `toml:"writes_pending"`
 	// UnixSocketMode is the file mode of unix:// listener sockets.
 	UnixSocketMode FileMode `toml:"unix_socket_mode"`
+	// SessionExpiry is how long a persistent session (MQTT 3.1.1
+	// clean=false, or an MQTT 5 session expiry) outlives its connection,
+	// holding its subscriptions and queued downlinks in memory; MQTT 5
+	// clients may ask for less.
+	SessionExpiry Duration `toml:"session_expiry"`
+	// MaxSubscriptions bounds the subscriptions one device holds, over all
+	// its sessions, and so the filters mirrored to its cloud session;
+	// filters beyond it are refused in the SUBACK.
+	MaxSubscriptions int `toml:"max_subscriptions"`
 	// Admin lists the admin users accepted on network listeners. The unix
 	// socket is always admin (guarded by its file mode).
 	Admin []AdminUser `toml:"admin"`
@@ -192,12 +201,14 @@ func Default() *Config {
 		LogLevel:  "info",
 		LogFormat: LogFormatAuto,
 		Broker: BrokerConfig{
-			Listeners:      []string{"tcp://0.0.0.0:1883", "unix:///run/edgegw/admin.sock"},
-			Auth:           []string{AuthSigned, AuthPassword, AuthCert},
-			MaxPacketSize:  256 * KiB,
-			MaxClients:     20000,
-			WritesPending:  256,
-			UnixSocketMode: 0o660,
+			Listeners:        []string{"tcp://0.0.0.0:1883", "unix:///run/edgegw/admin.sock"},
+			Auth:             []string{AuthSigned, AuthPassword, AuthCert},
+			MaxPacketSize:    256 * KiB,
+			MaxClients:       20000,
+			WritesPending:    256,
+			UnixSocketMode:   0o660,
+			SessionExpiry:    Duration(time.Hour),
+			MaxSubscriptions: 100,
 		},
 		Cloud: CloudConfig{
 			Dialect:      secrets.Aliyun,

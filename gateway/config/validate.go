@@ -184,6 +184,12 @@ func (b *BrokerConfig) validate(v *validator) {
 	}
 	v.intRange("broker.max_clients", b.MaxClients, 1, math.MaxInt32)
 	v.intRange("broker.writes_pending", b.WritesPending, 1, 65535)
+	v.duration("broker.session_expiry", b.SessionExpiry, time.Second)
+	if time.Duration(b.SessionExpiry) > maxSessionExpiry {
+		v.add("broker.session_expiry", "invalid value %s: must be at most %v (an offline session holds its subscriptions and queued messages in memory)",
+			quoteValue(b.SessionExpiry.String()), maxSessionExpiry)
+	}
+	v.intRange("broker.max_subscriptions", b.MaxSubscriptions, 1, maxSubscriptions)
 	if b.UnixSocketMode == 0 || b.UnixSocketMode > 0o777 {
 		v.add("broker.unix_socket_mode", "invalid value %s: want permission bits from 0001 to 0777", quoteValue(b.UnixSocketMode.String()))
 	}
@@ -216,6 +222,13 @@ func validAdminUser(s string) bool {
 	}
 	return true
 }
+
+// maxSessionExpiry bounds broker.session_expiry; maxSubscriptions bounds
+// broker.max_subscriptions (the clouds allow about 100 per device).
+const (
+	maxSessionExpiry = 30 * 24 * time.Hour
+	maxSubscriptions = 100000
+)
 
 // maxUnixPath is the longest unix socket path Linux accepts.
 const maxUnixPath = 107
