@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -67,7 +68,19 @@ type Config struct {
 	Window    int
 	Count     int // posts per device; 0 = until stopped
 	Keepalive time.Duration
-	Logger    *slog.Logger
+	// ReconnectMin and ReconnectMax bound a device's wait before it
+	// connects again after a lost connection or a failed attempt. The
+	// wait starts at ReconnectMin, doubles after every attempt that failed
+	// and every connection on which no post was acknowledged, up to
+	// ReconnectMax, and starts over after a connection on which one was.
+	// Each wait is jittered (half to all of it), so that devices dropped
+	// together do not come back in lockstep. A gateway that drops a
+	// device whose publish it could not store (a full disk) thus sees
+	// that device back at most once per ReconnectMax while the disk
+	// stays full, not in a tight loop. Defaults 50 ms and 1 s.
+	ReconnectMin, ReconnectMax time.Duration
+
+	Logger *slog.Logger
 	// OnAck is called when the broker acknowledged post seq of d (QoS 1:
 	// a real PUBACK; QoS 0: written). It runs on the device's goroutine.
 	OnAck func(d Device, seq int64)
@@ -133,6 +146,12 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	if cfg.Keepalive == 0 {
 		cfg.Keepalive = 60 * time.Second
 	}
+	if cfg.ReconnectMin <= 0 {
+		cfg.ReconnectMin = 50 * time.Millisecond
+	}
+	if cfg.ReconnectMax < cfg.ReconnectMin {
+		cfg.ReconnectMax = max(time.Second, cfg.ReconnectMin)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -170,7 +189,16 @@ func (f *Fleet) options(d Device) (*mqtt.ClientOptions, error) {
 		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(true).
 		SetConnectRetry(false).SetOrderMatters(false).
 		SetKeepAlive(f.cfg.Keepalive).SetConnectTimeout(10 * time.Second).
-		SetMaxReconnectInterval(5 * time.Second)
+		SetMaxReconnectInterval(5 * time.Second).
+		// Publish hands the message to the connection's writer and waits
+		// for it to take it, by default up to 30 s. When the connection is
+		// lost between paho's status check and that hand-off, nobody takes
+		// it and the device sat out those 30 s before it noticed the loss
+		// and reconnected (a gateway that drops the device after a
+		// withheld PUBACK made this happen in about every other disk-full
+		// run under -race). The hand-off takes microseconds on a live
+		// connection; bound it (and each network write) to a second.
+		SetWriteTimeout(handoffTimeout)
 	if !d.LocalPassword.IsZero() {
 		o.SetClientID(d.ProductKey + "." + d.DeviceName)
 		o.SetUsername(d.DeviceName + "&" + d.ProductKey)
@@ -203,6 +231,38 @@ func (d Device) extraParams() []secrets.Param {
 		return []secrets.Param{{Key: "_ss", Value: "1"}, {Key: "_v", Value: "edgegw-devsim"}, {Key: "ext", Value: "3"}}
 	}
 	return []secrets.Param{{Key: "_v", Value: "edgegw-devsim"}}
+}
+
+// handoffTimeout bounds a Publish call's wait for the connection to take
+// the message (paho's WriteTimeout).
+const handoffTimeout = time.Second
+
+// backoff is a device's reconnect wait (Config.ReconnectMin/Max).
+type backoff struct {
+	min, max, next time.Duration
+}
+
+// wait returns the jittered wait before the next attempt and doubles the
+// one after it.
+func (b *backoff) wait() time.Duration {
+	d := max(b.next, b.min)
+	b.next = min(2*d, b.max)
+	return d/2 + rand.N(d/2+1)
+}
+
+// reset starts over at the minimum: the last connection made progress.
+func (b *backoff) reset() { b.next = b.min }
+
+// sleep waits d or until ctx ends (false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 func (f *Fleet) runDevice(ctx context.Context, d Device, started func()) {
@@ -265,6 +325,7 @@ func (f *Fleet) runDevice(ctx context.Context, d Device, started func()) {
 		}
 	}()
 	seq := int64(1)
+	bo := backoff{min: f.cfg.ReconnectMin, max: f.cfg.ReconnectMax}
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		tok := c.Connect()
 		select {
@@ -278,9 +339,7 @@ func (f *Fleet) runDevice(ctx context.Context, d Device, started func()) {
 				log.Warn("devsim: connect failed, retrying", "err", err)
 			}
 			started()
-			select {
-			case <-time.After(200 * time.Millisecond):
-			case <-ctx.Done():
+			if !sleep(ctx, bo.wait()) {
 				return
 			}
 			continue
@@ -291,17 +350,24 @@ func (f *Fleet) runDevice(ctx context.Context, d Device, started func()) {
 		case <-lost:
 		default:
 		}
-		var done bool
-		seq, done = f.post(ctx, c, d, seq, lost)
+		var done, progressed bool
+		seq, done, progressed = f.post(ctx, c, d, seq, lost)
 		if done {
+			return
+		}
+		if progressed {
+			bo.reset()
+		}
+		if !sleep(ctx, bo.wait()) {
 			return
 		}
 	}
 }
 
 // post publishes from seq on until Count is reached (done), ctx ends
-// (done) or the connection is lost; it returns the next sequence number.
-func (f *Fleet) post(ctx context.Context, c mqtt.Client, d Device, seq int64, lost <-chan struct{}) (next int64, done bool) {
+// (done) or the connection is lost; it returns the next sequence number
+// and whether any post was acknowledged on this connection.
+func (f *Fleet) post(ctx context.Context, c mqtt.Client, d Device, seq int64, lost <-chan struct{}) (next int64, done, progressed bool) {
 	var tick <-chan time.Time
 	if f.cfg.Interval > 0 {
 		t := time.NewTicker(f.cfg.Interval)
@@ -317,16 +383,20 @@ func (f *Fleet) post(ctx context.Context, c mqtt.Client, d Device, seq int64, lo
 	window := make(chan inflight, f.cfg.Window)
 	slots := make(chan struct{}, f.cfg.Window) // at most Window posts in flight
 	acked := make(chan struct{})
+	var anyAcked bool // written by the acker, read once it is done
 	go func() {
 		defer close(acked)
 		for p := range window {
-			f.await(ctx, d, p.tok, p.seq)
+			if f.await(ctx, d, p.tok, p.seq) {
+				anyAcked = true
+			}
 			<-slots
 		}
 	}()
 	defer func() {
 		close(window)
 		<-acked
+		progressed = anyAcked
 	}()
 	method := "thing.event.property.post"
 	if d.Dialect == secrets.EnOS {
@@ -338,17 +408,17 @@ func (f *Fleet) post(ctx context.Context, c mqtt.Client, d Device, seq int64, lo
 			select {
 			case <-tick:
 			case <-lost:
-				return seq, false
+				return seq, false, false
 			case <-ctx.Done():
-				return seq, true
+				return seq, true, false
 			}
 		}
 		select {
 		case slots <- struct{}{}: // blocks while the window is full
 		case <-lost:
-			return seq, false
+			return seq, false, false
 		case <-ctx.Done():
-			return seq, true
+			return seq, true, false
 		}
 		p := Post{ID: strconv.FormatInt(seq, 10), Version: "1.0", Method: method, Params: map[string]any{
 			"seq": seq, "temperature": 20 + 5*math.Sin(float64(seq)/10), "sentAt": time.Now().UnixNano(),
@@ -362,26 +432,28 @@ func (f *Fleet) post(ctx context.Context, c mqtt.Client, d Device, seq int64, lo
 	select {
 	case <-ctx.Done():
 	case <-lost:
-		return seq, false
+		return seq, false, false
 	}
-	return seq, true
+	return seq, true, false
 }
 
-// await waits for one post's token and counts its outcome.
-func (f *Fleet) await(ctx context.Context, d Device, tok mqtt.Token, seq int64) {
+// await waits for one post's token, counts its outcome and reports
+// whether it was acknowledged.
+func (f *Fleet) await(ctx context.Context, d Device, tok mqtt.Token, seq int64) bool {
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
-		return
+		return false
 	}
 	if tok.Error() != nil {
 		f.failed.Add(1)
-		return
+		return false
 	}
 	f.acked.Add(1)
 	if f.cfg.OnAck != nil {
 		f.cfg.OnAck(d, seq)
 	}
+	return true
 }
 
 // String summarises the stats for a log line.
