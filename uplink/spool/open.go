@@ -197,11 +197,25 @@ func openBolt(path string, o Options, readOnly bool) (db *bolt.DB, err error) {
 // spool file behind (bbolt README: power loss during first
 // initialization can corrupt the file).
 func create(path string, o Options) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".spool-*.tmp")
+	err := buildFile(path, o, nil, nil)
+	if errors.Is(err, fs.ErrExist) {
+		// Another process created the file meanwhile: that one wins
+		// and is verified like any existing file.
+		return nil
+	}
+	return err
+}
+
+// buildFile makes a spool file under a temporary name in path's
+// directory: the buckets, the disk reserve and the format marks, plus
+// whatever setup writes in the same transaction; then more, one
+// transaction per call, and finally fsyncs it and links it to path
+// (fs.ErrExist if path appeared meanwhile).
+func buildFile(path string, o Options, setup func(tx *bolt.Tx) error, more []func(tx *bolt.Tx) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".spool-*.tmp")
 	if err != nil {
 		return err
 	}
@@ -227,8 +241,19 @@ func create(path string, o Options) error {
 		if err := putReserve(tx, db.Info().PageSize); err != nil {
 			return err
 		}
+		if setup != nil {
+			if err := setup(tx); err != nil {
+				return err
+			}
+		}
 		return errors.Join(meta.Put(metaMagicKey, metaMagic), meta.Put(metaVersionKey, []byte(formatVersion)))
 	})
+	for _, fn := range more {
+		if err != nil {
+			break
+		}
+		err = db.Update(fn)
+	}
 	if cerr := db.Close(); err == nil {
 		err = cerr
 	}
@@ -238,12 +263,7 @@ func create(path string, o Options) error {
 	if err := atomicfile.SyncFile(tmp); err != nil {
 		return err
 	}
-	// Link fails if another process created the file meanwhile: then that
-	// one wins and is verified like any existing file.
-	if err := atomicfile.Link(tmp, path); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	return nil
+	return atomicfile.Link(tmp, path)
 }
 
 // checkSpool checks the meta bucket and, if full, bbolt's consistency

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
-	"github.com/edgegw/edgegw/internal/atomicfile"
 	"github.com/edgegw/edgegw/internal/boltcheck"
 	bolt "go.etcd.io/bbolt"
 )
@@ -219,39 +216,12 @@ func salvageRead(sv *boltcheck.Salvager) *salvageResult {
 // write builds the recovered spool in a temporary file and links it to
 // path, as create does.
 func (r *salvageResult) write(path string, o Options) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".spool-salvage-*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	f.Close()
-	defer os.Remove(tmp)
-	bo := boltOptions(o)
-	bo.MaxSize = 0
-	db, err := bolt.Open(tmp, 0o600, bo)
-	if err != nil {
-		return err
-	}
 	seqs := make([]uint64, 0, len(r.msgs))
 	for seq := range r.msgs {
 		seqs = append(seqs, seq)
 	}
 	slices.Sort(seqs)
-	const perTx = 10000
-	err = db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucket(bucketMeta)
-		if err != nil {
-			return err
-		}
-		for _, b := range [][]byte{bucketDevices, bucketMessages, bucketDead} {
-			if _, err := tx.CreateBucket(b); err != nil {
-				return err
-			}
-		}
-		if err := putReserve(tx, db.Info().PageSize); err != nil {
-			return err
-		}
+	setup := func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketMessages).SetSequence(r.seqCounter); err != nil {
 			return err
 		}
@@ -265,12 +235,13 @@ func (r *salvageResult) write(path string, o Options) error {
 				return err
 			}
 		}
-		return errors.Join(meta.Put(metaMagicKey, metaMagic), meta.Put(metaVersionKey, []byte(formatVersion)),
-			meta.Put(metaCorruptKey, binary.BigEndian.AppendUint64(nil, r.lost)))
-	})
-	for i := 0; err == nil && i < len(seqs); i += perTx {
+		return tx.Bucket(bucketMeta).Put(metaCorruptKey, binary.BigEndian.AppendUint64(nil, r.lost))
+	}
+	const perTx = 10000
+	var more []func(tx *bolt.Tx) error
+	for i := 0; i < len(seqs); i += perTx {
 		chunk := seqs[i:min(i+perTx, len(seqs))]
-		err = db.Update(func(tx *bolt.Tx) error {
+		more = append(more, func(tx *bolt.Tx) error {
 			b := tx.Bucket(bucketMessages)
 			b.FillPercent = 1
 			for _, seq := range chunk {
@@ -281,20 +252,9 @@ func (r *salvageResult) write(path string, o Options) error {
 			return nil
 		})
 	}
-	if cerr := db.Close(); err == nil {
-		err = cerr
+	err := buildFile(path, o, setup, more)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s was created meanwhile: %w", path, err)
 	}
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.SyncFile(tmp); err != nil {
-		return err
-	}
-	if err := atomicfile.Link(tmp, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s was created meanwhile: %w", path, err)
-		}
-		return err
-	}
-	return nil
+	return err
 }
