@@ -95,6 +95,7 @@ type adminMethod struct {
 
 var adminMethods = map[string]adminMethod{
 	adminapi.MethodGatewayStatus:  {h: (*admin).status},
+	adminapi.MethodGatewayBackup:  {h: (*admin).backup},
 	adminapi.MethodDeviceList:     {h: (*admin).deviceList},
 	adminapi.MethodDeviceGet:      {h: (*admin).deviceGet},
 	adminapi.MethodDeviceAdd:      {h: (*admin).deviceAdd, change: true},

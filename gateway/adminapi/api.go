@@ -55,13 +55,17 @@ const (
 	MethodProductUpdate = "product.update"
 	MethodQueueStats    = "queue.stats"
 	MethodQueuePurge    = "queue.purge"
+	// MethodGatewayBackup writes a consistent copy of the registry (and
+	// with spool=true the spool) into a new directory the gateway creates
+	// at params.path; see BackupParams and Backup.
+	MethodGatewayBackup = "gateway.backup"
 )
 
 // Methods returns every method name, sorted.
 func Methods() []string {
 	return []string{
 		MethodDeviceActivate, MethodDeviceAdd, MethodDeviceGet, MethodDeviceImport, MethodDeviceList, MethodDeviceRemove,
-		MethodDeviceUpdate, MethodGatewayStatus, MethodProductAdd, MethodProductGet, MethodProductList, MethodProductRemove,
+		MethodDeviceUpdate, MethodGatewayBackup, MethodGatewayStatus, MethodProductAdd, MethodProductGet, MethodProductList, MethodProductRemove,
 		MethodProductUpdate, MethodQueuePurge, MethodQueueStats,
 	}
 }
