@@ -134,8 +134,8 @@ func TestBackupRestore(t *testing.T) {
 		t.Errorf("%d logins refused by the restored gateway", n)
 	}
 	d0 := r.devices[0]
-	o := mqtt.NewClientOptions().AddBroker("tcp://"+r.local).SetClientID("pw-login").SetUsername(d0.DeviceName+"&"+testPK).
-		SetPassword("pw-"+d0.DeviceName).SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5*time.Second)
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + r.local).SetClientID("pw-login").SetUsername(d0.DeviceName + "&" + testPK).
+		SetPassword("pw-" + d0.DeviceName).SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
 	c := mqtt.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("local password login to the restored gateway: %v", tok.Error())
