@@ -32,6 +32,8 @@ Usage:
   edgegw ctl      [-socket PATH] status | device list|show|add|rm|update | product add|rm | queue stats|purge | import FILE.csv
   edgegw health   [-url http://127.0.0.1:9464/healthz]   exit 0 when the daemon is healthy (container HEALTHCHECK)
   edgegw bench    forward|replay|sessions|storm …       benchmarks on loopback
+  edgegw backup   -o DIR [-spool] [-state DIR]  consistent copy of the registry (and spool); the key is not in it
+  edgegw restore  -from DIR -state DIR [-key FILE]   restore a backup into a fresh state directory
   edgegw keygen   -out FILE                      create the registry key if missing (systemd runs it)
   edgegw version
 
