@@ -293,15 +293,35 @@ func (a *admin) status(c *call, p *params) (result, error) {
 	if err := p.finish(); err != nil {
 		return result{}, err
 	}
-	reg, mgr, q, b := a.parts()
-	devs, err := reg.Devices(secrets.DeviceFilter{})
+	st, err := a.g.status()
 	if err != nil {
 		return result{}, err
 	}
+	cl := &st.Cloud
+	msg := fmt.Sprintf("edgegw %s up %s: %d devices, %d/%d cloud sessions connected, %d messages spooled",
+		st.Version, time.Duration(st.UptimeSeconds*float64(time.Second)).Round(time.Second), st.Devices.Total,
+		cl.Connected, cl.Sessions, st.Spool.Depth)
+	return result{msg: msg, data: st}, nil
+}
+
+// status is the data of gateway.status, and of the status page on the
+// metrics listener: both show the same numbers. It needs the running
+// parts (set before the broker serves and the observer starts).
+func (g *Gateway) status() (adminapi.Status, error) {
+	g.mu.Lock()
+	reg, mgr, q, b := g.reg, g.mgr, g.queue, g.broker
+	g.mu.Unlock()
+	if reg == nil || mgr == nil || q == nil || b == nil {
+		return adminapi.Status{}, errStarting
+	}
+	devs, err := reg.Devices(secrets.DeviceFilter{})
+	if err != nil {
+		return adminapi.Status{}, err
+	}
 	st := adminapi.Status{
-		Version:       a.g.version,
-		Started:       a.g.started.UTC().Format(time.RFC3339),
-		UptimeSeconds: time.Since(a.g.started).Round(time.Millisecond).Seconds(),
+		Version:       g.version,
+		Started:       g.started.UTC().Format(time.RFC3339),
+		UptimeSeconds: time.Since(g.started).Round(time.Millisecond).Seconds(),
 		Devices: adminapi.DeviceCounts{Total: len(devs), ByState: map[string]int{
 			string(secrets.StateReady): 0, string(secrets.StateAwaitingActivation): 0, string(secrets.StateActivationFailed): 0}},
 		Sessions: map[string]int{},
@@ -313,8 +333,8 @@ func (a *admin) status(c *call, p *params) (result, error) {
 		}
 	}
 	cl := &st.Cloud
-	cl.Endpoint = config.RedactURL(a.g.cfg.Cloud.EffectiveEndpoint())
-	cl.Dialect = string(a.g.cfg.Cloud.Dialect)
+	cl.Endpoint = config.RedactURL(g.cfg.Cloud.EffectiveEndpoint())
+	cl.Dialect = string(g.cfg.Cloud.Dialect)
 	errCount := map[string]int{}
 	for _, s := range mgr.Statuses() {
 		st.Sessions[string(s.State)]++
@@ -350,10 +370,7 @@ func (a *admin) status(c *call, p *params) (result, error) {
 	st.Spool = totalsView(q.Totals())
 	bs := b.Stats()
 	st.Local = adminapi.Local{Clients: bs.ClientsConnected, MessagesIn: bs.MessagesIn, Refused: bs.ConnectsRefused}
-	msg := fmt.Sprintf("edgegw %s up %s: %d devices, %d/%d cloud sessions connected, %d messages spooled",
-		st.Version, time.Duration(st.UptimeSeconds*float64(time.Second)).Round(time.Second), st.Devices.Total,
-		cl.Connected, cl.Sessions, st.Spool.Depth)
-	return result{msg: msg, data: st}, nil
+	return st, nil
 }
 
 func versionString() string {

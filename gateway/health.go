@@ -236,10 +236,6 @@ func (o *observer) serveReadyz(w http.ResponseWriter, _ *http.Request) {
 	plain(w, http.StatusOK, body)
 }
 
-func serveIndex(w http.ResponseWriter, _ *http.Request) {
-	plain(w, http.StatusOK, "edgegw: /metrics (Prometheus), /healthz (liveness), /readyz (readiness)\n")
-}
-
 func plain(w http.ResponseWriter, code int, body string) {
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")

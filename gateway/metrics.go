@@ -449,7 +449,7 @@ func (g *Gateway) metricsServer(o *observer) *http.Server {
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", o.serveHealthz)
 	mux.HandleFunc("GET /readyz", o.serveReadyz)
-	mux.HandleFunc("GET /{$}", serveIndex)
+	mux.HandleFunc("GET /{$}", o.serveStatusPage)
 	return &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package gateway
+
+func statDisk(string) diskSpace { return diskSpace{} }
