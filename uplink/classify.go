@@ -50,6 +50,11 @@ func Classify(topic string) Class {
 	if len(topic) < 5 || topic[0] != '/' {
 		return ClassNormal
 	}
+	// The common case, a property or measure-point post, in a few
+	// comparisons and no allocation: this runs for every device publish.
+	if !strings.HasPrefix(topic, "/ext/") && !strings.HasSuffix(topic, "_reply") && !strings.Contains(topic, "/rrpc/response/") {
+		return ClassNormal
+	}
 	s := strings.Split(topic[1:], "/")
 	switch {
 	case s[0] == "ext" && len(s) >= 4 && s[1] == "rrpc":
