@@ -58,6 +58,7 @@ CGO_ENABLED=0 GOOS=linux go build -trimpath \
 	-ldflags "-s -w -X main.version=$VERSION" \
 	-o "$bin" ./cmd/edgegw
 touch -d "@$SOURCE_DATE_EPOCH" "$bin"
+VERSION=$VERSION packaging/build-docs.sh dist/build/doc
 
 for f in "${formats[@]}"; do
 	out=$(go run "$NFPM" package --config packaging/nfpm.yaml --packager "$f" --target dist/ 2>&1) ||

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 )
 
@@ -22,23 +23,54 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-const usage = `edgegw — edge gateway: local MQTT broker, one signed cloud session per device, durable store-and-forward
+// summary is the one line about edgegw that heads the usage and edgegw(8).
+const summary = "edge gateway: local MQTT broker, one signed cloud session per device, durable store-and-forward"
 
-Usage:
-  edgegw run      -config FILE                  the daemon
-  edgegw demo     [-devices N] [-state DIR]     gateway + built-in cloud simulator + simulated devices
-  edgegw cloudsim -listen ADDR -dialect aliyun|enos -devices FILE.csv …   a strict simulated IoT platform
-  edgegw sign     -dialect aliyun|enos -product-key PK -device-name DN -device-secret S …   CONNECT credentials
-  edgegw ctl      [-socket PATH] status | device list|show|add|rm|update | product add|rm | queue stats|purge | import FILE.csv
-  edgegw health   [-url http://127.0.0.1:9464/healthz]   exit 0 when the daemon is healthy (container HEALTHCHECK)
-  edgegw bench    forward|replay|sessions|storm …       benchmarks on loopback
-  edgegw backup   -o DIR [-spool] [-state DIR]  consistent copy of the registry (and spool); the key is not in it
-  edgegw restore  -from DIR -state DIR [-key FILE]   restore a backup into a fresh state directory
-  edgegw keygen   -out FILE                      create the registry key if missing (systemd runs it)
-  edgegw version
+// command is one line of the command table. The usage text, the man page
+// (edgegw man) and the shell completions (edgegw completion) are all made
+// from this table and from each command's own -h output.
+type command struct {
+	name, args, about string
+	hidden            bool // tooling for packagers: not in the usage
+}
 
-Run 'edgegw COMMAND -h' for a command's flags.
-`
+var commandTable = []command{
+	{name: "run", args: "-config FILE", about: "the daemon"},
+	{name: "demo", args: "[-devices N] [-state DIR]", about: "gateway + built-in cloud simulator + simulated devices"},
+	{name: "cloudsim", args: "-listen ADDR -dialect aliyun|enos -devices FILE.csv …", about: "a strict simulated IoT platform"},
+	{name: "sign", args: "-dialect aliyun|enos -product-key PK -device-name DN -device-secret S …", about: "CONNECT credentials"},
+	{name: "ctl", args: "[-socket PATH] status | device list|show|add|rm|update | product add|rm | queue stats|purge | import FILE.csv", about: "manage a running gateway through its admin socket"},
+	{name: "health", args: "[-url http://127.0.0.1:9464/healthz]", about: "exit 0 when the daemon is healthy (container HEALTHCHECK)"},
+	{name: "bench", args: "forward|replay|sessions|storm …", about: "benchmarks on loopback"},
+	{name: "backup", args: "-o DIR [-spool] [-state DIR]", about: "consistent copy of the registry (and spool); the key is not in it"},
+	{name: "restore", args: "-from DIR -state DIR [-key FILE]", about: "restore a backup into a fresh state directory"},
+	{name: "keygen", args: "-out FILE", about: "create the registry key if missing (systemd runs it)"},
+	{name: "version", about: "print the version"},
+	{name: "man", args: "-section 8|5 [-example edgegw.toml] [-o DIR]", about: "write the manual page edgegw(8) or edgegw.toml(5) in roff", hidden: true},
+	{name: "completion", args: "bash|zsh", about: "write the shell completion script", hidden: true},
+}
+
+// usage is the text of 'edgegw -h'.
+var usage = func() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "edgegw — %s\n\nUsage:\n", summary)
+	for _, c := range commandTable {
+		if c.hidden {
+			continue
+		}
+		line := fmt.Sprintf("  edgegw %-8s %s", c.name, c.args)
+		if c.about != "" {
+			sep := " "
+			if len(line) >= 47 {
+				sep = "   "
+			}
+			line = fmt.Sprintf("%-47s%s%s", line, sep, c.about)
+		}
+		b.WriteString(strings.TrimRight(line, " ") + "\n")
+	}
+	b.WriteString("\nRun 'edgegw COMMAND -h' for a command's flags.\n")
+	return b.String()
+}()
 
 // run dispatches a subcommand and returns the process exit code.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
