@@ -127,6 +127,9 @@ func (g *Gateway) Reload(next *config.Config) (applied, needsRestart []string, e
 	g.live = next
 	g.log.Info("configuration reloaded", "applied", strings.Join(applied, " "),
 		"needs_restart", strings.Join(needsRestart, " "))
+	if len(needsRestart) > 0 {
+		g.log.Warn("changed configuration keys take effect only after a restart", "keys", strings.Join(needsRestart, " "))
+	}
 	return applied, needsRestart, nil
 }
 
