@@ -91,8 +91,7 @@ type adminLoginStats struct {
 
 // adminLogins authenticates [[broker.admin]] users and throttles guessing.
 type adminLogins struct {
-	users map[string]*adminUser
-	now   func() time.Time
+	now func() time.Time
 	// check compares a password with a hash (secrets.CheckPassword;
 	// tests count the calls).
 	check func(encoded string, pw secrets.Secret) bool
@@ -101,7 +100,8 @@ type adminLogins struct {
 	limit *loglimit.Limiter
 
 	mu      sync.Mutex
-	sources map[string]*backoff // by remote host
+	users   map[string]*adminUser // replaced by setUsers
+	sources map[string]*backoff   // by remote host
 }
 
 func newAdminLogins(users []*adminUser, now func() time.Time, stats *adminLoginStats, log *slog.Logger) *adminLogins {
@@ -152,7 +152,25 @@ func (l *adminLogins) user(name string) *adminUser {
 	if l == nil {
 		return nil
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return l.users[name]
+}
+
+// setUsers replaces the admin users (a configuration reload). A user kept
+// under the same name keeps its failure state, and so does every source
+// address: a reload does not reset the throttling of a guesser.
+func (l *adminLogins) setUsers(users []*adminUser) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := make(map[string]*adminUser, len(users))
+	for _, u := range users {
+		if old := l.users[u.name]; old != nil {
+			u.wait = old.wait
+		}
+		m[u.name] = u
+	}
+	l.users = m
 }
 
 // sourceHost is the address part of a remote "host:port".

@@ -20,7 +20,7 @@ type authenticator struct {
 	reg   *secrets.Registry
 	modes map[string]bool
 	// admins checks [[broker.admin]] users and throttles guessing
-	// (adminlogin.go); nil when there are none.
+	// (adminlogin.go); Reload replaces its users.
 	admins *adminLogins
 	log    *slog.Logger
 	// act obtains the deviceSecret of a device that activates itself and

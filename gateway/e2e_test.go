@@ -52,6 +52,7 @@ type rigOptions struct {
 	nameFormat string // device names, default "dev-%03d"
 	mutate     func(*config.Config)
 	clock      uplink.Clock // the gateway's clock (default: the system's)
+	opts       gateway.Options
 }
 
 // newRig starts a cloud simulator without rate limit with n devices and a
@@ -86,7 +87,8 @@ func newRigWith(tb testing.TB, o rigOptions) *rig {
 	}
 	r.cfg = cfg
 	seedRegistry(tb, cfg, r.devices, o.passwords)
-	r.start()
+	o.opts.Clock = o.clock
+	r.startWith(o.opts)
 	return r
 }
 

@@ -46,6 +46,13 @@ type Options struct {
 	// Version is the edgegw version gateway.status reports (default: the
 	// main module's version from the build info, else "devel").
 	Version string
+	// Level, when set, is the level of Logger's handler: Reload sets it
+	// from log_level (without it, log_level needs a restart).
+	Level *slog.LevelVar
+	// CertCheckInterval is how often the TLS certificate, key and CA files
+	// of the listeners and of the cloud are checked for a change (mtime
+	// and size) and reloaded (default 5 s).
+	CertCheckInterval time.Duration
 }
 
 // Gateway is one edgegw instance: registry, local broker, spool and cloud
@@ -71,6 +78,15 @@ type Gateway struct {
 	down   downlinkDrops
 	// adminLogins counts failed [[broker.admin]] logins (metrics).
 	adminLogins adminLoginStats
+
+	// What Reload and the certificate watcher change (reload.go).
+	reloadMu    sync.Mutex
+	live        *config.Config // the configuration of the live keys in force
+	admins      *adminLogins   // nil before Run
+	adminStamps []fileStamp    // of the admins' password files
+	brokerCerts certFiles
+	cloudCerts  certFiles
+	cloudEP     uplink.Endpoint // the cloud endpoint as last built
 }
 
 // New checks cfg and prepares a gateway; it opens nothing yet.
@@ -91,6 +107,10 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		version: cmp.Or(opts.Version, versionString()),
 		budget:  newStopBudget(cfg.Shutdown.Timeout.Std()),
 		ready:   make(chan struct{}),
+		live:    cfg,
+
+		brokerCerts: certFiles{name: "broker", keys: certPaths{cert: "tls_cert", key: "tls_key", ca: "client_ca"}},
+		cloudCerts:  certFiles{name: "cloud", keys: certPaths{cert: "client_cert", key: "client_key", ca: "ca_file"}},
 	}
 	g.down.log = loglimit.New(time.Minute, 1)
 	if opts.Clock != nil {
@@ -199,6 +219,10 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	case <-broker.Ready():
 		g.log.Info("edgegw ready", "devices", n, "listeners", addrList(broker.Addrs()),
 			"cloud", g.cfg.Cloud.EffectiveEndpoint(), "durable", g.cfg.Spool.Durable)
+		// Not a stop step: it holds nothing, and ends first (deferred
+		// after the steps' run, so it runs before them).
+		watch := startRunner(ctx, g.watchCerts)
+		defer func() { _ = watch.stop() }()
 		close(g.ready)
 	case <-local.done:
 		return fmt.Errorf("local broker: %w", local.result())
@@ -270,7 +294,11 @@ func (g *Gateway) openQueue() (Queue, error) {
 
 func (g *Gateway) newManager(q Queue) (*uplink.Manager, error) {
 	c := &g.cfg.Cloud
-	ep := uplink.Endpoint{URL: c.EffectiveEndpoint(), CAFile: c.CAFile}
+	if err := g.cloudCerts.load(cloudCertPaths(c)); err != nil {
+		return nil, err
+	}
+	g.cloudEP = g.cloudEndpoint(c)
+	ep := g.cloudEP
 	limits := map[secrets.Dialect]uplink.DialectLimits{}
 	for _, d := range []secrets.Dialect{secrets.Aliyun, secrets.EnOS} {
 		l := uplink.DefaultLimits(d)
@@ -324,17 +352,17 @@ func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager)
 	for _, m := range b.Auth {
 		auth.modes[m] = true
 	}
-	if len(b.Admin) > 0 {
-		users, err := loadAdminUsers(b.Admin, 0)
-		if err != nil {
-			return nil, err
-		}
-		now := time.Now
-		if g.opts.Clock != nil {
-			now = g.opts.Clock.Now
-		}
-		auth.admins = newAdminLogins(users, now, &g.adminLogins, g.log)
+	// Always made, so that a reload can add the first admin user.
+	users, err := loadAdminUsers(b.Admin, 0)
+	if err != nil {
+		return nil, err
 	}
+	now := time.Now
+	if g.opts.Clock != nil {
+		now = g.opts.Clock.Now
+	}
+	auth.admins = newAdminLogins(users, now, &g.adminLogins, g.log)
+	g.admins, g.adminStamps = auth.admins, passwordStamps(b.Admin)
 	tlsCfg, err := g.brokerTLS()
 	if err != nil {
 		return nil, err
@@ -358,22 +386,26 @@ func (g *Gateway) newBroker(reg *secrets.Registry, q Queue, mgr *uplink.Manager)
 	})
 }
 
+// brokerTLS loads the listeners' certificate and client CAs and returns
+// the configuration the tls:// and wss:// listeners use: every handshake
+// takes the material current at that moment (listenerTLS), so a renewal
+// reaches new connections while established ones continue.
 func (g *Gateway) brokerTLS() (*tls.Config, error) {
 	b := &g.cfg.Broker
 	if b.TLSCert == "" {
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(b.TLSCert, b.TLSKey)
-	if err != nil {
-		return nil, fmt.Errorf("broker TLS certificate: %w", err)
+	if err := g.brokerCerts.load(brokerCertPaths(b)); err != nil {
+		return nil, err
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if b.ClientCA != "" {
-		pool, err := loadCertPool(b.ClientCA)
-		if err != nil {
-			return nil, fmt.Errorf("broker client CA: %w", err)
-		}
-		cfg.ClientCAs = pool
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: g.listenerTLS}, nil
+}
+
+func (g *Gateway) listenerTLS(*tls.ClientHelloInfo) (*tls.Config, error) {
+	m := g.brokerCerts.current()
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*m.cert}}
+	if m.pool != nil {
+		cfg.ClientCAs = m.pool
 		cfg.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	return cfg, nil

@@ -17,6 +17,8 @@
 #   cloud       a device added through the admin socket publishes through the
 #               gateway to a cloud simulator (edgegw cloudsim) in the container
 #   restart     key and registry survive `systemctl restart`
+#   reload      `systemctl reload` keeps the process and the journal shows
+#               "configuration reloaded"
 #   upgrade     reinstalling the package restarts the running service
 #   watchdog    a forced hang (EDGEGW_DEBUG_HANG=1, SIGUSR2) is caught by the
 #               watchdog: Result=watchdog, NRestarts=1, active again
@@ -438,6 +440,18 @@ if c systemctl restart edgegw.service && [[ $(prop edgegw.service ActiveState) =
 	state_survived "restart" "$before"
 else
 	fail "restart" "edgegw.service is $(prop edgegw.service ActiveState) after systemctl restart"
+	journal_tail
+fi
+
+step "reload"
+pid=$(prop edgegw.service MainPID)
+since=$(c date +%s)
+reloaded() { c journalctl -u edgegw.service --since "@$since" --no-pager -o cat | grep -q 'configuration reloaded'; }
+if c systemctl reload edgegw.service && wait_until 20 reloaded && is_active &&
+	[[ $(prop edgegw.service MainPID) == "$pid" ]]; then
+	pass "reload" "systemctl reload re-read the configuration in pid $pid"
+else
+	fail "reload" "service $(prop edgegw.service ActiveState), pid $pid → $(prop edgegw.service MainPID), no reload line"
 	journal_tail
 fi
 

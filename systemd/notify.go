@@ -46,6 +46,13 @@ func (n *Notifier) Status(status string) error {
 	return n.send("STATUS", "", status)
 }
 
+// Reloading tells systemd that the service is reloading its configuration
+// (RELOADING=1, with MONOTONIC_USEC= as Type=notify-reload requires). Send
+// Ready when the reload is done, whether or not it succeeded.
+func (n *Notifier) Reloading() error {
+	return n.send("RELOADING", daemon.SdNotifyReloading+"\n"+strings.TrimSuffix(daemon.SdNotifyMonotonicUsec(), "\n"), "")
+}
+
 // Stopping tells systemd that the service is shutting down (STOPPING=1).
 // Call it on SIGTERM before the drain starts.
 func (n *Notifier) Stopping() error {

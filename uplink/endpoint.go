@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -19,11 +20,13 @@ import (
 
 const productKeyPlaceholder = "{productKey}"
 
-// endpoint is a validated Endpoint, its trust roots loaded once.
+// endpoint is a validated Endpoint with its trust roots loaded. The TLS
+// configuration is swapped whole by reloadTLS (a renewed CA file or client
+// certificate); each connection attempt reads the current one.
 type endpoint struct {
 	template string
-	scheme   string      // tcp, tls, ws or wss
-	tls      *tls.Config // nil for tcp and ws
+	scheme   string                     // tcp, tls, ws or wss
+	tls      atomic.Pointer[tls.Config] // nil for tcp and ws
 }
 
 var schemes = map[string]struct {
@@ -56,11 +59,30 @@ func compileEndpoint(e Endpoint) (*endpoint, error) {
 	}
 	ep := &endpoint{template: e.URL, scheme: sc.canonical}
 	if ep.encrypted() {
-		if ep.tls, err = buildTLS(e); err != nil {
-			return nil, fmt.Errorf("endpoint %q: %w", e.URL, err)
+		if err := ep.reloadTLS(e); err != nil {
+			return nil, err
 		}
 	}
 	return ep, nil
+}
+
+// reloadTLS rebuilds the TLS configuration from e (same URL), reading its
+// CA file again; on error the current configuration stays. The new one
+// has a new session cache, so no connection resumes a session verified
+// under the old roots or made with the old client certificate.
+func (e *endpoint) reloadTLS(src Endpoint) error {
+	if src.URL != e.template {
+		return fmt.Errorf("endpoint %q: reload cannot change the URL to %q", e.template, src.URL)
+	}
+	if !e.encrypted() {
+		return nil
+	}
+	c, err := buildTLS(src)
+	if err != nil {
+		return fmt.Errorf("endpoint %q: %w", src.URL, err)
+	}
+	e.tls.Store(c)
+	return nil
 }
 
 func (e *endpoint) encrypted() bool { return e.scheme == "tls" || e.scheme == "wss" }
@@ -95,12 +117,16 @@ func (e *endpoint) checkProductKey(productKey string) error {
 }
 
 // tlsFor returns the TLS configuration for a device: the endpoint's, with
-// the client certificate when one is given.
+// the device's client certificate when one is given (it replaces a
+// gateway-wide GetClientCertificate, which would otherwise take
+// precedence).
 func (e *endpoint) tlsFor(cert *tls.Certificate) *tls.Config {
-	if e.tls == nil || cert == nil {
-		return e.tls
+	cur := e.tls.Load()
+	if cur == nil || cert == nil {
+		return cur
 	}
-	c := e.tls.Clone()
+	c := cur.Clone()
+	c.GetClientCertificate = nil
 	c.Certificates = []tls.Certificate{*cert}
 	return c
 }
@@ -232,3 +258,15 @@ func newReadBuffered(nc net.Conn) net.Conn {
 }
 
 func (c *readBuffered) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// ReloadEndpointTLS rebuilds the TLS configuration of the default
+// endpoint (ManagerConfig.Endpoint) from e, which must have the same URL:
+// a renewed CA file, or a changed base configuration. Sessions that are up
+// keep their connection; every later connection attempt uses the new
+// configuration. On error nothing changes.
+func (m *Manager) ReloadEndpointTLS(e Endpoint) error {
+	if m.defaultEP == nil {
+		return errors.New("reload endpoint TLS: no default endpoint")
+	}
+	return m.defaultEP.reloadTLS(e)
+}

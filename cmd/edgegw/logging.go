@@ -15,7 +15,7 @@ import (
 // terminal; plain JSON (no colour, no time: journald stamps lines) under
 // journald; JSON with time in containers and pipes. format "text" and
 // "json" force plain text or JSON.
-func newLogger(w *os.File, level slog.Level, format string) *slog.Logger {
+func newLogger(w *os.File, level slog.Leveler, format string) *slog.Logger {
 	var h slog.Handler
 	journald, _ := journal.StderrIsJournalStream()
 	switch {

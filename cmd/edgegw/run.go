@@ -37,18 +37,32 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*cfgPath)
+	// SIGHUP reloads (systemctl reload); caught from the start, because its
+	// default action would end the daemon.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	load := func() (*config.Config, error) {
+		cfg, err := config.Load(*cfgPath)
+		if err != nil {
+			return nil, err
+		}
+		if *level != "" {
+			cfg.LogLevel = *level
+		}
+		return cfg, nil
+	}
+	cfg, err := load()
 	if err != nil {
 		return err
-	}
-	if *level != "" {
-		cfg.LogLevel = *level
 	}
 	lvl, err := parseLevel(cfg.LogLevel)
 	if err != nil {
 		return err
 	}
-	log := loggerFor(stderr, lvl, cfg.LogFormat)
+	var levelVar slog.LevelVar
+	levelVar.Set(lvl)
+	log := loggerFor(stderr, &levelVar, cfg.LogFormat)
 	log.Info("edgegw starting", "version", Version(), "config", *cfgPath)
 
 	if path := os.Getenv("EDGEGW_CPUPROFILE"); path != "" {
@@ -66,7 +80,7 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 		// Usable listeners are still returned; a bad fd is named in err.
 		log.Error("socket activation", "err", err)
 	}
-	g, err := gateway.New(cfg, gateway.Options{Logger: log, Inherited: inherited, Version: Version()})
+	g, err := gateway.New(cfg, gateway.Options{Logger: log, Level: &levelVar, Inherited: inherited, Version: Version()})
 	if err != nil {
 		return err
 	}
@@ -104,7 +118,25 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 			return err
 		case <-tick.C:
 			_ = notify.Status(status())
+		case <-hup:
+			_ = notify.Reloading()
+			reload(log, *cfgPath, load, g)
+			_ = notify.Ready(status())
 		}
+	}
+}
+
+// reload re-reads the configuration file and applies it to g. A file that
+// does not load or apply is logged (file:line: key) and the running
+// configuration stays; Gateway.Reload logs what changed.
+func reload(log *slog.Logger, path string, load func() (*config.Config, error), g *gateway.Gateway) {
+	log.Info("reloading configuration (SIGHUP)", "config", path)
+	cfg, err := load()
+	if err == nil {
+		_, _, err = g.Reload(cfg)
+	}
+	if err != nil {
+		log.Error("configuration not reloaded; keeping the running configuration", "err", err)
 	}
 }
 
@@ -157,7 +189,7 @@ func runKeygen(_ context.Context, args []string, _ io.Reader, _, stderr io.Write
 }
 
 // loggerFor builds the process logger on w.
-func loggerFor(w io.Writer, lvl slog.Level, format string) *slog.Logger {
+func loggerFor(w io.Writer, lvl slog.Leveler, format string) *slog.Logger {
 	if f, ok := stderrFile(w); ok {
 		return newLogger(f, lvl, format)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,5 +133,105 @@ func TestKeygen(t *testing.T) {
 	}
 	if code, _, errOut := runCmd(t, "", "keygen", "-out", p); code == 0 || !strings.Contains(errOut, p) {
 		t.Errorf("malformed key accepted: exit %d, %q", code, errOut)
+	}
+}
+
+// TestRunReloadsOnSIGHUP: SIGHUP (systemctl reload) re-reads the
+// configuration file. A bad file is logged with its file:line: key and the
+// running configuration stays; a good one is applied (log level) and the
+// log says what changed and what needs a restart; systemd is told
+// RELOADING=1 and READY=1 around it.
+func TestRunReloadsOnSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var mu sync.Mutex
+	var got []string
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			got = append(got, string(buf[:n]))
+			mu.Unlock()
+		}
+	}()
+	count := func(field string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, m := range got {
+			if strings.Contains(m, field) {
+				n++
+			}
+		}
+		return n
+	}
+	t.Setenv("NOTIFY_SOCKET", sock)
+
+	conf := filepath.Join(dir, "edgegw.toml")
+	write := func(logLevel, extra string) {
+		t.Helper()
+		err := os.WriteFile(conf, fmt.Appendf(nil, `state_dir = %q
+log_level = %q
+log_format = "text"
+%s
+[broker]
+listeners = ["tcp://127.0.0.1:0"]
+[cloud]
+endpoint = "tcp://127.0.0.1:1"
+[metrics]
+listen = ""
+`, filepath.Join(dir, "state"), logLevel, extra), 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("info", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var stderr testutil.SyncBuffer
+	go func() { done <- runDaemon(ctx, []string{"-config", conf}, nil, nil, &stderr) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("daemon did not stop within 30 s")
+		}
+	}()
+	testutil.Eventually(t, 20*time.Second, func() bool { return count("READY=1") == 1 }, "READY=1")
+
+	write("info", "spool_budget = 5")
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	stderr.WaitFor(t, "edgegw.toml:4: spool_budget", 20*time.Second)
+	if !strings.Contains(stderr.String(), "keeping the running configuration") {
+		t.Errorf("bad file on reload: log does not say the running configuration stays:\n%s", stderr.String())
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { return count("READY=1") == 2 }, "READY=1 after the failed reload")
+
+	write("debug", "")
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	stderr.WaitFor(t, "configuration reloaded", 20*time.Second)
+	testutil.Eventually(t, 10*time.Second, func() bool { return count("READY=1") == 3 }, "READY=1 after the reload")
+	if n := count("RELOADING=1"); n != 2 {
+		t.Errorf("%d RELOADING=1 notifications, want 2", n)
+	}
+	if !strings.Contains(stderr.String(), "applied=log_level") {
+		t.Errorf("reload log does not name log_level as applied:\n%s", stderr.String())
 	}
 }
