@@ -11,13 +11,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 )
-
-// version is stamped at build time with -ldflags "-X main.version=…".
-var version = ""
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -45,7 +41,7 @@ var commandTable = []command{
 	{name: "backup", args: "-o DIR [-spool] [-state DIR]", about: "consistent copy of the registry (and spool); the key is not in it"},
 	{name: "restore", args: "-from DIR -state DIR [-key FILE]", about: "restore a backup into a fresh state directory"},
 	{name: "keygen", args: "-out FILE", about: "create the registry key if missing (systemd runs it)"},
-	{name: "version", about: "print the version"},
+	{name: "version", args: "[-json]", about: "version, commit, build date, Go version, platform"},
 	{name: "man", args: "-section 8|5 [-example edgegw.toml] [-o DIR]", about: "write the manual page edgegw(8) or edgegw.toml(5) in roff", hidden: true},
 	{name: "completion", args: "bash|zsh", about: "write the shell completion script", hidden: true},
 }
@@ -86,8 +82,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "sign":
 		err = runSign(rest, stdin, stdout, stderr)
 	case "version", "-version", "--version":
-		fmt.Fprintln(stdout, "edgegw", Version())
-		return 0
+		err = runVersion(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -116,19 +111,6 @@ var commands = map[string]func(ctx context.Context, args []string, stdin io.Read
 
 // errUsage reports a flag error already printed by the flag package.
 var errUsage = errors.New("usage")
-
-// Version returns the stamped version, else the module version from the
-// build info, else "devel". run and demo pass it to the gateway
-// (gateway.Options.Version), which reports it in gateway.status.
-func Version() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "devel"
-}
 
 // parseFlags parses args into fs, turning flag errors into errUsage (the flag
 // package has already printed them).

@@ -131,8 +131,6 @@ func collectDocs() ([]cmdDoc, error) {
 		}
 		var err error
 		switch c.name {
-		case "version":
-			err = add(c.name, c.about, nil)
 		case "bench":
 			var names []string
 			for _, s := range bench.Scenarios() {
