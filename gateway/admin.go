@@ -372,10 +372,3 @@ func (g *Gateway) status() (adminapi.Status, error) {
 	st.Local = adminapi.Local{Clients: bs.ClientsConnected, MessagesIn: bs.MessagesIn, Refused: bs.ConnectsRefused}
 	return st, nil
 }
-
-func versionString() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "devel"
-}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/buildinfo"
 	"github.com/edgegw/edgegw/internal/loglimit"
 	"github.com/edgegw/edgegw/internal/logsafe"
 	"github.com/edgegw/edgegw/localbroker"
@@ -43,8 +44,9 @@ type Options struct {
 	Inherited map[string][]net.Listener
 	// Clock drives the cloud sessions (default: the system clock).
 	Clock uplink.Clock
-	// Version is the edgegw version gateway.status reports (default: the
-	// main module's version from the build info, else "devel").
+	// Version is the edgegw version gateway.status and edgegw_build_info
+	// report (default: the main module's version from the build info, else
+	// "devel").
 	Version string
 	// Level, when set, is the level of Logger's handler: Reload sets it
 	// from log_level (without it, log_level needs a restart).
@@ -53,6 +55,9 @@ type Options struct {
 	// of the listeners and of the cloud are checked for a change (mtime
 	// and size) and reloaded (default 5 s).
 	CertCheckInterval time.Duration
+	// Commit is the source revision edgegw_build_info reports (default:
+	// vcs.revision from the build info, else "unknown").
+	Commit string
 }
 
 // Gateway is one edgegw instance: registry, local broker, spool and cloud
@@ -62,6 +67,7 @@ type Gateway struct {
 	log     *slog.Logger
 	opts    Options
 	version string
+	commit  string
 	budget  stopBudget // shutdown.timeout split among the stop steps
 	started time.Time
 
@@ -89,6 +95,9 @@ type Gateway struct {
 	cloudEP     uplink.Endpoint // the cloud endpoint as last built
 }
 
+// versionString is the version of this build when Options has none.
+func versionString() string { return buildinfo.Get(buildinfo.Stamp{}).Version }
+
 // New checks cfg and prepares a gateway; it opens nothing yet.
 func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if cfg == nil {
@@ -105,6 +114,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		log:     opts.Logger,
 		opts:    opts,
 		version: cmp.Or(opts.Version, versionString()),
+		commit:  cmp.Or(opts.Commit, buildinfo.Get(buildinfo.Stamp{}).Commit),
 		budget:  newStopBudget(cfg.Shutdown.Timeout.Std()),
 		ready:   make(chan struct{}),
 		live:    cfg,

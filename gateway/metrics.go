@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,7 +31,8 @@ func newDesc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	descReady = newDesc("ready", "1 once the registry and spool are open and every local listener is bound, 0 before and during shutdown.")
+	descBuildInfo = newDesc("build_info", "A metric with a constant 1 labelled by the version, commit and Go version edgegw was built with.", "version", "commit", "goversion")
+	descReady     = newDesc("ready", "1 once the registry and spool are open and every local listener is bound, 0 before and during shutdown.")
 
 	descSessions       = newDesc("cloud_sessions", "Cloud sessions by state.", "state")
 	descSessionsRefuse = newDesc("cloud_sessions_refused", "Cloud sessions whose latest connection attempt the cloud refused, by CONNACK return code (1 protocol, 2 identifier, 3 unavailable, 4 credentials, 5 not authorized).", "code")
@@ -121,7 +123,7 @@ func newCollector(g *Gateway) *collector {
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descReady,
+		descBuildInfo, descReady,
 		descSessions, descSessionsRefuse, descAttempts, descConnects, descSent, descResent,
 		descDeadLettered, descExpired, descInflight, descCloudSubs,
 		descBrokerSubQuota, descBrokerSubs, descCloudSubsQuota,
@@ -153,6 +155,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- gauge(descReady, ready)
+	ch <- gauge(descBuildInfo, 1, g.version, g.commit, runtime.Version())
 
 	if m != nil {
 		c.collectSessions(ch, m.Statuses())

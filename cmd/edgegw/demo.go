@@ -124,7 +124,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	if err := seedRegistry(cfg, d, devices, slog.New(slog.DiscardHandler)); err != nil {
 		return err
 	}
-	gw, err := gateway.New(cfg, gateway.Options{Logger: log.With("part", "gateway"), Version: Version()})
+	gw, err := gateway.New(cfg, gateway.Options{Logger: log.With("part", "gateway"), Version: Version(), Commit: build().Commit})
 	if err != nil {
 		return err
 	}

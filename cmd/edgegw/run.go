@@ -63,7 +63,8 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 	var levelVar slog.LevelVar
 	levelVar.Set(lvl)
 	log := loggerFor(stderr, &levelVar, cfg.LogFormat)
-	log.Info("edgegw starting", "version", Version(), "config", *cfgPath)
+	bi := build()
+	log.Info("edgegw starting", "version", bi.Version, "commit", bi.Commit, "go", bi.GoVersion, "config", *cfgPath)
 
 	if path := os.Getenv("EDGEGW_CPUPROFILE"); path != "" {
 		stop, err := startCPUProfile(path)
@@ -80,7 +81,7 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 		// Usable listeners are still returned; a bad fd is named in err.
 		log.Error("socket activation", "err", err)
 	}
-	g, err := gateway.New(cfg, gateway.Options{Logger: log, Level: &levelVar, Inherited: inherited, Version: Version()})
+	g, err := gateway.New(cfg, gateway.Options{Logger: log, Level: &levelVar, Inherited: inherited, Version: bi.Version, Commit: bi.Commit})
 	if err != nil {
 		return err
 	}
