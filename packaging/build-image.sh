@@ -30,6 +30,8 @@ VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || true)}
 VERSION=${VERSION:-0.0.0-dev}
 GOARCH=${GOARCH:-$(go env GOARCH)}
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+# shellcheck source=packaging/stamp.sh
+source packaging/stamp.sh # COMMIT, BUILD_DATE, STAMP_LDFLAGS
 FORMAT=${FORMAT:-docker}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 IMAGE=${1:-localhost/edgegw:$VERSION}
@@ -41,7 +43,7 @@ trap 'rm -rf "$ctx"' EXIT
 
 echo "== edgegw $VERSION image $IMAGE (linux/$GOARCH, $FORMAT format, SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)"
 CGO_ENABLED=0 GOOS=linux go build -trimpath \
-	-ldflags "-s -w -X main.version=$VERSION" \
+	-ldflags "-s -w $STAMP_LDFLAGS" \
 	-o "$ctx/rootfs/usr/bin/edgegw" ./cmd/edgegw
 install -D -m 0644 packaging/edgegw.toml "$ctx/rootfs/etc/edgegw/edgegw.toml"
 install -D -m 0644 "$CA_BUNDLE" "$ctx/rootfs/etc/ssl/certs/ca-certificates.crt"
@@ -58,7 +60,7 @@ find "$ctx" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 old=$(buildah images --quiet --no-trunc "$IMAGE" 2>/dev/null | head -n1 || true)
 id=$(buildah build --quiet --timestamp "$SOURCE_DATE_EPOCH" --format "$FORMAT" --arch "$GOARCH" \
-	--build-arg "VERSION=$VERSION" -t "$IMAGE" -f "$ctx/Containerfile" "$ctx" | tail -n1)
+	--build-arg "VERSION=$VERSION" --build-arg "COMMIT=$COMMIT" -t "$IMAGE" -f "$ctx/Containerfile" "$ctx" | tail -n1)
 buildah tag "$IMAGE" localhost/edgegw:latest
 # The previous build under this tag is now unnamed: drop it (unless in use).
 if [[ -n $old && $old != *"$id"* ]]; then

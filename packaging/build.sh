@@ -7,6 +7,9 @@
 #   VERSION            version stamped into the binary (default: git describe
 #                      --tags --always --dirty, else 0.0.0-dev)
 #   GOARCH             target architecture (default: go env GOARCH)
+#   COMMIT             source revision stamped into the binary and
+#                      edgegw_build_info (default: git rev-parse HEAD;
+#                      see stamp.sh); the build date is SOURCE_DATE_EPOCH
 #   SOURCE_DATE_EPOCH  file and archive times (default: the HEAD commit time),
 #                      so the same tree builds byte-identical packages
 #
@@ -30,6 +33,8 @@ VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || true)}
 VERSION=${VERSION:-0.0.0-dev}
 GOARCH=${GOARCH:-$(go env GOARCH)}
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+# shellcheck source=packaging/stamp.sh
+source packaging/stamp.sh # COMMIT, BUILD_DATE, STAMP_LDFLAGS
 
 # Package managers want a version that starts with a digit: v1.2.3 → 1.2.3,
 # v1.2.3-4-gabcdef → 1.2.3+4.gabcdef, an untagged abcdef-dirty →
@@ -55,7 +60,7 @@ export GOARCH PKG_VERSION SOURCE_DATE_EPOCH
 bin=dist/build/edgegw
 echo "== edgegw $VERSION (package $PKG_VERSION, linux/$GOARCH, SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)"
 CGO_ENABLED=0 GOOS=linux go build -trimpath \
-	-ldflags "-s -w -X main.version=$VERSION" \
+	-ldflags "-s -w $STAMP_LDFLAGS" \
 	-o "$bin" ./cmd/edgegw
 touch -d "@$SOURCE_DATE_EPOCH" "$bin"
 VERSION=$VERSION packaging/build-docs.sh dist/build/doc

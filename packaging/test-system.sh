@@ -16,6 +16,10 @@
 #               /var/lib/edgegw (edgegw, 0700), admin socket, service user
 #   cloud       a device added through the admin socket publishes through the
 #               gateway to a cloud simulator (edgegw cloudsim) in the container
+#   version     `edgegw version -json` names the commit and build date build.sh
+#               stamped; /metrics has edgegw_build_info for that commit
+#   journal     a warning (a device publishing outside its namespace) is in
+#               `journalctl -p warning -u edgegw`; -p err shows no info lines
 #   restart     key and registry survive `systemctl restart`
 #   reload      `systemctl reload` keeps the process and the journal shows
 #               "configuration reloaded"
@@ -431,6 +435,70 @@ else
 			wait "$observer" 2>/dev/null
 		fi
 	fi
+fi
+
+# check_version: the packaged binary names the commit and build date that
+# build.sh stamped, and /metrics exports edgegw_build_info for that commit.
+check_version() {
+	local out commit metrics line
+	out=$(c /usr/bin/edgegw version -json 2>&1)
+	commit=$(sed -n 's/^  "commit": "\(.*\)",$/\1/p' <<<"$out")
+	if [[ -z $commit || $commit == unknown || $out == *'"date": "unknown"'* ]]; then
+		fail "version" "edgegw version -json: $(tr -d '\n' <<<"$out")"
+		return
+	fi
+	if [[ -z ${EDGEGW_DEB:-} && $commit != "$(git rev-parse HEAD 2>/dev/null)"* ]]; then
+		fail "version" "the binary says commit $commit, the tree is at $(git rev-parse HEAD)"
+		return
+	fi
+	metrics=$(c bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3' 2>&1)
+	line=$(grep '^edgegw_build_info{' <<<"$metrics")
+	if [[ $line == "edgegw_build_info{commit=\"$commit\",goversion=\"go"*'} 1' ]]; then
+		pass "version" "edgegw version -json names commit ${commit:0:12}, built $(sed -n 's/^  "date": "\(.*\)",$/\1/p' <<<"$out"); /metrics: $line"
+	else
+		fail "version" "/metrics has no edgegw_build_info for commit $commit: '${line:-none}'"
+	fi
+}
+
+# check_journal: under journald each record carries its level as the
+# syslog priority, so `journalctl -p` filters by level. A device publishing
+# outside its namespace provokes a warning.
+check_journal() {
+	local since warn err ninfo problems=()
+	since=$(c date +%s)
+	c timeout 20 mosquitto_pub -h 127.0.0.1 -p 1883 -i "$DN" -u "$DN&$PK" -P "$devpw" -q 1 \
+		-t "/sys/$PK/not-$DN/thing/event/property/post" -m '{}' >/dev/null 2>&1
+	warned() {
+		c journalctl -u edgegw.service --since "@$since" -p warning -o cat --no-pager |
+			grep -q '"level":"WARN","msg":"publish refused: topic outside'
+	}
+	if ! wait_until 10 warned; then
+		fail "journal" "the refused publish's warning is not in 'journalctl -p warning -u edgegw'"
+		journal_tail
+		return
+	fi
+	# edgegw's own records are the JSON lines (systemd's about the unit are not).
+	warn=$(c journalctl -u edgegw.service -p warning -o cat --no-pager | grep '^{')
+	err=$(c journalctl -u edgegw.service -p err -o cat --no-pager | grep '^{')
+	ninfo=$(c journalctl -u edgegw.service -p info -o cat --no-pager | grep -c '"level":"INFO"')
+	grep -q '"level":"\(INFO\|DEBUG\)"' <<<"$warn" && problems+=("-p warning shows info lines")
+	grep -q '"level":"\(INFO\|DEBUG\|WARN\)"' <<<"$err" && problems+=("-p err shows info or warning lines")
+	[[ $ninfo -gt 0 ]] || problems+=("no info lines in the journal at all")
+	c journalctl -u edgegw.service -o cat --no-pager | grep -q '^<[0-9]>' && problems+=("a <N> prefix reached the journal")
+	if [[ ${#problems[@]} -eq 0 ]]; then
+		pass "journal" "journalctl -p warning shows the refused publish and no info line; -p err hides $ninfo info lines"
+	else
+		fail "journal" "$(IFS=';'; echo "${problems[*]}")"
+		journal_tail
+	fi
+}
+
+step "versions and log priorities"
+check_version
+if [[ $device_added == yes ]]; then
+	check_journal
+else
+	skip "journal" "no device registered to provoke a warning with"
 fi
 
 step "restart"
