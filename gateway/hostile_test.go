@@ -197,14 +197,23 @@ func TestFaultClientIDSquatting(t *testing.T) {
 	}, "B's downlink subscription mirrored to the cloud")
 	testutil.Eventually(t, 10*time.Second, func() bool { return has(&boxB, forB) }, "B got its downlink")
 
-	// A returns to its own session; its own downlink arrives after
-	// anything that could have been queued there.
+	// B leaves; a downlink for it waits in its persistent session. A
+	// returns with the same clientId to its own session: its own downlink
+	// arrives, B's does not — B gets it when it comes back.
+	cb.Disconnect(100)
+	const forB2 = `{"id":"3","params":{"for":"B, queued"}}`
+	if err := r.sim.Publish(b.ProductKey, b.DeviceName, b.DownlinkTopic(), []byte(forB2), 1); err != nil {
+		t.Fatal(err)
+	}
 	ca = connect(a, &boxA)
 	testutil.Eventually(t, 20*time.Second, func() bool {
 		return r.sim.Publish(a.ProductKey, a.DeviceName, a.DownlinkTopic(), []byte(forA), 1) == nil
 	}, "A's downlink subscription on the cloud")
 	testutil.Eventually(t, 10*time.Second, func() bool { return has(&boxA, forA) }, "A got its downlink")
-	if has(&boxA, forB) {
+	ca.Disconnect(100)
+	connect(b, &boxB)
+	testutil.Eventually(t, 10*time.Second, func() bool { return has(&boxB, forB2) }, "B got the downlink queued in its session")
+	if has(&boxA, forB) || has(&boxA, forB2) {
 		t.Error("A received B's downlink")
 	}
 	if has(&boxB, forA) {
