@@ -93,6 +93,9 @@ type Gateway struct {
 	brokerCerts certFiles
 	cloudCerts  certFiles
 	cloudEP     uplink.Endpoint // the cloud endpoint as last built
+	// registryLost counts the registry records a salvage at start could
+	// not recover (metrics).
+	registryLost atomic.Uint64
 }
 
 // versionString is the version of this build when Options has none.
@@ -179,7 +182,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	reg, err := secrets.OpenRegistry(g.cfg.RegistryPath(), key, &secrets.RegistryOptions{Logger: g.log.With("part", "registry")})
+	reg, err := g.openRegistry(key)
 	clear(key)
 	if err != nil {
 		return err
@@ -267,6 +270,28 @@ func addrList(m map[string]net.Addr) string {
 		}
 	}
 	return strings.Join(s, " ")
+}
+
+// openRegistry opens the device registry. A damaged one must not keep the
+// plant's devices offline: it is moved aside (kept for inspection), the
+// records that still decrypt with the key are recovered into a new file,
+// and the lost ones are counted (SalvageRegistry logs the counts and the
+// path; registry_records_lost reports them). A wrong key or a file that is
+// not a registry is still refused, untouched.
+func (g *Gateway) openRegistry(key []byte) (*secrets.Registry, error) {
+	path := g.cfg.RegistryPath()
+	opts := &secrets.RegistryOptions{Logger: g.log.With("part", "registry")}
+	reg, err := secrets.OpenRegistry(path, key, opts)
+	if !errors.Is(err, secrets.ErrCorrupt) {
+		return reg, err
+	}
+	g.log.Error("registry file is corrupt; salvaging it", "err", err)
+	rep, serr := secrets.SalvageRegistry(path, key, opts, time.Now())
+	if serr != nil {
+		return nil, errors.Join(err, serr)
+	}
+	g.registryLost.Store(uint64(rep.Unreadable))
+	return secrets.OpenRegistry(path, key, opts)
 }
 
 func (g *Gateway) openQueue() (Queue, error) {

@@ -34,6 +34,8 @@ var (
 	descBuildInfo = newDesc("build_info", "A metric with a constant 1 labelled by the version, commit and Go version edgegw was built with.", "version", "commit", "goversion")
 	descReady     = newDesc("ready", "1 once the registry and spool are open and every local listener is bound, 0 before and during shutdown.")
 
+	descRegistryLost = newDesc("registry_records_lost", "Registry records (products, devices, activations) lost when a damaged registry file was salvaged at start: unreadable, or known to have been on damaged pages (0 when the file was sound). The damaged file is kept next to it as registry.db.corrupt-<time>.")
+
 	descSessions       = newDesc("cloud_sessions", "Cloud sessions by state.", "state")
 	descSessionsRefuse = newDesc("cloud_sessions_refused", "Cloud sessions whose latest connection attempt the cloud refused, by CONNACK return code (1 protocol, 2 identifier, 3 unavailable, 4 credentials, 5 not authorized).", "code")
 	descAttempts       = newDesc("cloud_connect_attempts_total", "Cloud connection attempts (CONNECT sent or dial started).")
@@ -123,7 +125,7 @@ func newCollector(g *Gateway) *collector {
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descBuildInfo, descReady,
+		descBuildInfo, descReady, descRegistryLost,
 		descSessions, descSessionsRefuse, descAttempts, descConnects, descSent, descResent,
 		descDeadLettered, descExpired, descInflight, descCloudSubs,
 		descBrokerSubQuota, descBrokerSubs, descCloudSubsQuota,
@@ -156,6 +158,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- gauge(descReady, ready)
 	ch <- gauge(descBuildInfo, 1, g.version, g.commit, runtime.Version())
+	ch <- gauge(descRegistryLost, float64(g.registryLost.Load()))
 
 	if m != nil {
 		c.collectSessions(ch, m.Statuses())

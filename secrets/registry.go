@@ -161,7 +161,7 @@ func OpenRegistry(path string, key []byte, opts *RegistryOptions) (*Registry, er
 	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if created, err = r.create(o.Timeout); err != nil {
+		if created, err = r.create(o.Timeout, nil); err != nil {
 			return nil, fmt.Errorf("create registry %s: %w", path, err)
 		}
 	case err != nil:
@@ -237,7 +237,8 @@ func newRegistryAEAD(key []byte) (cipher.AEAD, error) {
 
 // create builds a new registry in a temporary file and links it to r.path.
 // It returns created=false when another process created the file first.
-func (r *Registry) create(timeout time.Duration) (created bool, err error) {
+// fill, if not nil, adds records in the same transaction.
+func (r *Registry) create(timeout time.Duration, fill func(*bolt.Tx) error) (created bool, err error) {
 	dir := filepath.Dir(r.path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return false, err
@@ -269,12 +270,15 @@ func (r *Registry) create(timeout time.Duration) (created bool, err error) {
 		if err != nil {
 			return err
 		}
-		return errors.Join(
+		if err := errors.Join(
 			meta.Put(metaMagic, []byte(registryMagic)),
 			meta.Put(metaVersion, []byte(strconv.Itoa(registryFormatVersion))),
 			meta.Put(metaKeyCheck, check),
 			meta.Put(metaCreated, []byte(now.Format(time.RFC3339Nano))),
-		)
+		); err != nil || fill == nil {
+			return err
+		}
+		return fill(tx)
 	})
 	if cerr := db.Close(); err == nil {
 		err = cerr
