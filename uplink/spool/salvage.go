@@ -25,6 +25,10 @@ type Salvaged struct {
 	DeadLetters int    // dead letters recovered
 	Devices     int    // device records (counters) recovered
 	Lost        uint64 // messages known to be lost, counted as ReasonCorrupt
+	// LostAtLeast is set when the message log's header (its seq
+	// counter) could not be read: messages newer than every copy found
+	// may be gone without a trace, so Lost is only a lower bound.
+	LostAtLeast bool
 }
 
 // Salvage moves the damaged spool file at path aside (MoveAside) and
@@ -71,8 +75,8 @@ func Salvage(path string, opts Options, now time.Time) (Salvaged, error) {
 	}
 	defer f.Close()
 	r := salvageRead(sv)
-	rep.Recovered, rep.FromOrphans, rep.DeadLetters, rep.Devices, rep.Lost =
-		len(r.msgs), r.fromOrphans, len(r.dead), len(r.devices), r.lost
+	rep.Recovered, rep.FromOrphans, rep.DeadLetters, rep.Devices, rep.Lost, rep.LostAtLeast =
+		len(r.msgs), r.fromOrphans, len(r.dead), len(r.devices), r.lost, !r.headerSeen
 	if err := r.write(path, o); err != nil {
 		o.Logger.Error("spool file is corrupt: moved aside; recovering its messages failed, starting empty",
 			"moved_to", aside, "err", err)
@@ -80,7 +84,11 @@ func Salvage(path string, opts Options, now time.Time) (Salvaged, error) {
 	}
 	o.Logger.Error("spool file is corrupt: moved aside; readable messages recovered, the rest counted as dropped (corrupt)",
 		"moved_to", aside, "recovered", rep.Recovered, "from_unreferenced_pages", rep.FromOrphans,
-		"lost", rep.Lost, "dead_letters", rep.DeadLetters, "device_records", rep.Devices)
+		"lost", rep.Lost, "lost_is_lower_bound", rep.LostAtLeast, "dead_letters", rep.DeadLetters, "device_records", rep.Devices)
+	if rep.LostAtLeast {
+		o.Logger.Error("spool salvage: the message log's header was lost, so messages newer than every copy found may be gone without a trace; the lost count is a lower bound",
+			"moved_to", aside, "lost_at_least", rep.Lost)
+	}
 	return rep, nil
 }
 
@@ -93,6 +101,7 @@ type salvageResult struct {
 	seqCounter  uint64
 	lost        uint64
 	fromOrphans int
+	headerSeen  bool // the message log's bucket header (seq counter) was read
 }
 
 func salvageRead(sv *boltcheck.Salvager) *salvageResult {
@@ -210,6 +219,7 @@ func salvageRead(sv *boltcheck.Salvager) *salvageResult {
 		}
 	}
 	r.lost = prior + bad + missing
+	r.headerSeen = msgsSeen
 	return r
 }
 
