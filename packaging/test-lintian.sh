@@ -22,7 +22,7 @@ fi
 
 deb=${EDGEGW_DEB:-}
 if [[ -z $deb ]]; then
-	out=$(packaging/build.sh deb) || fail "packaging/build.sh deb"
+	out=$(ARCHS=$(go env GOARCH) packaging/build.sh deb) || fail "packaging/build.sh deb"
 	deb=$(sed -n 's/^created package: //p' <<<"$out")
 fi
 [[ -f $deb ]] || fail "no package ($deb)"

@@ -233,7 +233,7 @@ if [[ -n ${EDGEGW_DEB:-} ]]; then
 	deb=$EDGEGW_DEB
 	[[ -f $deb ]] && pass "package" "using $deb" || { fail "package" "$deb not found"; finish; }
 else
-	if out=$(packaging/build.sh deb 2>&1); then
+	if out=$(ARCHS=$(go env GOARCH) packaging/build.sh deb 2>&1); then
 		deb=$(sed -n 's/^created package: //p' <<<"$out" | tail -n1)
 		pass "package" "$deb"
 	else
