@@ -1,6 +1,7 @@
 package localbroker
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"math"
 	"net"
 	"os"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -416,7 +419,31 @@ func (b *Broker) shutdown(rs *runState, cancelSink context.CancelFunc) error {
 		return nil
 	case <-time.After(time.Until(start.Add(timeout))):
 	}
-	return fmt.Errorf("shut down broker: not finished after %s; %d connection goroutines are still running", timeout, b.openCount())
+	n := b.openCount()
+	b.log.Error("broker shutdown: connection goroutines still running; their stacks follow", "count", n,
+		"stacks", stuckConnStacks(8<<10))
+	return fmt.Errorf("shut down broker: not finished after %s; %d connection goroutines are still running", timeout, n)
+}
+
+// stuckConnStacks returns the stacks of the goroutines still serving a
+// connection (they run listener.handle), at most limit bytes: what a
+// shutdown that ran out of time was waiting for.
+func stuckConnStacks(limit int) string {
+	var buf bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
+	var out strings.Builder
+	for _, g := range strings.Split(buf.String(), "\n\n") {
+		if !strings.Contains(g, "localbroker.(*listener).handle") {
+			continue
+		}
+		if out.Len()+len(g) > limit {
+			out.WriteString("…")
+			break
+		}
+		out.WriteString(g)
+		out.WriteString("\n\n")
+	}
+	return out.String()
 }
 
 // closeOpen closes every connection whose goroutine has not ended.

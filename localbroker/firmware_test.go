@@ -2,6 +2,7 @@ package localbroker_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/internal/testutil/rawmqtt"
+	"github.com/edgegw/edgegw/localbroker"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -201,5 +203,32 @@ func TestRefusedSubscriptionsLoggedOncePerDevice(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), "level=WARN msg=\"subscription refused") {
 		t.Error("the refusal is not logged at warning level")
+	}
+}
+
+// A shutdown that runs out of time names what it waited for: the stacks of
+// the connection goroutines still running go to the log, so an
+// intermittent hang can be diagnosed from one occurrence.
+func TestShutdownLogsStuckConnections(t *testing.T) {
+	h := startBroker(t, func(c *localbroker.Config) { c.ShutdownTimeout = 400 * time.Millisecond })
+	entered, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	h.sink.setHook(func(_ context.Context, m localbroker.Message) error {
+		if strings.HasSuffix(m.Topic, "/stuck") {
+			close(entered)
+			<-release // a sink that ignores its context
+		}
+		return nil
+	})
+	a := connect(t, h.url(t, "tcp"), "a", dnA, passA)
+	a.Publish(topicA("stuck"), 1, false, "x")
+	<-entered
+	h.stopFails = true
+	err := h.stop()
+	if err == nil || !strings.Contains(err.Error(), "not finished") {
+		t.Fatalf("stop: %v, want a shutdown that ran out of time", err)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "their stacks follow") || !strings.Contains(logs, "listener).handle") {
+		t.Errorf("the stuck connection's stack is not in the log:\n%s", logs)
 	}
 }
