@@ -71,7 +71,7 @@ func newActCloud(t *testing.T, d secrets.Dialect, tcpOnly bool) *actCloud {
 		cfg.Cloud.BackoffMax = config.Duration(500 * time.Millisecond)
 	}
 	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(15 * time.Second) // roomy: under -race on a loaded CI box a part can take seconds to stop
 	c.cfg = cfg
 	return c
 }

@@ -74,7 +74,7 @@ func newCompatRig(t *testing.T, d compatDevice, mutate func(*cloudsim.Config, *c
 		cfg.Cloud.BackoffMax = config.Duration(200 * time.Millisecond)
 	}
 	cfg.Metrics.Listen = "127.0.0.1:0"
-	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(15 * time.Second) // roomy: under -race on a loaded CI box a part can take seconds to stop
 	if !d.productSecret.IsZero() {
 		simCfg.Products = []cloudsim.Product{{ProductKey: d.pk, Secret: d.productSecret}}
 	}

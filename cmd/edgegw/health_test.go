@@ -29,7 +29,7 @@ func startGateway(t *testing.T) string {
 	cfg.StateDir = t.TempDir()
 	cfg.Broker.Listeners = []string{"tcp://127.0.0.1:0"}
 	cfg.Metrics.Listen = "127.0.0.1:0"
-	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(15 * time.Second) // roomy: under -race on a loaded CI box a part can take seconds to stop
 	return gwtest.Start(t, cfg, gateway.Options{}).Gateway.MetricsAddr().String()
 }
 

@@ -32,7 +32,7 @@ import (
 // detector on a shared machine slows both down a lot.
 const (
 	ReadyTimeout = 30 * time.Second
-	StopTimeout  = 20 * time.Second
+	StopTimeout  = 40 * time.Second
 )
 
 // Running is a gateway whose Run is going on in a goroutine of the test.
@@ -133,7 +133,7 @@ func Config(tb testing.TB, sim *cloudsim.Sim) *config.Config {
 	cfg.Cloud.BackoffMin = config.Duration(50 * time.Millisecond)
 	cfg.Cloud.BackoffMax = config.Duration(300 * time.Millisecond)
 	cfg.Metrics.Listen = ""
-	cfg.Shutdown.Timeout = config.Duration(5 * time.Second)
+	cfg.Shutdown.Timeout = config.Duration(15 * time.Second) // roomy: under -race on a loaded CI box a part can take seconds to stop
 	return cfg
 }
 
