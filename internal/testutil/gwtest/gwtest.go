@@ -13,6 +13,7 @@ package gwtest
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway"
 	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
@@ -45,6 +47,7 @@ type Running struct {
 
 	stopOnce sync.Once
 	stopErr  error
+	warnings *testutil.SyncBuffer // the gateway's warnings, when Start chose its logger
 }
 
 // Start makes a gateway with gateway.New(cfg, opts), runs it, and returns
@@ -53,12 +56,19 @@ type Running struct {
 // when the test ends, or earlier with Stop.
 func Start(tb testing.TB, cfg *config.Config, opts gateway.Options) *Running {
 	tb.Helper()
+	var warnings *testutil.SyncBuffer
+	if opts.Logger == nil {
+		// Keep the gateway's warnings and errors: a stop that fails
+		// prints them (a stuck shutdown logs what it waits for).
+		warnings = &testutil.SyncBuffer{}
+		opts.Logger = slog.New(slog.NewTextHandler(warnings, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	gw, err := gateway.New(cfg, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &Running{Gateway: gw, tb: tb, cancel: cancel, done: make(chan error, 1)}
+	r := &Running{Gateway: gw, tb: tb, cancel: cancel, done: make(chan error, 1), warnings: warnings}
 	go func() { r.done <- gw.Run(ctx) }()
 	select {
 	case <-gw.Ready():
@@ -94,6 +104,9 @@ func (r *Running) Stop() error {
 		}
 		if r.stopErr != nil {
 			r.tb.Error(r.stopErr)
+			if r.warnings != nil {
+				r.tb.Logf("the gateway's warnings and errors:\n%s", r.warnings.String())
+			}
 		}
 	})
 	return r.stopErr
