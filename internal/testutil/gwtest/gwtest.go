@@ -12,6 +12,7 @@ package gwtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -47,7 +48,7 @@ type Running struct {
 
 	stopOnce sync.Once
 	stopErr  error
-	warnings *testutil.SyncBuffer // the gateway's warnings, when Start chose its logger
+	warnings *testutil.SyncBuffer // the gateway's warnings and errors
 }
 
 // Start makes a gateway with gateway.New(cfg, opts), runs it, and returns
@@ -56,12 +57,14 @@ type Running struct {
 // when the test ends, or earlier with Stop.
 func Start(tb testing.TB, cfg *config.Config, opts gateway.Options) *Running {
 	tb.Helper()
-	var warnings *testutil.SyncBuffer
+	// Keep the gateway's warnings and errors: a stop that fails prints
+	// them (a stuck shutdown logs what it waits for).
+	warnings := &testutil.SyncBuffer{}
+	keep := slog.NewTextHandler(warnings, &slog.HandlerOptions{Level: slog.LevelWarn})
 	if opts.Logger == nil {
-		// Keep the gateway's warnings and errors: a stop that fails
-		// prints them (a stuck shutdown logs what it waits for).
-		warnings = &testutil.SyncBuffer{}
-		opts.Logger = slog.New(slog.NewTextHandler(warnings, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		opts.Logger = slog.New(keep)
+	} else {
+		opts.Logger = slog.New(teeHandler{opts.Logger.Handler(), keep})
 	}
 	gw, err := gateway.New(cfg, opts)
 	if err != nil {
@@ -104,9 +107,7 @@ func (r *Running) Stop() error {
 		}
 		if r.stopErr != nil {
 			r.tb.Error(r.stopErr)
-			if r.warnings != nil {
-				r.tb.Logf("the gateway's warnings and errors:\n%s", r.warnings.String())
-			}
+			r.tb.Logf("the gateway's warnings and errors:\n%s", r.warnings.String())
 		}
 	})
 	return r.stopErr
@@ -205,4 +206,30 @@ func StartCloud(tb testing.TB, cfg cloudsim.Config) *cloudsim.Sim {
 	}
 	tb.Cleanup(func() { sim.Close() })
 	return sim
+}
+
+// teeHandler sends each record to both handlers (each filters by its own
+// level).
+type teeHandler struct{ a, b slog.Handler }
+
+func (t teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return t.a.Enabled(ctx, l) || t.b.Enabled(ctx, l)
+}
+
+func (t teeHandler) Handle(ctx context.Context, r slog.Record) error {
+	var errs []error
+	for _, h := range []slog.Handler{t.a, t.b} {
+		if h.Enabled(ctx, r.Level) {
+			errs = append(errs, h.Handle(ctx, r.Clone()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (t teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return teeHandler{t.a.WithAttrs(as), t.b.WithAttrs(as)}
+}
+
+func (t teeHandler) WithGroup(name string) slog.Handler {
+	return teeHandler{t.a.WithGroup(name), t.b.WithGroup(name)}
 }
