@@ -400,6 +400,13 @@ func (b *Broker) shutdown(rs *runState, cancelSink context.CancelFunc) error {
 	// Close what the client list did not show: connections still before
 	// their CONNECT, or between authentication and mochi's Clients.Add.
 	b.closeOpen()
+	// Let every connection goroutine end before mochi's Close: Close
+	// lists each listener's clients with Clients.GetByListener, which
+	// takes the clients' read lock twice (it calls Len inside), so a
+	// client ending meanwhile (Clients.Delete, waiting for the write
+	// lock) deadlocks both, and Close never returns (seen in about one
+	// gateway test run in two). With no connection left, nothing deletes.
+	b.waitConnsEnded(start.Add(timeout / 2))
 
 	closed := make(chan struct{})
 	go func() {
@@ -444,6 +451,13 @@ func stuckConnStacks(limit int) string {
 		out.WriteString("\n\n")
 	}
 	return out.String()
+}
+
+// waitConnsEnded waits until no connection goroutine runs, or deadline.
+func (b *Broker) waitConnsEnded(deadline time.Time) {
+	for b.openCount() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // closeOpen closes every connection whose goroutine has not ended.

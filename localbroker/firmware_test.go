@@ -5,15 +5,18 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/internal/testutil/rawmqtt"
 	"github.com/edgegw/edgegw/localbroker"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // A device's own publish goes to the sink only, never back to the device:
@@ -230,5 +233,83 @@ func TestShutdownLogsStuckConnections(t *testing.T) {
 	}
 	if logs := h.logs.String(); !strings.Contains(logs, "their stacks follow") || !strings.Contains(logs, "listener).handle") {
 		t.Errorf("the stuck connection's stack is not in the log:\n%s", logs)
+	}
+}
+
+// mochi's Clients.GetByListener (called by Server.Close for every
+// listener) takes the clients' read lock and, inside, calls Len, which
+// takes it again. Go's RWMutex blocks a new reader while a writer waits, so
+// a Clients.Delete (a client ending) arriving between the two deadlocks
+// both. This pins down the defect the broker works around by letting every
+// connection end before it calls Close (broker.waitConnsEnded); if a mochi
+// release fixes it, this test says so.
+func TestMochiClientsRecursiveReadLock(t *testing.T) {
+	clients := mqtt.NewClients()
+	clients.Add(&mqtt.Client{ID: "a"})
+	clients.RLock() // GetByListener's first read lock
+	deleted := make(chan struct{})
+	go func() {
+		clients.Delete("a") // a client ending: waits for the write lock
+		close(deleted)
+	}()
+	// Once Delete waits, a second read lock (GetByListener's Len) blocks.
+	lenDone := make(chan int)
+	go func() {
+		for !writerWaiting(clients) {
+			runtime.Gosched()
+		}
+		lenDone <- clients.Len()
+	}()
+	select {
+	case <-lenDone:
+		t.Log("the nested read lock returned: mochi's Clients no longer deadlocks here")
+	case <-time.After(500 * time.Millisecond):
+		// Deadlocked, as in mochi v2.7.9. Release it so the test ends.
+	}
+	clients.RUnlock()
+	<-deleted
+	select {
+	case <-lenDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Len did not return after the read lock was released")
+	}
+}
+
+// writerWaiting reports whether a writer waits on the clients' lock: a new
+// TryRLock fails while one does (or holds it).
+func writerWaiting(c *mqtt.Clients) bool {
+	if c.TryRLock() {
+		c.RUnlock()
+		return false
+	}
+	return true
+}
+
+// Stopping brokers while their clients go away: a smoke test of the
+// shutdown path around the deadlock above (it reproduced it only rarely
+// on its own; the gateway's tests met it about once per hundred stops).
+func TestShutdownWhileClientsLeave(t *testing.T) {
+	iterations := 150
+	if testing.Short() {
+		iterations = 20
+	}
+	for i := range iterations {
+		h := startBroker(t, func(c *localbroker.Config) { c.ShutdownTimeout = 4 * time.Second })
+		url := h.url(t, "tcp")
+		var clients []paho.Client
+		for j := range 4 {
+			clients = append(clients, connect(t, url, fmt.Sprint("leaving-", j), dnA, passA))
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for _, c := range clients {
+				c.Disconnect(0)
+			}
+		}()
+		if err := h.stop(); err != nil {
+			t.Fatalf("iteration %d: %v", i, err)
+		}
+		<-done
 	}
 }
