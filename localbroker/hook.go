@@ -288,6 +288,13 @@ func (h *hook) refuseTopic(cl *mqtt.Client, c *conn, pk packets.Packet) (packets
 }
 
 // OnSessionEstablished indexes the session once its CONNACK is written.
+//
+// Known gap: a Deliver between the CONNACK of a resumed persistent session
+// and this indexing still finds the taken-over (offline) session and
+// queues the message there, where the new session does not see it; the
+// message is lost for that device (counted as delivered). Closing it needs
+// the new session indexed before the CONNACK with its writes held until
+// then.
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	b := h.b
 	c := b.connOf(cl)
