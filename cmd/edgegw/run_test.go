@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,32 +23,12 @@ import (
 // works offline), WATCHDOG=1 pings follow, and STOPPING=1 on shutdown.
 func TestRunNotifiesSystemd(t *testing.T) {
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var mu sync.Mutex
-	var got []string
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			got = append(got, string(buf[:n]))
-			mu.Unlock()
-		}
-	}()
-	t.Setenv("NOTIFY_SOCKET", sock)
+	notes := listenNotify(t)
 	t.Setenv("WATCHDOG_USEC", "200000")
 	t.Setenv("WATCHDOG_PID", fmt.Sprint(os.Getpid()))
 
 	conf := filepath.Join(dir, "edgegw.toml")
-	err = os.WriteFile(conf, fmt.Appendf(nil, `state_dir = %q
+	err := os.WriteFile(conf, fmt.Appendf(nil, `state_dir = %q
 log_format = "text"
 [broker]
 listeners = ["tcp://127.0.0.1:0"]
@@ -64,32 +45,21 @@ listen = ""
 	var stderr testutil.SyncBuffer
 	go func() { done <- runDaemon(ctx, []string{"-config", conf}, nil, nil, &stderr) }()
 
-	has := func(prefix string) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, m := range got {
-			if strings.Contains(m, prefix) {
-				return true
-			}
-		}
-		return false
-	}
+	has := func(field string) bool { return notes.count(field) > 0 }
 	deadline := time.Now().Add(20 * time.Second)
 	for !(has("READY=1") && has("WATCHDOG=1")) {
 		if time.Now().After(deadline) {
 			cancel()
-			t.Fatalf("no READY and WATCHDOG within 20 s; got %q", got)
+			t.Fatalf("no READY and WATCHDOG within 20 s; got %q", notes.messages())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	mu.Lock()
 	ready := ""
-	for _, m := range got {
+	for _, m := range notes.messages() {
 		if strings.Contains(m, "READY=1") {
 			ready = m
 		}
 	}
-	mu.Unlock()
 	if !strings.Contains(ready, "STATUS=") || !strings.Contains(ready, "cloud sessions up") {
 		t.Errorf("READY datagram %q has no STATUS line", ready)
 	}
@@ -105,8 +75,7 @@ listen = ""
 	deadline = time.Now().Add(5 * time.Second)
 	for !has("STOPPING=1") {
 		if time.Now().After(deadline) {
-			mu.Lock()
-			t.Fatalf("no STOPPING=1; got %q", got)
+			t.Fatalf("no STOPPING=1; got %q", notes.messages())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -143,38 +112,8 @@ func TestKeygen(t *testing.T) {
 // RELOADING=1 and READY=1 around it.
 func TestRunReloadsOnSIGHUP(t *testing.T) {
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var mu sync.Mutex
-	var got []string
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			got = append(got, string(buf[:n]))
-			mu.Unlock()
-		}
-	}()
-	count := func(field string) int {
-		mu.Lock()
-		defer mu.Unlock()
-		n := 0
-		for _, m := range got {
-			if strings.Contains(m, field) {
-				n++
-			}
-		}
-		return n
-	}
-	t.Setenv("NOTIFY_SOCKET", sock)
+	notes := listenNotify(t)
+	count := notes.count
 
 	conf := filepath.Join(dir, "edgegw.toml")
 	write := func(logLevel, extra string) {
@@ -234,4 +173,56 @@ listen = ""
 	if !strings.Contains(stderr.String(), "applied=log_level") {
 		t.Errorf("reload log does not name log_level as applied:\n%s", stderr.String())
 	}
+}
+
+// notifyRecorder is a systemd notification socket for a test: it records
+// every datagram the daemon sends to $NOTIFY_SOCKET.
+type notifyRecorder struct {
+	mu  sync.Mutex
+	got []string
+}
+
+// listenNotify opens the socket and points NOTIFY_SOCKET at it for the
+// rest of the test.
+func listenNotify(t *testing.T) *notifyRecorder {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	r := &notifyRecorder{}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.got = append(r.got, string(buf[:n]))
+			r.mu.Unlock()
+		}
+	}()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	return r
+}
+
+// messages returns the datagrams received so far.
+func (r *notifyRecorder) messages() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
+}
+
+// count returns how many datagrams so far contain field.
+func (r *notifyRecorder) count(field string) int {
+	n := 0
+	for _, m := range r.messages() {
+		if strings.Contains(m, field) {
+			n++
+		}
+	}
+	return n
 }
