@@ -46,7 +46,8 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	var o bench.Options
 	fs.IntVar(&o.Devices, "devices", 0, "simulated devices (forward 1000, replay 1000, storm 9000)")
 	fs.DurationVar(&o.Duration, "duration", 0, "forward: publishing time (20s)")
-	fs.IntVar(&o.Window, "window", 0, "forward: QoS 1 messages in flight per device (1)")
+	fs.IntVar(&o.Window, "window", 0, "forward: QoS 1 messages in flight per device (1; 16 with -rate)")
+	fs.Float64Var(&o.Rate, "rate", 0, "forward: fixed offered load, msg/s over all devices (default: as fast as the window allows)")
 	fs.IntVar(&o.PayloadSize, "payload", 0, "forward: payload bytes (200)")
 	fs.IntVar(&o.Messages, "messages", 0, "replay: messages per device spooled during the outage (1000)")
 	fs.Float64Var(&o.DeviceRate, "device-rate", 0, "replay: per-device cap of the capped run, msg/s (30, Alibaba's limit)")

@@ -41,6 +41,7 @@ type Options struct {
 	Devices     int           // forward, replay, storm: simulated devices
 	Duration    time.Duration // forward: publishing time
 	Window      int           // forward: QoS 1 messages in flight per device
+	Rate        float64       // forward: fixed offered load, msg/s over all devices (0: as fast as the window allows)
 	PayloadSize int           // forward: bytes per message
 	Messages    int           // replay: messages per device spooled during the outage
 	DeviceRate  float64       // replay: per-device cap (messages/s) of the capped run
@@ -187,6 +188,8 @@ func (o *Options) check() error {
 	switch {
 	case o.Devices < 0 || o.Devices > 19000:
 		return fmt.Errorf("devices %d: want 1 to 19,000 (each device needs file descriptors in several processes)", o.Devices)
+	case o.Rate < 0 || o.Rate > 1e7:
+		return fmt.Errorf("rate %g: want 0 (no pacing) to 10,000,000 msg/s", o.Rate)
 	case o.Window < 0 || o.Window > 65535:
 		return fmt.Errorf("window %d: want 1 to 65,535", o.Window)
 	case o.PayloadSize < 0 || o.PayloadSize > 256<<10:

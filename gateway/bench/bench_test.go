@@ -73,15 +73,24 @@ func TestScenariosQuick(t *testing.T) {
 		check     func(t *testing.T, r *Report)
 	}{
 		{"forward", true, Options{Duration: time.Second}, checkForward},
+		{"forward", true, Options{Duration: 2 * time.Second, Rate: 200}, checkForwardRate},
 		{"replay", false, Options{}, checkReplay},
 		{"sessions", false, Options{Idle: 500 * time.Millisecond}, checkSessions},
 		{"storm", false, Options{Devices: 100, ConnectRate: 40, ConnectBurst: 5}, checkStorm},
 	}
-	if got := len(Scenarios()); got != len(tests) {
-		t.Fatalf("%d scenarios, %d tested", got, len(tests))
+	tested := map[string]bool{}
+	for _, tt := range tests {
+		tested[tt.name] = true
+	}
+	if got := len(Scenarios()); got != len(tested) {
+		t.Fatalf("%d scenarios, %d tested", got, len(tested))
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
+		name := tt.name
+		if tt.opts.Rate > 0 {
+			name += "-rate"
+		}
+		t.Run(name, func(t *testing.T) {
 			if tt.mosquitto {
 				needMosquitto(t)
 			}
@@ -127,13 +136,14 @@ func checkForward(t *testing.T, r *Report) {
 		t.Fatalf("paths %+v", res.Paths)
 	}
 	for _, p := range res.Paths {
-		if p.DeliveredPerSecond <= 0 || p.WindowPerSecond <= 0 || p.AckedPerSecond <= 0 || p.Samples == 0 || p.LatencyP50MS <= 0 || p.LatencyP99MS < p.LatencyP50MS {
+		if p.DeliveredPerSecond <= 0 || p.WindowPerSecond <= 0 || p.AckedPerSecond <= 0 || p.Samples == 0 || p.LatencyP50MS <= 0 || p.LatencyP99MS < p.LatencyP50MS ||
+			p.AckP50MS <= 0 || p.AckP99MS < p.AckP50MS || p.AckMaxMS < p.AckP999MS {
 			t.Errorf("%s: incomplete figures %+v", p.Path, p)
 		}
 		if p.Undelivered != 0 || p.Reordered != 0 {
 			t.Errorf("%s: %d acknowledged messages undelivered, %d reordered", p.Path, p.Undelivered, p.Reordered)
 		}
-		if (p.Path == "edgegw") != (p.SpoolCommits > 0 && p.MessagesPerCommit >= 1) {
+		if (p.Path == "edgegw") != (p.SpoolCommits > 0 && p.MessagesPerCommit > 0) {
 			t.Errorf("%s: spool commits %d (%.1f messages each)", p.Path, p.SpoolCommits, p.MessagesPerCommit)
 		}
 		if (p.Path == "direct") != (p.BrokerPeakRSSMiB == 0) {
@@ -215,6 +225,28 @@ func checkStorm(t *testing.T, r *Report) {
 	}
 }
 
+// checkForwardRate checks a paced run: it offered no more than the rate
+// (each device sends on its schedule, never ahead of it) and measured the
+// PUBACK latency on every path.
+func checkForwardRate(t *testing.T, r *Report) {
+	checkForward(t, r)
+	res := r.Result.(*ForwardResult)
+	if res.Rate != 200 || res.Window != 16 || !strings.Contains(r.Command, " -rate 200") {
+		t.Errorf("rate %g window %d command %q", res.Rate, res.Window, r.Command)
+	}
+	// Timed phase: at most one message per device per period, plus the
+	// one each sends at time zero.
+	most := int64(res.Rate*res.DurationSeconds) + int64(res.Devices)
+	for _, p := range res.Paths {
+		if timed := p.Acknowledged - int64(res.Devices); timed > most {
+			t.Errorf("%s: %d messages acknowledged in the timed phase, more than the %d a rate of %g msg/s allows", p.Path, timed, most, res.Rate)
+		}
+		if p.Path != "direct" && p.BrokerCores <= 0 {
+			t.Errorf("%s: broker CPU share %g", p.Path, p.BrokerCores)
+		}
+	}
+}
+
 func TestRunRejects(t *testing.T) {
 	tests := []struct {
 		name string
@@ -224,6 +256,7 @@ func TestRunRejects(t *testing.T) {
 		{"nope", Options{Executable: "/bin/true"}, "unknown scenario"},
 		{"forward", Options{}, "no edgegw executable"},
 		{"forward", Options{Executable: "/bin/true", Devices: 20000}, "devices 20000"},
+		{"forward", Options{Executable: "/bin/true", Rate: -5}, "rate -5"},
 		{"sessions", Options{Executable: "/bin/true", Sessions: []int{0}}, "sessions 0"},
 		{"replay", Options{Executable: "/bin/true", Messages: -1}, "negative"},
 		{"sessions", Options{Executable: "/bin/true", Transports: []string{"quic"}}, `transport "quic"`},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -97,10 +98,13 @@ func intAfter(p, key []byte) (int64, bool) {
 
 // fleet is a set of connected simulated devices.
 type fleet struct {
-	devs     []*devConn
-	acked    atomic.Int64 // PUBACKs received, all devices
-	lost     atomic.Int64 // connections that broke
-	firstErr atomic.Pointer[error]
+	devs  []*devConn
+	acked atomic.Int64 // PUBACKs received, all devices
+	// ackFrom and ackTo (Unix ns) bound the sends whose PUBACK latency is
+	// recorded (zero: none).
+	ackFrom, ackTo atomic.Int64
+	lost           atomic.Int64 // connections that broke
+	firstErr       atomic.Pointer[error]
 }
 
 // devConn is one device's connection and publishing state.
@@ -116,8 +120,9 @@ type devConn struct {
 	slots chan struct{} // one token per message in flight
 
 	mu       sync.Mutex
-	inflight map[uint16]struct{} // packet ids in flight
+	inflight map[uint16]int64 // packet ids in flight: send time, Unix ns
 	nextPID  uint16
+	ackLat   []int64 // PUBACK latencies of sends in the fleet's ack window, ns; readLoop only
 
 	dead chan struct{}
 	err  error // set before dead is closed
@@ -167,7 +172,7 @@ func connectFleet(ctx context.Context, cfg fleetConfig) (*fleet, error) {
 				return
 			}
 			dc := &devConn{f: f, dev: d, c: c, topic: d.topic(), ka: cfg.Keepalive,
-				slots: make(chan struct{}, cfg.Window), inflight: map[uint16]struct{}{}, dead: make(chan struct{})}
+				slots: make(chan struct{}, cfg.Window), inflight: map[uint16]int64{}, dead: make(chan struct{})}
 			dc.ping = time.AfterFunc(dc.ka*3/4, dc.sendPing)
 			f.devs[i] = dc
 			go dc.readLoop()
@@ -256,11 +261,14 @@ func (d *devConn) readLoop() {
 			}
 			pid := uint16(body[0])<<8 | uint16(body[1])
 			d.mu.Lock()
-			_, ok := d.inflight[pid]
+			sent, ok := d.inflight[pid]
 			delete(d.inflight, pid)
 			d.mu.Unlock()
 			if !ok {
 				continue // a PUBACK for nothing in flight: ignore
+			}
+			if sent >= d.f.ackFrom.Load() && sent < d.f.ackTo.Load() {
+				d.ackLat = append(d.ackLat, time.Now().UnixNano()-sent)
 			}
 			d.f.acked.Add(1)
 			<-d.slots
@@ -277,14 +285,45 @@ func (d *devConn) readLoop() {
 	}
 }
 
+// pacing makes a device publish at a fixed rate instead of as fast as its
+// window allows: the n-th message is due at start + phase + n*every.
+// Latencies count from when a message was due, not from when it could be
+// sent, so a stalled window shows in them (no coordinated omission).
+type pacing struct {
+	start time.Time
+	phase time.Duration
+	every time.Duration
+}
+
 // publishUntil publishes QoS 1 posts of size bytes, keeping at most the
 // window in flight, until stop is closed or count posts were sent (count 0:
 // no limit); then it waits up to drain for the window to empty. It returns
-// the connection's error if it broke.
-func (d *devConn) publishUntil(ctx context.Context, stop <-chan struct{}, count int64, size int, drain time.Duration) error {
+// the connection's error if it broke. With pace, posts go out at its rate.
+func (d *devConn) publishUntil(ctx context.Context, stop <-chan struct{}, count int64, size int, drain time.Duration, pace *pacing) error {
 	buf := make([]byte, 0, size+len(d.topic)+16)
 	pay := make([]byte, 0, size+64)
+	var tick *time.Timer
+	if pace != nil {
+		tick = time.NewTimer(time.Hour)
+		defer tick.Stop()
+	}
 	for sent := int64(0); count == 0 || sent < count; sent++ {
+		var due time.Time
+		if pace != nil {
+			due = pace.start.Add(pace.phase + time.Duration(sent)*pace.every)
+			if wait := time.Until(due); wait > 0 {
+				tick.Reset(wait)
+				select {
+				case <-tick.C:
+				case <-stop:
+					return d.waitWindow(drain)
+				case <-d.dead:
+					return d.broken()
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		}
 		select {
 		case d.slots <- struct{}{}:
 		case <-stop:
@@ -294,15 +333,19 @@ func (d *devConn) publishUntil(ctx context.Context, stop <-chan struct{}, count 
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		now := time.Now()
+		if due.IsZero() {
+			due = now
+		}
 		d.seq++
-		pay = appendPayload(pay[:0], d.seq, time.Now().UnixNano(), size)
+		pay = appendPayload(pay[:0], d.seq, due.UnixNano(), size)
 		d.mu.Lock()
 		d.nextPID++
 		if d.nextPID == 0 {
 			d.nextPID = 1
 		}
 		pid := d.nextPID
-		d.inflight[pid] = struct{}{}
+		d.inflight[pid] = due.UnixNano()
 		d.mu.Unlock()
 		buf = appendPublish(buf[:0], d.topic, pay, 1, pid)
 		if err := d.c.write(buf); err != nil {
@@ -341,17 +384,43 @@ func (d *devConn) broken() error {
 }
 
 // publishAll runs publishUntil on every device at once and returns when all
-// have finished; the error is the first device error.
-func (f *fleet) publishAll(ctx context.Context, stop <-chan struct{}, count int64, size int, drain time.Duration) error {
+// have finished; the error is the first device error. rate > 0 paces the
+// fleet at rate messages per second in all, spread evenly over the devices
+// and, within each device's period, over time.
+func (f *fleet) publishAll(ctx context.Context, stop <-chan struct{}, count int64, size int, drain time.Duration, rate float64) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(f.devs))
+	start := time.Now()
 	for i, d := range f.devs {
+		var pace *pacing
+		if rate > 0 {
+			every := time.Duration(float64(len(f.devs)) / rate * float64(time.Second))
+			pace = &pacing{start: start, every: every, phase: every * time.Duration(i) / time.Duration(len(f.devs))}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = d.publishUntil(ctx, stop, count, size, drain)
+			errs[i] = d.publishUntil(ctx, stop, count, size, drain, pace)
 		}()
 	}
 	wg.Wait()
 	return firstError(errs)
+}
+
+// recordAcks records the PUBACK latency of every message sent (due, when
+// paced) in [from, to).
+func (f *fleet) recordAcks(from, to time.Time) {
+	f.ackTo.Store(to.UnixNano())
+	f.ackFrom.Store(from.UnixNano())
+}
+
+// ackLatencies returns the recorded PUBACK latencies, sorted; call it once
+// every device has stopped publishing and its window is empty.
+func (f *fleet) ackLatencies() []int64 {
+	var out []int64
+	for _, d := range f.devs {
+		out = append(out, d.ackLat...)
+	}
+	slices.Sort(out)
+	return out
 }

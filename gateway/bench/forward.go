@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/edgegw/edgegw/gateway/adminapi"
@@ -15,13 +16,22 @@ var forwardScenario = scenario{
 	defaults: func(o *Options) {
 		def(&o.Devices, 1000, 10, o.Quick)
 		def(&o.Duration, 20*time.Second, 2*time.Second, o.Quick)
+		if o.Rate > 0 {
+			// Paced devices keep a window that never throttles them, so
+			// that a slow PUBACK shows as latency, not as a lower rate.
+			def(&o.Window, 16, 16, o.Quick)
+		}
 		def(&o.Window, 1, 1, o.Quick)
 		def(&o.PayloadSize, 200, 200, o.Quick)
 		def(&o.ConnectRate, 1000, 1000, o.Quick)
 		def(&o.ConnectBurst, 1000, 1000, o.Quick)
 	},
 	flags: func(o *Options) string {
-		return fmt.Sprintf(" -devices %d -duration %v -window %d -payload %d", o.Devices, o.Duration, o.Window, o.PayloadSize)
+		rate := ""
+		if o.Rate > 0 {
+			rate = fmt.Sprintf(" -rate %g", o.Rate)
+		}
+		return fmt.Sprintf(" -devices %d -duration %v -window %d -payload %d%s", o.Devices, o.Duration, o.Window, o.PayloadSize, rate)
 	},
 	run: runForward,
 }
@@ -41,8 +51,11 @@ func def[T comparable](v *T, normal, quick T, isQuick bool) {
 
 // ForwardResult holds the forward scenario's figures.
 type ForwardResult struct {
-	Devices         int          `json:"devices"`
-	Window          int          `json:"window"`
+	Devices int `json:"devices"`
+	Window  int `json:"window"`
+	// Rate is the fixed offered load, messages/s over all devices (0:
+	// every device publishes as fast as its window allows).
+	Rate            float64      `json:"rate,omitempty"`
 	PayloadBytes    int          `json:"payloadBytes"`
 	DurationSeconds float64      `json:"durationSeconds"`
 	WarmupSeconds   float64      `json:"warmupSeconds"`
@@ -70,6 +83,12 @@ type PathResult struct {
 	LatencyP999MS float64 `json:"latencyP999ms"`
 	LatencyMaxMS  float64 `json:"latencyMaxMs"`
 	Samples       int     `json:"samples"`
+	// PUBACK latency seen by the devices (from when a message was due,
+	// when paced) for messages sent after the warm-up, milliseconds.
+	AckP50MS  float64 `json:"ackP50ms"`
+	AckP99MS  float64 `json:"ackP99ms"`
+	AckP999MS float64 `json:"ackP999ms"`
+	AckMaxMS  float64 `json:"ackMaxMs"`
 	// Acknowledged is every message the devices got a PUBACK for;
 	// Undelivered those of them that never reached the cloud.
 	Acknowledged int64 `json:"acknowledged"`
@@ -83,6 +102,9 @@ type PathResult struct {
 	// mosquitto; none for the direct path): CPU from the first timed
 	// message to the end of the drain, and peak RSS.
 	BrokerCPUSeconds float64 `json:"brokerCpuSeconds,omitempty"`
+	// BrokerCores is BrokerCPUSeconds over that time: the share of one
+	// core the ingress broker used.
+	BrokerCores      float64 `json:"brokerCores,omitempty"`
 	BrokerPeakRSSMiB float64 `json:"brokerPeakRssMiB,omitempty"`
 	CloudCPUSeconds  float64 `json:"cloudCpuSeconds"`
 	ConnectSeconds   float64 `json:"connectSeconds"`
@@ -109,7 +131,7 @@ func runForward(ctx context.Context, e *env) (any, []Table, error) {
 	defer cloud.stop(10 * time.Second)
 	e.logf("cloud broker: %s at %s", mosquittoVersion(mosq), cloudAddr)
 
-	res := &ForwardResult{Devices: o.Devices, Window: o.Window, PayloadBytes: o.PayloadSize,
+	res := &ForwardResult{Devices: o.Devices, Window: o.Window, Rate: o.Rate, PayloadBytes: o.PayloadSize,
 		DurationSeconds: o.Duration.Seconds(), WarmupSeconds: warmup(o.Duration).Seconds()}
 	var status statusFunc
 	paths := []struct {
@@ -186,7 +208,7 @@ func forwardPath(ctx context.Context, e *env, name string, devs []device, ingres
 
 	// One message per device first: the path is up end to end (for
 	// edgegw: every device's cloud session) before the clock starts.
-	if err := f.publishAll(ctx, nil, 1, o.PayloadSize, time.Minute); err != nil {
+	if err := f.publishAll(ctx, nil, 1, o.PayloadSize, time.Minute, 0); err != nil {
 		return pr, fmt.Errorf("first message of every device: %w", err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -214,8 +236,9 @@ func forwardPath(ctx context.Context, e *env, name string, devs []device, ingres
 	begin := time.Now()
 	warm := warmup(o.Duration)
 	t.window(begin.Add(warm), begin.Add(o.Duration))
+	f.recordAcks(begin.Add(warm), begin.Add(o.Duration))
 	done := make(chan error, 1)
-	go func() { done <- f.publishAll(ctx, stop, 0, o.PayloadSize, time.Minute) }()
+	go func() { done <- f.publishAll(ctx, stop, 0, o.PayloadSize, time.Minute, o.Rate) }()
 	var ackedWarm, ackedEnd int64
 	select {
 	case <-time.After(warm):
@@ -266,6 +289,12 @@ func forwardPath(ctx context.Context, e *env, name string, devs []device, ingres
 	if len(lat) > 0 {
 		pr.LatencyMaxMS = float64(lat[len(lat)-1]) / 1e6
 	}
+	if acks := f.ackLatencies(); len(acks) > 0 {
+		pr.AckP50MS = percentile(acks, 0.50) / 1e6
+		pr.AckP99MS = percentile(acks, 0.99) / 1e6
+		pr.AckP999MS = percentile(acks, 0.999) / 1e6
+		pr.AckMaxMS = float64(acks[len(acks)-1]) / 1e6
+	}
 	if broker != nil {
 		cpu1, err := cpuOf(broker)
 		if err != nil {
@@ -276,6 +305,7 @@ func forwardPath(ctx context.Context, e *env, name string, devs []device, ingres
 			return pr, err
 		}
 		pr.BrokerCPUSeconds = (cpu1 - cpu0).Seconds()
+		pr.BrokerCores = pr.BrokerCPUSeconds / time.Since(begin).Seconds()
 		pr.BrokerPeakRSSMiB = mib(mem.HWM)
 	}
 	if status != nil {
@@ -298,6 +328,14 @@ func forwardPath(ctx context.Context, e *env, name string, devs []device, ingres
 	return pr, nil
 }
 
+// rateTitle is the table title's part for a paced run.
+func (r *ForwardResult) rateTitle() string {
+	if r.Rate <= 0 {
+		return ""
+	}
+	return ", " + commas(int64(r.Rate)) + " msg/s offered"
+}
+
 func cpuOf(c *child) (time.Duration, error) {
 	if c == nil {
 		return 0, nil
@@ -307,7 +345,7 @@ func cpuOf(c *child) (time.Duration, error) {
 
 func (r *ForwardResult) table() Table {
 	t := Table{
-		Title:  fmt.Sprintf("forward: %s devices, QoS 1, %d-byte payloads, window %d, %v (first %v not measured)", commas(int64(r.Devices)), r.PayloadBytes, r.Window, time.Duration(r.DurationSeconds*float64(time.Second)), time.Duration(r.WarmupSeconds*float64(time.Second))),
+		Title:  fmt.Sprintf("forward: %s devices, QoS 1, %d-byte payloads, window %d%s, %v (first %v not measured)", commas(int64(r.Devices)), r.PayloadBytes, r.Window, r.rateTitle(), time.Duration(r.DurationSeconds*float64(time.Second)), time.Duration(r.WarmupSeconds*float64(time.Second))),
 		Header: []string{"metric"},
 	}
 	for _, p := range r.Paths {
@@ -334,6 +372,10 @@ func (r *ForwardResult) table() Table {
 		return fmt.Sprintf("%s / %s / %s", fmtMS(p.LatencyP50MS*1e6), fmtMS(p.LatencyP99MS*1e6), fmtMS(p.LatencyP999MS*1e6))
 	})
 	row("latency max, ms", func(p PathResult) string { return fmtMS(p.LatencyMaxMS * 1e6) })
+	row("PUBACK latency p50 / p99 / p99.9, ms", func(p PathResult) string {
+		return fmt.Sprintf("%s / %s / %s", fmtMS(p.AckP50MS*1e6), fmtMS(p.AckP99MS*1e6), fmtMS(p.AckP999MS*1e6))
+	})
+	row("PUBACK latency max, ms", func(p PathResult) string { return fmtMS(p.AckMaxMS * 1e6) })
 	row("acknowledged / undelivered", func(p PathResult) string {
 		return commas(p.Acknowledged) + " / " + commas(p.Undelivered)
 	})
@@ -351,6 +393,12 @@ func (r *ForwardResult) table() Table {
 		}
 		return fmt.Sprintf("%.1f (%.0f)", p.BrokerCPUSeconds, per)
 	})
+	row("ingress broker CPU, share of one core", func(p PathResult) string {
+		if p.BrokerPeakRSSMiB == 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%.2f", p.BrokerCores)
+	})
 	row("ingress broker peak RSS, MiB", func(p PathResult) string {
 		if p.BrokerPeakRSSMiB == 0 {
 			return "—"
@@ -367,6 +415,11 @@ func (r *ForwardResult) table() Table {
 	row("devices connected in", func(p PathResult) string {
 		return fmtSeconds(time.Duration(p.ConnectSeconds * float64(time.Second)))
 	})
+	if r.Rate > 0 {
+		t.Notes = append(t.Notes, fmt.Sprintf("Fixed load: every device publishes at %s msg/s (%s msg/s in all), its sends spread over "+
+			"the period; latencies count from when a message was due, so a stalled window shows in them.",
+			strconv.FormatFloat(r.Rate/float64(r.Devices), 'g', 4, 64), commas(int64(r.Rate))))
+	}
 	if len(r.Paths) == 3 && r.Paths[2].DeliveredPerSecond > 0 {
 		t.Notes = append(t.Notes, fmt.Sprintf("edgegw delivers %.2f× the direct rate and %.2f× the mosquitto bridge's.",
 			r.Paths[1].DeliveredPerSecond/max(direct, 1e-9), r.Paths[1].DeliveredPerSecond/r.Paths[2].DeliveredPerSecond))

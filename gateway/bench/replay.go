@@ -185,7 +185,7 @@ func fillSpool(ctx context.Context, e *env, devs []device, g gatewaySetup, res *
 		return err
 	}
 	start := time.Now()
-	err = f.publishAll(ctx, nil, int64(o.Messages), 200, 2*time.Minute)
+	err = f.publishAll(ctx, nil, int64(o.Messages), 200, 2*time.Minute, 0)
 	fill := time.Since(start)
 	f.close()
 	if err != nil {
