@@ -325,7 +325,7 @@ func TestCloseAbandonsAckBacklog(t *testing.T) {
 			// Acknowledge all but the last two without waking the writer:
 			// the deletions are still pending when Close begins.
 			for _, seq := range seqs[:48] {
-				if err := s.stageAck(d, seq); err != nil {
+				if _, err := s.stageAck(d, seq); err != nil {
 					t.Fatal(err)
 				}
 			}

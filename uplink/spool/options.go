@@ -116,7 +116,12 @@ const (
 	DefaultCompactMinSize   = 32 << 20
 	DefaultCompactRatio     = 0.5
 	DefaultDiskFullBackoff  = time.Second
-	DefaultDropLogInterval  = 10 * time.Second
+	DefaultAckDelay         = 100 * time.Millisecond
+	DefaultCommitDelay      = time.Millisecond
+	// ackBatch pending acknowledgements make a commit of their own at
+	// once, whatever AckDelay says.
+	ackBatch               = 1000
+	DefaultDropLogInterval = 10 * time.Second
 )
 
 // Options configure a Spool or a Mem. The zero value is usable.
@@ -165,6 +170,21 @@ type Options struct {
 	// frees space) instead of retrying the disk for every message.
 	// Default DefaultDiskFullBackoff. Spool only.
 	DiskFullBackoff time.Duration
+	// AckDelay is how long acknowledgements (deleting messages the cloud
+	// took) may wait for a commit that appends anyway before they get one
+	// of their own: at a moderate load every message would otherwise cost
+	// two fsyncs, one to store it and one to delete it. An acknowledgement
+	// lost in a crash only means the message is sent again (at least once).
+	// Default DefaultAckDelay; negative: commit acknowledgements at once.
+	// Spool only.
+	AckDelay time.Duration
+	// CommitDelay is how long the writer lets the oldest request of a
+	// commit wait for others to join it before the fsync, when it would
+	// otherwise commit at once (an idle writer and a fast disk): fewer,
+	// larger commits for at most this much more latency. When commits are
+	// slow, requests wait longer than this anyway and nothing is added.
+	// Default DefaultCommitDelay; negative: no delay. Spool only.
+	CommitDelay time.Duration
 	// SweepInterval is how often expired messages (TTL) are looked for
 	// while the spool is otherwise idle. Default: TTL/4, between 1 s and
 	// 1 min. Spool only.
@@ -229,6 +249,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.DiskFullBackoff <= 0 {
 		o.DiskFullBackoff = DefaultDiskFullBackoff
+	}
+	if o.AckDelay == 0 {
+		o.AckDelay = DefaultAckDelay
+	}
+	if o.CommitDelay == 0 {
+		o.CommitDelay = DefaultCommitDelay
 	}
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = min(max(o.TTL/4, time.Second), time.Minute)

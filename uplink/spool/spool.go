@@ -72,6 +72,7 @@ type Spool struct {
 	limit        int           // deletions per transaction for background work (shrinks on a full disk)
 	reserveTried time.Time     // last attempt to make the reserve
 	lastCommit   time.Duration // duration of the last transaction
+	ackSince     time.Time     // under mu: when the oldest pending acknowledgement was staged
 	lastFullLog  time.Time
 
 	notify     notifier
@@ -113,9 +114,10 @@ type request struct {
 	val      []byte // append: encoded record; dead-letter: reason
 	size     int64
 	received time.Time
-	seq      uint64 // dead-letter: the message; purge/remove: the last seq to drop; sync: the last ack number
-	started  bool   // purge/remove: seq is set
-	n        int    // purge/remove: messages dropped so far
+	seq      uint64    // dead-letter: the message; purge/remove: the last seq to drop; sync: the last ack number
+	started  bool      // purge/remove: seq is set
+	n        int       // purge/remove: messages dropped so far
+	queued   time.Time // when it was handed to the writer (CommitDelay)
 	done     chan result
 }
 
@@ -154,6 +156,7 @@ func (s *Spool) Append(ctx context.Context, device secrets.DeviceID, m Message) 
 // do hands r to the writer and waits for its result.
 func (s *Spool) do(ctx context.Context, r *request) (result, error) {
 	r.done = make(chan result, 1)
+	r.queued = time.Now()
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -257,25 +260,30 @@ func (s *Spool) Read(device secrets.DeviceID, after uint64, max int) ([]Message,
 // is committed with the writer's next transaction. Unknown seqs are
 // ignored.
 func (s *Spool) Ack(device secrets.DeviceID, seq uint64) error {
-	if err := s.stageAck(device, seq); err != nil {
+	first, err := s.stageAck(device, seq)
+	if err != nil {
 		return err
 	}
-	s.poke()
+	if first {
+		s.poke() // the writer arms its AckDelay timer
+	}
 	return nil
 }
 
-// stageAck records an acknowledgement for the writer to commit.
-func (s *Spool) stageAck(device secrets.DeviceID, seq uint64) error {
+// stageAck records an acknowledgement for the writer to commit; first
+// reports that it is the only one pending, or that enough are pending for
+// a commit of their own (the writer needs waking then).
+func (s *Spool) stageAck(device secrets.DeviceID, seq uint64) (first bool, _ error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return fmt.Errorf("ack %s seq %d: %w", device, seq, ErrClosed)
+		return false, fmt.Errorf("ack %s seq %d: %w", device, seq, ErrClosed)
 	}
 	d := s.led.devs[device]
 	if d == nil || !d.q.contains(seq) {
 		// Acknowledged before (a restart, a duplicate PUBACK), dropped,
 		// or not this device's.
-		return nil
+		return false, nil
 	}
 	p := s.pending[device]
 	if p == nil {
@@ -286,9 +294,14 @@ func (s *Spool) stageAck(device secrets.DeviceID, seq uint64) error {
 		s.acks++
 		p[seq] = s.acks
 		s.npending++
+		if s.npending == 1 {
+			s.ackSince = time.Now()
+			first = true
+		}
+		first = first || s.npending == ackBatch
 	}
 	s.lastAck[device] = s.opts.Now()
-	return nil
+	return first, nil
 }
 
 // Watermark returns the highest Seq of a committed message: every message

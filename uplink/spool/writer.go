@@ -40,6 +40,12 @@ func (s *Spool) run() {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
+	ackTimer := time.NewTimer(time.Hour)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
+	lingerTimer := time.NewTimer(time.Hour)
+	lingerTimer.Stop()
+	defer lingerTimer.Stop()
 	var (
 		batch    []*request
 		carry    []*request
@@ -91,10 +97,14 @@ func (s *Spool) run() {
 			if !s.retryAt.IsZero() {
 				retry.Reset(time.Until(s.retryAt))
 			}
+			if _, at := s.acksDue(false); !at.IsZero() {
+				ackTimer.Reset(time.Until(at))
+			}
 			select {
 			case r := <-s.reqs:
 				batch = append(batch, r)
 			case <-s.kick:
+			case <-ackTimer.C:
 			case <-retry.C:
 				s.retryAt = time.Time{}
 			case <-tick.C:
@@ -112,9 +122,10 @@ func (s *Spool) run() {
 				stopping = true
 			}
 			retry.Stop()
+			ackTimer.Stop()
 		}
 		ackBudget()
-		batch = s.gather(batch, false)
+		batch = s.linger(s.gather(batch, false), lingerTimer)
 		if len(batch) > 0 || s.hasWork(false) {
 			carry, _ = s.commit(batch)
 		}
@@ -143,19 +154,76 @@ func (s *Spool) gather(batch []*request, all bool) []*request {
 	return batch
 }
 
-// hasWork reports background work: acknowledgements, damaged records,
-// budget enforcement, expired messages.
+// linger lets the batch's oldest request wait until it is CommitDelay old
+// for others to join the commit, up to MaxBatch appends. Requests that
+// already waited that long (the previous commit was slow, or they are
+// carried over) commit at once; so does everything once Close began.
+func (s *Spool) linger(batch []*request, t *time.Timer) []*request {
+	if s.opts.CommitDelay <= 0 || len(batch) == 0 {
+		return batch
+	}
+	appends := 0
+	for _, r := range batch {
+		if r.op == opAppend {
+			appends++
+		}
+	}
+	deadline := batch[0].queued.Add(s.opts.CommitDelay)
+	for appends < s.opts.MaxBatch {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return batch
+		}
+		t.Reset(wait)
+		select {
+		case r := <-s.reqs:
+			t.Stop()
+			batch = append(batch, r)
+			if r.op == opAppend {
+				appends++
+			}
+		case <-t.C:
+			return batch
+		case <-s.closing:
+			t.Stop()
+			return batch
+		}
+	}
+	return batch
+}
+
+// hasWork reports background work: acknowledgements that are due, damaged
+// records, budget enforcement, expired messages.
 func (s *Spool) hasWork(stopping bool) bool {
 	if !stopping && !s.retryAt.IsZero() && time.Now().Before(s.retryAt) {
 		return false
 	}
-	s.mu.RLock()
-	n := s.npending
-	s.mu.RUnlock()
-	if n > 0 && !s.skipAcks {
+	if due, _ := s.acksDue(stopping); due {
 		return true
 	}
 	return s.hasOtherWork(stopping)
+}
+
+// acksDue reports whether the pending acknowledgements need a commit of
+// their own now; if they are pending but not yet due, at is when they will
+// be (AckDelay after the oldest). They are due at once when stopping, when
+// ackBatch of them wait, and while appends are refused for a full disk
+// (deleting frees the space).
+func (s *Spool) acksDue(stopping bool) (due bool, at time.Time) {
+	s.mu.RLock()
+	n, since := s.npending, s.ackSince
+	s.mu.RUnlock()
+	if n == 0 || s.skipAcks {
+		return false, time.Time{}
+	}
+	if stopping || s.opts.AckDelay < 0 || n >= ackBatch || time.Now().Before(s.fullUntil) {
+		return true, time.Time{}
+	}
+	at = since.Add(s.opts.AckDelay)
+	if !time.Now().Before(at) {
+		return true, time.Time{}
+	}
+	return false, at
 }
 
 // abandonAcks gives up the acknowledgements not yet committed, at
