@@ -20,6 +20,29 @@ func seqs(n int) []uint64 {
 	return out
 }
 
+// A device's window of publishes leaves in fewer write(2) calls than
+// packets: paho writes each packet on its own, the connection gathers what
+// paho wrote while the previous write was in progress.
+func TestDrainCoalescesWrites(t *testing.T) {
+	cloud := startMochi(t, secrets.Aliyun)
+	r := newRig(t, cloud.url)
+	dev := testDevice(1)
+	cloud.register(dev.ID, dev.Secret)
+	const n = 400
+	r.q.appendN(t, dev.ID, userTopic(dev.ID), 1, n)
+	r.add(dev)
+	startManager(t, r.m)
+	r.waitStatus(dev.ID, "all acknowledged", func(st SessionStatus) bool { return st.Sent == n })
+	checkOrder(t, "cloud", cloud.hook.receivedBy(dev.ID), n)
+	// n publishes, a CONNECT and the subscriptions; every burst of the
+	// window is one write at best.
+	if w := r.writes.Load(); w >= n {
+		t.Errorf("%d writes to the cloud socket for %d publishes: none coalesced", w, n)
+	} else {
+		t.Logf("%d writes for %d publishes", w, n)
+	}
+}
+
 // With a window of 16 and the cloud closing the connection twice in the
 // middle of the stream (before the PUBACK of a message), every message
 // arrives in order (duplicates allowed and counted), and the queue is

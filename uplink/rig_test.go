@@ -58,6 +58,7 @@ type rig struct {
 	dials     map[secrets.DeviceID]int
 	overlaps  atomic.Int64 // a dial while another socket of the identity was open
 	clients   atomic.Int64 // paho clients created
+	writes    atomic.Int64 // write(2) calls on the cloud sockets
 	downDelay chan struct{}
 }
 
@@ -120,7 +121,7 @@ func newRig(t testing.TB, url string, opts ...rigOption) *rig {
 		}
 		r.open[id]++
 		r.dials[id]++
-		return &countedConn{Conn: c, close: func() {
+		return &countedConn{Conn: c, writes: &r.writes, close: func() {
 			r.mu.Lock()
 			r.open[id]--
 			r.mu.Unlock()
@@ -130,11 +131,17 @@ func newRig(t testing.TB, url string, opts ...rigOption) *rig {
 	return r
 }
 
-// countedConn reports its first Close.
+// countedConn counts its writes and reports its first Close.
 type countedConn struct {
 	net.Conn
-	once  sync.Once
-	close func()
+	once   sync.Once
+	close  func()
+	writes *atomic.Int64
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
 }
 
 func (c *countedConn) Close() error {

@@ -239,7 +239,7 @@ func (s *session) dialFor(ctx context.Context, c *conn) mqtt.OpenConnectionFunc 
 		if s.m.connHook != nil {
 			nc = s.m.connHook(s.dev.ID, nc)
 		}
-		nc = newReadBuffered(nc)
+		nc = newCoalescing(newReadBuffered(nc), s.m.cfg.WriteTimeout)
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.closed {
