@@ -17,6 +17,7 @@ import (
 // plus the management and visibility methods.
 type queue interface {
 	Append(ctx context.Context, device secrets.DeviceID, m spool.Message) (uint64, error)
+	AppendAsync(ctx context.Context, device secrets.DeviceID, m spool.Message, done func(seq uint64, err error))
 	Read(device secrets.DeviceID, after uint64, max int) ([]spool.Message, error)
 	Ack(device secrets.DeviceID, seq uint64) error
 	Notify(device secrets.DeviceID) <-chan struct{}

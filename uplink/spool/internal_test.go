@@ -101,15 +101,17 @@ func TestLedgerRollback(t *testing.T) {
 	}
 	ids := []secrets.DeviceID{{ProductKey: "pk", DeviceName: "a"}, {ProductKey: "pk", DeviceName: "b"}, {ProductKey: "pk", DeviceName: "c"}}
 	var batch []*request
+	var dones []chan result
 	for i := range 18 {
 		m := Message{Topic: "t", Payload: []byte("xx"), Received: tick()}
-		batch = append(batch, &request{op: opAppend, device: ids[i%3], val: encodeMessage(ids[i%3].String(), &m), size: Size(m), received: m.Received, done: make(chan result, 1)})
+		r, done := withReply(&request{op: opAppend, device: ids[i%3], val: encodeMessage(ids[i%3].String(), &m), size: Size(m), received: m.Received})
+		batch, dones = append(batch, r), append(dones, done)
 	}
 	if carry, err := s.commit(batch); err != nil || len(carry) != 0 {
 		t.Fatalf("commit: %v, carry %d", err, len(carry))
 	}
-	for _, r := range batch {
-		if res := <-r.done; res.err != nil {
+	for _, done := range dones {
+		if res := <-done; res.err != nil {
 			t.Fatal(res.err)
 		}
 	}
@@ -244,7 +246,8 @@ func TestPurgeDeadInOneTransaction(t *testing.T) {
 	for i := range 300 {
 		for _, d := range []secrets.DeviceID{a, b} {
 			m := Message{Topic: "t", Payload: []byte{byte(i)}, Received: time.Now()}
-			batch = append(batch, &request{op: opAppend, device: d, val: encodeMessage(d.String(), &m), size: Size(m), received: m.Received, done: make(chan result, 1)})
+			r, _ := withReply(&request{op: opAppend, device: d, val: encodeMessage(d.String(), &m), size: Size(m), received: m.Received})
+			batch = append(batch, r)
 		}
 	}
 	if _, err := s.commit(batch); err != nil {
@@ -362,4 +365,12 @@ func TestCloseAbandonsAckBacklog(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withReply gives r a reply channel, as Spool.do does, for tests that call
+// commit themselves.
+func withReply(r *request) (*request, chan result) {
+	done := make(chan result, 1)
+	r.reply = func(res result) { done <- res }
+	return r, done
 }

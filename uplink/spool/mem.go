@@ -189,6 +189,13 @@ func (m *Mem) Append(ctx context.Context, device secrets.DeviceID, msg Message) 
 	return msg.Seq, nil
 }
 
+// AppendAsync is Append reporting through done, as Spool.AppendAsync: done
+// is called exactly once, here always on the caller's goroutine before
+// AppendAsync returns (Mem has no commit to wait for).
+func (m *Mem) AppendAsync(ctx context.Context, device secrets.DeviceID, msg Message, done func(seq uint64, err error)) {
+	done(m.Append(ctx, device, msg))
+}
+
 // Read returns up to max messages of device with Seq > after, oldest
 // first, without removing them. Expired messages are skipped.
 func (m *Mem) Read(device secrets.DeviceID, after uint64, max int) ([]Message, error) {

@@ -194,6 +194,11 @@ type Options struct {
 	// at most one line per interval, with the count since the last line.
 	// Default DefaultDropLogInterval.
 	DropLogInterval time.Duration
+	// BeforeCommit, if set, is called on the writer goroutine before each
+	// commit, which waits for it to return: a seam for tests that need a
+	// commit held back, as a slow disk would hold it. Leave it nil. Spool
+	// only.
+	BeforeCommit func()
 	// Now is the clock for Received defaults, TTL and ages. Default
 	// time.Now.
 	Now func() time.Time

@@ -17,8 +17,10 @@ import (
 // Append hands the message to a single writer goroutine that commits
 // everything waiting (appends of all devices, acknowledgements, purges) in
 // one transaction, so that one fsync covers a group of publishers, and
-// returns once that commit is on disk. Per device, Seq order is the order
-// of the Append calls. Seqs come from one counter for the whole spool, so
+// returns once that commit is on disk. AppendAsync does the same without
+// waiting: it reports the commit through a callback, so that one publisher
+// can have many messages in one commit. Per device, Seq order is the order
+// of the Append and AppendAsync calls. Seqs come from one counter for the whole spool, so
 // a device's seqs increase but are not consecutive. Ack marks a message
 // for deletion at once (Read no longer returns it) and the writer deletes
 // it in a following commit; an acknowledgement lost in a crash only
@@ -118,7 +120,20 @@ type request struct {
 	started  bool      // purge/remove: seq is set
 	n        int       // purge/remove: messages dropped so far
 	queued   time.Time // when it was handed to the writer (CommitDelay)
-	done     chan result
+	// Exactly one of reply (do) and then (AppendAsync) receives the
+	// result, once, on the writer goroutine: see finish.
+	reply func(result)
+	then  func(seq uint64, err error)
+}
+
+// finish hands r's result to whoever waits for it. It runs on the writer
+// goroutine and must not block (see AppendAsync).
+func (r *request) finish(res result) {
+	if r.then != nil {
+		r.then(res.seq, res.err)
+		return
+	}
+	r.reply(res)
 }
 
 type result struct {
@@ -136,16 +151,10 @@ func (s *Spool) Path() string { return s.path }
 // no room, with ErrClosed after Close. If ctx ends first the error wraps
 // ctx.Err() and the message may still be stored.
 func (s *Spool) Append(ctx context.Context, device secrets.DeviceID, m Message) (uint64, error) {
-	if err := validateDevice(device); err != nil {
-		return 0, fmt.Errorf("append: %w", err)
-	}
-	if err := validateMessage(device, &m); err != nil {
+	r, err := s.appendRequest(device, m)
+	if err != nil {
 		return 0, err
 	}
-	if m.Received.IsZero() {
-		m.Received = s.opts.Now()
-	}
-	r := &request{op: opAppend, device: device, val: encodeMessage(device.String(), &m), size: Size(m), received: m.Received}
 	res, err := s.do(ctx, r)
 	if err != nil {
 		return 0, err
@@ -153,39 +162,93 @@ func (s *Spool) Append(ctx context.Context, device secrets.DeviceID, m Message) 
 	return res.seq, res.err
 }
 
+// AppendAsync is Append without the wait: it hands m to the writer and
+// returns, and done receives what Append would have returned once the
+// commit holding m is on disk (or the commit failed, or m was refused).
+// It waits only for the writer to take the request, which it does at once
+// unless Options.MaxBatch requests are already waiting (then until it
+// gathers its next group) — never for a commit. That is what lets one
+// publisher have many messages in one commit: a device with 16 publishes
+// in flight gets them all into the next fsync instead of one per fsync.
+//
+// done is called exactly once. The writer calls it after the commit, in
+// commit order, so one goroutine's calls complete in the order it made
+// them; when the request never reaches the writer (an invalid message, a
+// closed spool, ctx ended before the writer took it) done is called on
+// the caller's goroutine before AppendAsync returns. done runs on the
+// writer goroutine, which every appender of every device waits for: it
+// must not block, and must not call the Spool (a call that waits for the
+// writer would deadlock it).
+func (s *Spool) AppendAsync(ctx context.Context, device secrets.DeviceID, m Message, done func(seq uint64, err error)) {
+	r, err := s.appendRequest(device, m)
+	if err != nil {
+		done(0, err)
+		return
+	}
+	r.then = done
+	if err := s.submit(ctx, r); err != nil {
+		done(0, err)
+	}
+}
+
+// appendRequest validates and encodes an append for the writer.
+func (s *Spool) appendRequest(device secrets.DeviceID, m Message) (*request, error) {
+	if err := validateDevice(device); err != nil {
+		return nil, fmt.Errorf("append: %w", err)
+	}
+	if err := validateMessage(device, &m); err != nil {
+		return nil, err
+	}
+	if m.Received.IsZero() {
+		m.Received = s.opts.Now()
+	}
+	return &request{op: opAppend, device: device, val: encodeMessage(device.String(), &m), size: Size(m), received: m.Received}, nil
+}
+
 // do hands r to the writer and waits for its result.
 func (s *Spool) do(ctx context.Context, r *request) (result, error) {
-	r.done = make(chan result, 1)
-	r.queued = time.Now()
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return result{}, fmt.Errorf("%s for %s: %w", r.op, r.device, ErrClosed)
-	}
-	s.senders.Add(1)
-	s.mu.RUnlock()
-	select {
-	case s.reqs <- r:
-		s.senders.Done()
-	case <-ctx.Done():
-		s.senders.Done()
-		return result{}, fmt.Errorf("%s for %s: %w", r.op, r.device, ctx.Err())
-	case <-s.writerDone:
-		s.senders.Done()
-		return result{}, fmt.Errorf("%s for %s: %w", r.op, r.device, ErrClosed)
+	done := make(chan result, 1)
+	r.reply = func(res result) { done <- res }
+	if err := s.submit(ctx, r); err != nil {
+		return result{}, err
 	}
 	select {
-	case res := <-r.done:
+	case res := <-done:
 		return res, nil
 	case <-ctx.Done():
 		return result{}, fmt.Errorf("%s for %s: %w (it may still be committed)", r.op, r.device, ctx.Err())
 	case <-s.writerDone:
 		select {
-		case res := <-r.done:
+		case res := <-done:
 			return res, nil
 		default:
 			return result{}, fmt.Errorf("%s for %s: %w", r.op, r.device, ErrClosed)
 		}
+	}
+}
+
+// submit hands r to the writer, which then calls r.finish exactly once. It
+// fails, and r.finish is never called, when the spool is closed or ctx
+// ends before the writer took r. Close lets every submit that began
+// before it finish handing over (senders), and the writer answers every
+// request it took before it stops, so an accepted request is never lost.
+func (s *Spool) submit(ctx context.Context, r *request) error {
+	r.queued = time.Now()
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return fmt.Errorf("%s for %s: %w", r.op, r.device, ErrClosed)
+	}
+	s.senders.Add(1)
+	s.mu.RUnlock()
+	defer s.senders.Done()
+	select {
+	case s.reqs <- r:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%s for %s: %w", r.op, r.device, ctx.Err())
+	case <-s.writerDone:
+		return fmt.Errorf("%s for %s: %w", r.op, r.device, ErrClosed)
 	}
 }
 

@@ -20,11 +20,11 @@ func TestWatermarkIgnoresUncommittedTransaction(t *testing.T) {
 	}
 	d := secrets.DeviceID{ProductKey: "pk", DeviceName: "dev"}
 	m1 := Message{Topic: "t", Payload: []byte("1"), Received: time.Now()}
-	r1 := &request{op: opAppend, device: d, val: encodeMessage(d.String(), &m1), size: Size(m1), received: m1.Received, done: make(chan result, 1)}
+	r1, done := withReply(&request{op: opAppend, device: d, val: encodeMessage(d.String(), &m1), size: Size(m1), received: m1.Received})
 	if carry, err := s.commit([]*request{r1}); err != nil || len(carry) != 0 {
 		t.Fatalf("commit: %v, carry %d", err, len(carry))
 	}
-	res := <-r1.done
+	res := <-done
 	if res.err != nil {
 		t.Fatal(res.err)
 	}

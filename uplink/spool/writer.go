@@ -87,7 +87,7 @@ func (s *Spool) run() {
 				// Do not retry a failing disk at shutdown; unacknowledged
 				// work is still in the file (acks lost: duplicates).
 				for _, r := range carry {
-					r.done <- result{n: r.n, err: fmt.Errorf("%s for %s in spool %s: %w", r.op, r.device, s.path, err)}
+					r.finish(result{n: r.n, err: fmt.Errorf("%s for %s in spool %s: %w", r.op, r.device, s.path, err)})
 				}
 				return
 			}
@@ -350,6 +350,9 @@ type outcome struct {
 // the requests it finished and returns those that need another one, and
 // the commit error if any.
 func (s *Spool) commit(batch []*request) (carry []*request, _ error) {
+	if s.opts.BeforeCommit != nil {
+		s.opts.BeforeCommit()
+	}
 	wall := time.Now()
 	now := s.opts.Now()
 	acks := s.takeAcks()
@@ -441,7 +444,7 @@ func (s *Spool) commit(batch []*request) (carry []*request, _ error) {
 				s.mu.Unlock()
 			}
 		}
-		r.done <- res
+		r.finish(res)
 	}
 	return carry, err
 }
