@@ -15,51 +15,6 @@ import (
 	"github.com/edgegw/edgegw/uplink/spool"
 )
 
-// commitGate holds the spool's commits back while closed, as a slow disk
-// would (spool.Options.BeforeCommit).
-type commitGate struct {
-	mu      sync.Mutex
-	open    chan struct{} // nil while the gate is open
-	entered chan struct{} // receives when a commit starts waiting
-}
-
-func newCommitGate() *commitGate { return &commitGate{entered: make(chan struct{}, 100)} }
-
-func (g *commitGate) beforeCommit() {
-	g.mu.Lock()
-	open := g.open
-	g.mu.Unlock()
-	if open == nil {
-		return
-	}
-	g.entered <- struct{}{}
-	<-open
-}
-
-func (g *commitGate) close() {
-	g.mu.Lock()
-	g.open = make(chan struct{})
-	g.mu.Unlock()
-}
-
-func (g *commitGate) release() {
-	g.mu.Lock()
-	if g.open != nil {
-		close(g.open)
-		g.open = nil
-	}
-	g.mu.Unlock()
-}
-
-func (g *commitGate) waitEntered(t *testing.T) {
-	t.Helper()
-	select {
-	case <-g.entered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no commit started within 10s")
-	}
-}
-
 // asyncResult is what one AppendAsync reported.
 type asyncResult struct {
 	seq uint64
@@ -71,16 +26,16 @@ type asyncResult struct {
 // reports each append after the commit holding it, in the order made.
 // Append (one at a time per caller) would need one commit each.
 func TestAppendAsyncOneCommitForManyInFlight(t *testing.T) {
-	gate := newCommitGate()
-	s := mustOpen(t, filepath.Join(t.TempDir(), "spool.db"), spool.Options{BeforeCommit: gate.beforeCommit})
+	var gate testutil.Gate
+	s := mustOpen(t, filepath.Join(t.TempDir(), "spool.db"), spool.Options{BeforeCommit: gate.Pass})
 	before := s.Totals().Commits
 
 	// Hold the writer in a commit of another device's message, so that
 	// the 16 appends below all wait for the next one.
-	gate.close()
+	gate.Close()
 	blocker := make(chan asyncResult, 1)
 	s.AppendAsync(context.Background(), dev(1), msg("blocker"), func(seq uint64, err error) { blocker <- asyncResult{seq, err} })
-	gate.waitEntered(t)
+	gate.WaitEntered(t, 10*time.Second)
 
 	const inFlight = 16
 	var mu sync.Mutex
@@ -104,8 +59,7 @@ func TestAppendAsyncOneCommitForManyInFlight(t *testing.T) {
 	if early != 0 {
 		t.Fatalf("%d appends reported done while no commit could finish", early)
 	}
-	// The next commit waits at the gate too: let every one through.
-	gate.release()
+	gate.Open()
 	finished.Wait()
 	if r := <-blocker; r.err != nil {
 		t.Fatalf("blocker: %v", r.err)
@@ -205,8 +159,8 @@ func TestContractAppendAsyncErrors(t *testing.T) {
 // on a closed channel, a done called twice).
 func TestAppendAsyncClose(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spool.db")
-	gate := newCommitGate()
-	s, err := spool.Open(path, spool.Options{BeforeCommit: gate.beforeCommit, MaxBatch: 8})
+	var gate testutil.Gate
+	s, err := spool.Open(path, spool.Options{BeforeCommit: gate.Pass, MaxBatch: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,11 +197,11 @@ func TestAppendAsyncClose(t *testing.T) {
 	// Let requests pile up behind a held commit (MaxBatch is small, so
 	// appenders also wait for the writer to take theirs), then close.
 	testutil.Eventually(t, 10*time.Second, func() bool { return made.Load() > 200 }, "appends running")
-	gate.close()
-	gate.waitEntered(t)
+	gate.Close()
+	gate.WaitEntered(t, 10*time.Second)
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
-	gate.release()
+	gate.Open()
 	if err := <-closed; err != nil {
 		t.Fatal(err)
 	}
