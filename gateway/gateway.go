@@ -29,6 +29,10 @@ import (
 // spool.Mem implement it.
 type Queue interface {
 	uplink.Queue
+	// AppendAsync is Append reporting through done, which the spool calls
+	// on its writer goroutine after the commit (spool.Spool.AppendAsync):
+	// the sink's normal lane.
+	AppendAsync(ctx context.Context, device secrets.DeviceID, m spool.Message, done func(seq uint64, err error))
 	Purge(device secrets.DeviceID) (int, error)
 	Remove(device secrets.DeviceID) error
 	Stats(device secrets.DeviceID) spool.DeviceStats

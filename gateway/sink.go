@@ -15,11 +15,15 @@ import (
 )
 
 // sink puts every accepted device publish into the queue before the device
-// gets its PUBACK (localbroker calls Publish inside mochi's OnPublish hook).
-// Time-critical publishes (NTP requests, RRPC responses, replies to cloud
-// requests) take the uplink's express lane instead: QoS 1 ones are
-// queued durably all the same, QoS 0 ones are held in memory until sent or
-// expired (docs/architecture.md §3.3).
+// gets its PUBACK: localbroker calls Publish inside mochi's OnPublish hook
+// and acknowledges the publish when done(nil) comes. The normal lane hands
+// the message to the spool without waiting (AppendAsync), so that a device
+// with many publishes in flight gets them into one group commit; done runs
+// on the spool's writer after the commit. Time-critical publishes (NTP
+// requests, RRPC responses, replies to cloud requests) take the uplink's
+// express lane instead, synchronously: QoS 1 ones are queued durably all
+// the same, QoS 0 ones are held in memory until sent or expired
+// (docs/architecture.md §3.3).
 type sink struct {
 	q    Queue
 	mgr  *uplink.Manager
@@ -31,19 +35,20 @@ type sink struct {
 // cloud session is not up: QoS 0 is fire-and-forget, not buffered.
 var errQoS0Offline = errors.New("QoS 0 publish dropped: cloud session down and spool.qos0 = false")
 
-func (s *sink) Publish(ctx context.Context, m localbroker.Message) error {
+func (s *sink) Publish(ctx context.Context, m localbroker.Message, done func(error)) {
 	id := m.Device.DeviceID
 	msg := spool.Message{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Received: m.Received}
 	if handled, err := s.mgr.Expedite(ctx, id, msg); handled {
-		return appendResult(id, err)
+		done(appendResult(id, err))
+		return
 	}
 	if m.QoS == 0 && !s.qos0 {
 		if st, ok := s.mgr.Status(id); !ok || st.State != uplink.StateConnected {
-			return errQoS0Offline
+			done(errQoS0Offline)
+			return
 		}
 	}
-	_, err := s.q.Append(ctx, id, msg)
-	return appendResult(id, err)
+	s.q.AppendAsync(ctx, id, msg, func(_ uint64, err error) { done(appendResult(id, err)) })
 }
 
 // appendResult maps a queue's Append error to the broker's answer.

@@ -175,15 +175,23 @@ type Message struct {
 }
 
 // Sink receives every accepted device publish. Publish is called inside
-// mochi's OnPublish hook on the device's read goroutine; the device's PUBACK
-// is written only after it returns nil. It may block (an fsync): that stalls
-// only this device's connection. An error means the publish is not
-// acknowledged (see RejectError); a QoS 0 message is then simply dropped. ctx is cancelled only when a shutdown runs out of time.
+// mochi's OnPublish hook on the device's read goroutine and should return
+// as soon as the message is handed over (it may block, e.g. on a full
+// queue: that stalls only this device's connection). It reports the
+// outcome by calling done exactly once, from any goroutine, possibly before
+// Publish returns: nil once the message is stored (durably, for a spool),
+// or the reason it was not (see RejectError). done must not block: it may
+// run on a goroutine every device waits for, such as a spool's writer.
+// The device's PUBACK is written only after done(nil), and PUBACKs go out
+// in the order the device published, whatever order the calls to done
+// come in; after an error the publish is not acknowledged (a QoS 0 message
+// is simply dropped). ctx is cancelled only when a shutdown runs out of
+// time.
 type Sink interface {
-	Publish(ctx context.Context, m Message) error
+	Publish(ctx context.Context, m Message, done func(error))
 }
 
-// MQTT 5 PUBACK reason codes a Sink may return through RejectError.
+// MQTT 5 PUBACK reason codes a Sink may report through RejectError.
 const (
 	ReasonUnspecifiedError       byte = 0x80
 	ReasonImplementationSpecific byte = 0x83
@@ -193,7 +201,7 @@ const (
 	ReasonPayloadFormatInvalid   byte = 0x99
 )
 
-// RejectError is an error a Sink returns (or wraps) to refuse a publish from
+// RejectError is an error a Sink reports (or wraps) to refuse a publish from
 // an MQTT 5 client with a PUBACK carrying Code (one of the Reason constants;
 // anything else is sent as ReasonUnspecifiedError). The client then treats
 // the message as finished and will not resend it, so use it for permanent

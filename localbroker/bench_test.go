@@ -11,7 +11,7 @@ import (
 
 type nopSink struct{}
 
-func (nopSink) Publish(context.Context, localbroker.Message) error { return nil }
+func (nopSink) Publish(_ context.Context, _ localbroker.Message, done func(error)) { done(nil) }
 
 // BenchmarkPublishQoS1 measures device → broker → sink throughput: one paho
 // client publishing 200-byte QoS 1 messages into a sink that does nothing,

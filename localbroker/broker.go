@@ -65,7 +65,11 @@ type Config struct {
 	MaxPacketSize uint32 // largest packet accepted, checked before allocation (default 256 KiB)
 	MaxClients    int64  // connections beyond this are refused with CONNACK 3 (default 20000)
 	WritesPending int    // outbound queue per client; beyond it messages are dropped and counted (default 256)
-	MaxInflight   uint16 // unacknowledged outbound QoS 1 messages per client (default 128)
+	// MaxInflight bounds, per client, the unacknowledged outbound QoS 1
+	// messages and the inbound publishes waiting for the sink or for their
+	// PUBACK: beyond it the broker stops reading the client until one
+	// completes (default 128).
+	MaxInflight uint16
 	// SessionExpiry caps how long a persistent session (3.1.1 clean=false,
 	// or an MQTT 5 session expiry) outlives its connection (default 1h).
 	// Until then it holds its subscriptions and queued downlinks in memory.
@@ -139,6 +143,12 @@ type Broker struct {
 	rs      atomic.Pointer[runState]
 	info    atomic.Pointer[system.Info]
 
+	// stopping is closed when shutdown begins: publishes waiting for room
+	// in their connection's ack queue give up.
+	stopping chan struct{}
+	// ackWriters counts the running ack writer goroutines (acks.go).
+	ackWriters atomic.Int64
+
 	conns    sync.Map // *mqtt.Client → *conn
 	netConns sync.Map // net.Conn → *conn, to clean up connections mochi dropped without OnDisconnect
 	open     sync.Map // net.Conn → struct{}: every connection between accept and the end of its goroutine
@@ -181,6 +191,9 @@ type conn struct {
 	// quota is OnSubscribe's decision about the SUBSCRIBE being processed;
 	// read goroutine only.
 	quota *subQuota
+	// acks holds the publishes waiting for the sink and the PUBACKs owed,
+	// in receipt order (acks.go).
+	acks ackQueue
 	// Guarded by Broker.mu.
 	established bool
 	offline     bool
@@ -268,6 +281,7 @@ func New(cfg Config) (*Broker, error) {
 		limit:     newLimiter(10*time.Second, 10),
 		perDevice: newLimiter(time.Minute, 1),
 		ready:     make(chan struct{}),
+		stopping:  make(chan struct{}),
 		failed:    make(chan error, len(specs)),
 		devices:   map[secrets.DeviceID]map[*conn]struct{}{},
 		bySession: map[string]*conn{},
@@ -389,6 +403,7 @@ func (b *Broker) shutdown(rs *runState, cancelSink context.CancelFunc) error {
 	for _, l := range rs.listeners {
 		l.stopAccepting()
 	}
+	close(b.stopping) // a read loop waiting for room in its ack queue returns
 	var live []*mqtt.Client
 	for _, cl := range rs.srv.Clients.GetAll() {
 		if !cl.Net.Inline && !cl.Closed() {
@@ -407,6 +422,9 @@ func (b *Broker) shutdown(rs *runState, cancelSink context.CancelFunc) error {
 	// lock) deadlocks both, and Close never returns (seen in about one
 	// gateway test run in two). With no connection left, nothing deletes.
 	b.waitConnsEnded(start.Add(timeout / 2))
+	// Ack writers end as soon as their connections are closed; one still
+	// running at the deadline is abandoned (its write is bounded anyway).
+	b.waitAckWritersEnded(start.Add(timeout / 2))
 
 	closed := make(chan struct{})
 	go func() {
@@ -522,6 +540,9 @@ func (b *Broker) disconnectAll(srv *mqtt.Server, clients []*mqtt.Client, deadlin
 func (b *Broker) disconnect(srv *mqtt.Server, cl *mqtt.Client, code packets.Code, timeout time.Duration) {
 	if cl.Closed() {
 		return
+	}
+	if c := b.connOf(cl); c != nil {
+		c.acks.close() // its read loop may be waiting for room in the queue
 	}
 	if cl.Properties.ProtocolVersion < 5 {
 		cl.Stop(code)

@@ -10,12 +10,17 @@
 //
 //   - Durable before acknowledged. Every publish a device makes that passes
 //     the ACL is handed to the Sink inside mochi's OnPublish hook, on the
-//     device's own read goroutine, before the PUBACK is written. The device
-//     gets its PUBACK only after Sink.Publish returns nil. When it returns an
-//     error the publish is not acknowledged (MQTT 3.1.1: no PUBACK, and the
-//     device is disconnected so that it resends; MQTT 5: a PUBACK carrying
-//     the reason code of a *RejectError, or DISCONNECT 0x89). A slow sink
-//     stalls only that device's connection: natural backpressure.
+//     device's own read goroutine, which goes on reading while the sink
+//     stores it. The device gets its PUBACK only after the sink reports the
+//     publish stored (done(nil)), and its PUBACKs in the order it published
+//     (acks.go). When the sink reports an error the publish is not
+//     acknowledged (MQTT 3.1.1: no PUBACK, and the device is disconnected so
+//     that it resends; MQTT 5: a PUBACK carrying the reason code of a
+//     *RejectError, or DISCONNECT 0x89). At most Config.MaxInflight
+//     publishes of one connection wait for the sink or their PUBACK; a
+//     slow sink then stalls only that device's connection: natural
+//     backpressure. A device that does not read its socket holds up only
+//     its own PUBACKs.
 //   - No local echo. A device's publish goes to the sink only; it is never
 //     fanned out to local subscribers (the device itself included), as the
 //     clouds never send a device's publish back to it.

@@ -94,7 +94,8 @@ func (a *testAuth) last() localbroker.ConnectRequest {
 	return a.requests[len(a.requests)-1]
 }
 
-// testSink records messages. A hook can make it block or fail.
+// testSink records messages. A hook can make it block or fail. It answers
+// inline, before Publish returns, as a sink that stores synchronously does.
 type testSink struct {
 	mu   sync.Mutex
 	msgs []localbroker.Message
@@ -104,7 +105,11 @@ type testSink struct {
 
 func newSink() *testSink { return &testSink{got: make(chan localbroker.Message, 1000)} }
 
-func (s *testSink) Publish(ctx context.Context, m localbroker.Message) error {
+func (s *testSink) Publish(ctx context.Context, m localbroker.Message, done func(error)) {
+	done(s.publish(ctx, m))
+}
+
+func (s *testSink) publish(ctx context.Context, m localbroker.Message) error {
 	s.mu.Lock()
 	hook := s.hook
 	s.mu.Unlock()

@@ -276,15 +276,26 @@ func (c *conn) publishAllowed(topic string) bool {
 // refused QoS 1 publish, made firmware that publishes such a topic right
 // after CONNACK (a version report, say) reconnect and resend it for ever.
 // So an MQTT 5 client gets PUBACK 0x87 "not authorized", a 3.1.1 client a
-// PUBACK (it has no negative one), and QoS 0 is dropped.
+// PUBACK (it has no negative one), and QoS 0 is dropped. The PUBACK takes
+// its turn in the connection's ack queue, behind the publishes still
+// waiting for the sink.
 func (h *hook) refuseTopic(cl *mqtt.Client, c *conn, pk packets.Packet) (packets.Packet, error) {
 	h.b.stats.pubDenied.Add(1)
 	h.b.logDevice("acl-publish", c.id.DeviceID, slog.LevelWarn, "publish refused: topic outside the device's namespace; acknowledged and dropped",
 		"device", c.id.String(), "client", logsafe.Clip(c.clientID), "topic", logsafe.Clip(pk.TopicName), "qos", pk.FixedHeader.Qos, "remote", c.remote)
-	if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion == 5 {
-		return pk, packets.ErrNotAuthorized
+	if pk.FixedHeader.Qos == 0 {
+		return pk, packets.CodeSuccessIgnore
 	}
-	return pk, packets.CodeSuccessIgnore
+	v5 := cl.Properties.ProtocolVersion == 5
+	ticket, ok := c.acks.enter(int(h.b.cfg.MaxInflight), h.b.stopping, true, pk.PacketID, v5)
+	if ok {
+		var code byte
+		if v5 {
+			code = ReasonNotAuthorized
+		}
+		h.ackDone(c, ticket, ackReady, code)
+	}
+	return pk, packets.ErrRejectPacket
 }
 
 // OnSessionEstablished indexes the session once its CONNACK is written.
@@ -309,7 +320,9 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if old := b.bySession[c.session]; old != nil && old != c {
 		// Taken over. If the old connection has not yet been through
 		// OnDisconnect, it keeps its identity until then (for its
-		// Disconnected event), but no longer receives downlink.
+		// Disconnected event), but no longer receives downlink, nor
+		// PUBACKs (its read loop may be waiting for room in the queue).
+		old.acks.close()
 		if old.disconnectSeen.Load() {
 			b.removeLocked(old)
 		} else {
@@ -349,6 +362,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return
 	}
 	c.disconnectSeen.Store(true)
+	c.acks.close() // publishes completing from now on are not acknowledged
 	takenOver := cl.IsTakenOver()
 	var unsub []string
 	b.mu.Lock()
@@ -456,12 +470,15 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 	return pk
 }
 
-// OnPublish hands every device publish to the sink before mochi writes the
-// PUBACK. Nothing a device publishes is fanned out locally
-// (CodeSuccessIgnore: acknowledged, not delivered, not retained): its
-// messages go to the spool and its cloud session only, as on the cloud,
-// which never echoes a device's publish back to it. Admin requests are
-// acknowledged the same way and handled in OnPublished.
+// OnPublish hands every device publish to the sink. Nothing a device
+// publishes is fanned out locally: its messages go to the spool and its
+// cloud session only, as on the cloud, which never echoes a device's
+// publish back to it. The hook returns ErrRejectPacket, so mochi neither
+// acknowledges nor routes the message, and the connection's ack queue
+// writes the PUBACK once the sink reports the message durable, in the
+// order the publishes arrived (acks.go). Admin requests are acknowledged
+// by mochi (CodeSuccessIgnore: acknowledged, not delivered, not retained)
+// and handled in OnPublished.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil // admin replies from PublishAdmin
@@ -471,12 +488,12 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if c == nil {
 		return pk, packets.ErrRejectPacket
 	}
-	v5ack := cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0
+	v5 := cl.Properties.ProtocolVersion == 5
 	if c.id.Admin {
 		if rt := pk.Properties.ResponseTopic; rt != "" && !adminResponseTopicOK(rt) {
 			b.logLimited("admin-response-topic", slog.LevelInfo, "admin request refused: response topic outside "+AdminTopicPrefix,
 				"admin", c.id.String(), "client", logsafe.Clip(c.clientID), "response_topic", logsafe.Clip(rt))
-			if v5ack {
+			if v5 && pk.FixedHeader.Qos > 0 {
 				return pk, packets.ErrNotAuthorized
 			}
 			return pk, packets.ErrRejectPacket
@@ -491,39 +508,21 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if !c.publishAllowed(pk.TopicName) {
 		return h.refuseTopic(cl, c, pk)
 	}
-	err := b.cfg.Sink.Publish(h.sinkCtx, Message{
+	qos := pk.FixedHeader.Qos
+	ticket, ok := c.acks.enter(int(b.cfg.MaxInflight), b.stopping, qos > 0, pk.PacketID, v5)
+	if !ok {
+		return pk, packets.ErrRejectPacket // the connection or the broker is closing
+	}
+	topic := pk.TopicName
+	b.cfg.Sink.Publish(h.sinkCtx, Message{
 		Device:   c.id,
 		ClientID: c.clientID,
-		Topic:    pk.TopicName,
+		Topic:    topic,
 		Payload:  pk.Payload,
-		QoS:      pk.FixedHeader.Qos,
+		QoS:      qos,
 		Retain:   pk.FixedHeader.Retain,
 		Received: time.Now(),
-	})
-	if err == nil {
-		b.stats.messagesIn.Add(1)
-		return pk, packets.CodeSuccessIgnore
-	}
-	b.stats.sinkErrors.Add(1)
-	var rej *RejectError
-	isReject := errors.As(err, &rej)
-	b.logLimited("sink", slog.LevelWarn, "publish not acknowledged: sink refused it",
-		"device", c.id.String(), "client", logsafe.Clip(c.clientID), "topic", logsafe.Clip(pk.TopicName), "qos", pk.FixedHeader.Qos,
-		"error", err)
-	if v5ack && isReject {
-		code, ok := pubackCodes[rej.Code]
-		if !ok {
-			code = packets.ErrUnspecifiedError
-		}
-		return pk, code
-	}
-	if pk.FixedHeader.Qos > 0 {
-		// A withheld PUBACK is resent only after a reconnect (MQTT 3.1.1
-		// clients, and MQTT 5 clients, never resend on a live
-		// connection): without the disconnect the device would wait for
-		// it forever, answering pings, its window stuck.
-		h.dropAfterWithheld(cl, c)
-	}
+	}, func(err error) { h.published(c, ticket, qos, v5, topic, err) })
 	return pk, packets.ErrRejectPacket
 }
 

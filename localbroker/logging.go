@@ -59,6 +59,9 @@ func (b *Broker) logLimited(key string, level slog.Level, msg string, args ...an
 //   - the keepalive warning (keepalive 0 is legitimate for field devices)
 //     and the disconnect after an ACL denial (logged by the broker) go to
 //     Debug;
+//   - the Debug line mochi writes whenever a hook returns ErrRejectPacket is
+//     dropped: that is how OnPublish takes over every device publish
+//     (acks.go), not an event;
 //   - packets and wills in attributes are summarised (type, topic, QoS, id,
 //     payload size) instead of dumped, so payloads never reach the log;
 //   - string attributes (client ids, topics: what clients sent) are
@@ -74,6 +77,9 @@ func (h *mochiHandler) Enabled(ctx context.Context, level slog.Level) bool {
 }
 
 func (h *mochiHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "publish packet rejected" {
+		return nil
+	}
 	level := r.Level
 	switch {
 	case level < slog.LevelWarn && level >= slog.LevelInfo:

@@ -109,7 +109,8 @@ func dialRaw5(t *testing.T, addr, clientID, user, pass string) *rawClient {
 	return c
 }
 
-// read5 reads a CONNACK or SUBACK of an MQTT 5 connection.
+// read5 reads a CONNACK, SUBACK, PUBACK or DISCONNECT of an MQTT 5
+// connection.
 func (c *rawClient) read5() packets.Packet {
 	c.t.Helper()
 	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -122,6 +123,7 @@ func (c *rawClient) read5() packets.Packet {
 	if err == nil {
 		n, _, err = packets.DecodeLength(c.r)
 	}
+	pk.FixedHeader.Remaining = n
 	body := make([]byte, n)
 	if err == nil {
 		_, err = io.ReadFull(c.r, body)
@@ -132,6 +134,10 @@ func (c *rawClient) read5() packets.Packet {
 			err = pk.ConnackDecode(body)
 		case packets.Suback:
 			err = pk.SubackDecode(body)
+		case packets.Puback:
+			err = pk.PubackDecode(body)
+		case packets.Disconnect:
+			err = pk.DisconnectDecode(body)
 		default:
 			err = fmt.Errorf("unexpected packet type %d", pk.FixedHeader.Type)
 		}
