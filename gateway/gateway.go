@@ -62,6 +62,10 @@ type Options struct {
 	// Commit is the source revision edgegw_build_info reports (default:
 	// vcs.revision from the build info, else "unknown").
 	Commit string
+	// BeforeSpoolCommit, if set, is called before each commit of the
+	// durable spool, which waits for it (spool.Options.BeforeCommit): a
+	// seam for tests that hold a commit back. Leave it nil.
+	BeforeSpoolCommit func()
 }
 
 // Gateway is one edgegw instance: registry, local broker, spool and cloud
@@ -310,6 +314,7 @@ func (g *Gateway) openQueue() (Queue, error) {
 		Overflow:     overflow,
 		TTL:          g.cfg.Spool.TTL.Std(),
 		Logger:       g.log.With("part", "spool"),
+		BeforeCommit: g.opts.BeforeSpoolCommit,
 	}
 	if !g.cfg.Spool.Durable {
 		return spool.NewMem(opts)
