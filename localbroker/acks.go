@@ -50,6 +50,11 @@ import (
 //     dropped. The messages are in the spool already; the device resends
 //     what it did not see acknowledged (a duplicate, never a loss).
 
+// errAckQueued is what OnPublish returns for a device publish it has taken
+// over: packets.ErrRejectPacket, boxed once (boxing the Code on every
+// return allocates).
+var errAckQueued error = packets.ErrRejectPacket
+
 // ackState is what a queued publish is waiting for.
 type ackState uint8
 
@@ -83,6 +88,7 @@ type ackQueue struct {
 	waiting bool          // the read goroutine waits in enter
 	wake    chan struct{} // signals the waiting read goroutine (made when first needed)
 	buf     []byte        // the running writer's encoding buffer
+	timer   *time.Timer   // bounds the running writer's write; writers only
 }
 
 // enter admits a publish, waiting while max are held, and for a QoS 1 one
@@ -297,7 +303,7 @@ func (h *hook) writeAcks(c *conn) {
 			return
 		}
 		if n > 0 {
-			if err := b.writeRaw(c.cl, buf, n); err != nil {
+			if err := b.writeRaw(c, buf, n); err != nil {
 				c.acks.close()
 				c.cl.Stop(err)
 				return
@@ -311,24 +317,30 @@ func (h *hook) writeAcks(c *conn) {
 	}
 }
 
-// writeRaw writes n encoded packets to a client in one write, under the
+// writeRaw writes n encoded packets to c's client in one write, under the
 // client's lock as mochi's own writes are, so that they never interleave
 // with a packet mochi writes. A client that does not take the bytes within
 // Config.WriteTimeout is stopped (which also ends the write). mochi's byte
-// and packet counters are kept.
-func (b *Broker) writeRaw(cl *mqtt.Client, buf []byte, n int) error {
+// and packet counters are kept. Writer goroutine only: the timer is the
+// connection's, reused.
+func (b *Broker) writeRaw(c *conn, buf []byte, n int) error {
+	cl := c.cl
 	if cl.Closed() || cl.Net.Conn == nil {
 		return mqtt.ErrConnectionClosed
 	}
-	t := time.AfterFunc(b.cfg.WriteTimeout, func() {
-		b.logLimited("write-timeout", slog.LevelWarn, "client did not take its acknowledgements in time; disconnecting",
-			"client", logsafe.Clip(cl.ID), "remote", cl.Net.Remote, "timeout", b.cfg.WriteTimeout)
-		cl.Stop(errWriteTimeout)
-	})
+	if t := c.acks.timer; t == nil {
+		c.acks.timer = time.AfterFunc(b.cfg.WriteTimeout, func() {
+			b.logLimited("write-timeout", slog.LevelWarn, "client did not take its acknowledgements in time; disconnecting",
+				"client", logsafe.Clip(cl.ID), "remote", cl.Net.Remote, "timeout", b.cfg.WriteTimeout)
+			cl.Stop(errWriteTimeout)
+		})
+	} else {
+		t.Reset(b.cfg.WriteTimeout)
+	}
 	cl.Lock()
 	w, err := cl.Net.Conn.Write(buf)
 	cl.Unlock()
-	t.Stop()
+	c.acks.timer.Stop()
 	if info := b.info.Load(); info != nil {
 		atomic.AddInt64(&info.BytesSent, int64(w))
 		if err == nil {

@@ -295,7 +295,7 @@ func (h *hook) refuseTopic(cl *mqtt.Client, c *conn, pk packets.Packet) (packets
 		}
 		h.ackDone(c, ticket, ackReady, code)
 	}
-	return pk, packets.ErrRejectPacket
+	return pk, errAckQueued
 }
 
 // OnSessionEstablished indexes the session once its CONNACK is written.
@@ -511,7 +511,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	qos := pk.FixedHeader.Qos
 	ticket, ok := c.acks.enter(int(b.cfg.MaxInflight), b.stopping, qos > 0, pk.PacketID, v5)
 	if !ok {
-		return pk, packets.ErrRejectPacket // the connection or the broker is closing
+		return pk, errAckQueued // the connection or the broker is closing
 	}
 	topic := pk.TopicName
 	b.cfg.Sink.Publish(h.sinkCtx, Message{
@@ -523,7 +523,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		Retain:   pk.FixedHeader.Retain,
 		Received: time.Now(),
 	}, func(err error) { h.published(c, ticket, qos, v5, topic, err) })
-	return pk, packets.ErrRejectPacket
+	return pk, errAckQueued
 }
 
 // dropAfterWithheld ends the connection of a client whose QoS 1 publish
