@@ -234,3 +234,56 @@ func TestDrainMillion(t *testing.T) {
 	}
 	s.Close()
 }
+
+// BenchmarkSpoolAppendWindow: 1,000 devices, each with a window of
+// messages in flight, as the broker's sink appends them. With Append a
+// device has one message per commit whatever its window (it waits for
+// each); with AppendAsync all it has in flight join the next commit.
+func BenchmarkSpoolAppendWindow(b *testing.B) {
+	const devices = 1000
+	for _, c := range []struct {
+		name   string
+		async  bool
+		window int
+	}{{"append/window=1", false, 1}, {"async/window=1", true, 1}, {"async/window=16", true, 16}} {
+		b.Run(c.name, func(b *testing.B) {
+			s := openBench(b, spool.Options{Budget: 4 << 30})
+			ctx := context.Background()
+			var next atomic.Int64
+			before := s.Totals()
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for d := range devices {
+				wg.Go(func() {
+					slots := make(chan struct{}, c.window)
+					var inFlight sync.WaitGroup
+					for i := 0; next.Add(1) <= int64(b.N); i++ {
+						if !c.async {
+							if _, err := s.Append(ctx, dev(d), benchMsg(i)); err != nil {
+								b.Error(err)
+								return
+							}
+							continue
+						}
+						slots <- struct{}{}
+						inFlight.Add(1)
+						s.AppendAsync(ctx, dev(d), benchMsg(i), func(_ uint64, err error) {
+							if err != nil {
+								b.Error(err)
+							}
+							<-slots
+							inFlight.Done()
+						})
+					}
+					inFlight.Wait()
+				})
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			reportCommits(b, s, before, b.N, elapsed)
+			b.ReportMetric(float64(s.Totals().Commit.Avg.Microseconds()), "µs/commit")
+		})
+	}
+}
