@@ -144,3 +144,76 @@ func TestCommitDelayIsBounded(t *testing.T) {
 		t.Errorf("append during close: %v", err)
 	}
 }
+
+// Read takes its candidates under the spool's lock and reads them without
+// it; a message whose Ack returned before a Read began is never returned
+// by it, while commits delete acknowledged messages concurrently.
+func TestReadNeverReturnsAcknowledged(t *testing.T) {
+	s := mustOpen(t, filepath.Join(t.TempDir(), "spool.db"), spool.Options{AckDelay: time.Millisecond, CommitDelay: -1})
+	ctx := context.Background()
+	const n = 3000
+	var (
+		mu    sync.Mutex
+		acked = map[uint64]bool{}
+		seqs  = make(chan uint64, n)
+		wg    sync.WaitGroup
+	)
+	wg.Go(func() { // appends keep the writer committing
+		for range n {
+			seq, err := s.Append(ctx, dev(1), msg("x"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			seqs <- seq
+		}
+		close(seqs)
+	})
+	wg.Go(func() {
+		for seq := range seqs {
+			if err := s.Ack(dev(1), seq); err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			acked[seq] = true
+			mu.Unlock()
+		}
+	})
+	stop := make(chan struct{})
+	var reads, checked int
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			mu.Lock()
+			before := make(map[uint64]bool, len(acked))
+			for k := range acked {
+				before[k] = true
+			}
+			mu.Unlock()
+			got, err := s.Read(dev(1), 0, 64)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			reads++
+			for _, m := range got {
+				checked++
+				if before[m.Seq] {
+					t.Errorf("Read returned seq %d, acknowledged before it began", m.Seq)
+					return
+				}
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	<-readerDone
+	t.Logf("%d reads, %d messages checked", reads, checked)
+}

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/edgegw/edgegw/secrets"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Spool is the durable queue: one bbolt file holding a FIFO per device.
@@ -260,50 +262,57 @@ func (s *Spool) Read(device secrets.DeviceID, after uint64, max int) ([]Message,
 	if max <= 0 {
 		return nil, nil
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.dbClosed {
-		return nil, fmt.Errorf("read %s: %w", device, ErrClosed)
-	}
-	d := s.led.devs[device]
-	if d == nil || d.q.len() == 0 {
-		return nil, nil
-	}
-	live := d.q.live()
-	pend := s.pending[device]
 	now := s.opts.Now()
 	var (
 		out     []Message
 		expired bool
 		bad     []uint64
 	)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketMessages)
-		for i := d.q.search(after + 1); i < len(live) && len(out) < max; i++ {
-			seq := live[i]
-			if _, ok := pend[seq]; ok {
-				continue
-			}
-			v := b.Get(seqKey(seq))
-			if v == nil {
-				// Indexed by a transaction not yet committed.
-				continue
-			}
-			m, err := decodeMessage(seq, v)
-			if err != nil {
-				bad = append(bad, seq)
-				continue
-			}
-			if s.led.expired(m.Received, now) {
-				expired = true
-				continue
-			}
-			out = append(out, m)
+	for len(out) < max {
+		seqs, more, err := s.candidates(device, after, max-len(out))
+		if err != nil {
+			return nil, err
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read %s from spool %s: %w", device, s.path, err)
+		if len(seqs) == 0 {
+			break
+		}
+		after = seqs[len(seqs)-1]
+		uncommitted := false
+		err = s.db.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketMessages)
+			for _, seq := range seqs {
+				v := b.Get(seqKey(seq))
+				if v == nil {
+					// Indexed by a transaction not yet committed (the
+					// later seqs too), or deleted since the candidates
+					// were taken.
+					uncommitted = true
+					continue
+				}
+				m, err := decodeMessage(seq, v)
+				if err != nil {
+					bad = append(bad, seq)
+					continue
+				}
+				if s.led.expired(m.Received, now) {
+					expired = true
+					continue
+				}
+				out = append(out, m)
+			}
+			return nil
+		})
+		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+			return nil, fmt.Errorf("read %s: %w", device, ErrClosed)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s from spool %s: %w", device, s.path, err)
+		}
+		// Short of max because of expired or damaged records: look
+		// further.
+		if !more || uncommitted {
+			break
+		}
 	}
 	if len(bad) > 0 {
 		s.log.Error("spool records fail their checksum; deleting them", "device", device.String(), "seqs", bad)
@@ -317,6 +326,35 @@ func (s *Spool) Read(device secrets.DeviceID, after uint64, max int) ([]Message,
 		s.poke()
 	}
 	return out, nil
+}
+
+// candidates returns up to max seqs of device after after that are queued
+// and not acknowledged, and whether more follow. It holds s.mu only to
+// copy them: Read's bbolt transaction runs without it, so that thousands
+// of drains reading do not keep the writer from building its next commit.
+// A message whose acknowledgement commits in between is either absent
+// from Read's snapshot (committed before it) or was still pending here
+// (committed after): it is never returned once its ack was staged.
+func (s *Spool) candidates(device secrets.DeviceID, after uint64, max int) (seqs []uint64, more bool, _ error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.dbClosed {
+		return nil, false, fmt.Errorf("read %s: %w", device, ErrClosed)
+	}
+	d := s.led.devs[device]
+	if d == nil || d.q.len() == 0 {
+		return nil, false, nil
+	}
+	live := d.q.live()
+	pend := s.pending[device]
+	i := d.q.search(after + 1)
+	for ; i < len(live) && len(seqs) < max; i++ {
+		if _, ok := pend[live[i]]; ok {
+			continue
+		}
+		seqs = append(seqs, live[i])
+	}
+	return seqs, i < len(live), nil
 }
 
 // Ack removes message seq of device. It takes effect at once for Read and
