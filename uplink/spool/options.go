@@ -110,7 +110,7 @@ const (
 	DefaultBudget           = 256 << 20
 	DefaultDeadLetterMax    = 100
 	DefaultDeadLetterBudget = 16 << 20
-	DefaultMaxBatch         = 1000
+	DefaultMaxBatch         = 4096
 	DefaultCloseTimeout     = 10 * time.Second
 	DefaultLockTimeout      = 2 * time.Second
 	DefaultCompactMinSize   = 32 << 20
