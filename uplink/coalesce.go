@@ -13,11 +13,12 @@ import (
 // publishes (and the PUBACKs for downlinks) going out back to back, that is
 // one system call, and one TCP segment for the cloud to read, per packet.
 //
-// Write copies the packet into the connection's pending buffer and returns;
-// a flusher goroutine, started when the buffer goes from empty to not
-// empty and gone once it is empty again (an idle session has none), writes
-// whatever has gathered by the time it runs. Under load packets gather
-// while the flusher waits for a CPU; when idle it runs at once. A write
+// A Write that is not part of a burst (none for burstGap) goes straight
+// out on paho's goroutine. Within a burst, Write copies the packet into
+// the connection's pending buffer and returns; a flusher goroutine,
+// started when the buffer goes from empty to not empty and gone once it is
+// empty again (an idle session has none), writes whatever has gathered by
+// the time it runs. A write
 // error is kept and returned by every later Write, and closes the
 // connection so that paho's reader sees it too; what paho had written
 // after the failure is lost with the connection, as it would be in the
@@ -31,14 +32,15 @@ type coalescing struct {
 	net.Conn
 	timeout time.Duration // default bound of one flush
 
-	mu       sync.Mutex
-	space    sync.Cond // signalled when the pending buffer shrinks or err is set
-	pending  []byte
-	flushing bool
-	err      error
-	wto      time.Duration // last write timeout paho set
-	closed   bool
-	waiting  int // Writes blocked on a full buffer
+	mu        sync.Mutex
+	space     sync.Cond // signalled when the pending buffer shrinks or err is set
+	pending   []byte
+	flushing  bool
+	err       error
+	wto       time.Duration // last write timeout paho set
+	closed    bool
+	waiting   int       // Writes blocked on a full buffer
+	lastWrite time.Time // end of the last write(2)
 }
 
 // maxPending bounds the bytes waiting for the flusher: beyond it Write
@@ -69,6 +71,9 @@ func (c *coalescing) Write(p []byte) (int, error) {
 	if c.err != nil {
 		return 0, c.err
 	}
+	if !c.flushing && len(c.pending) == 0 && time.Since(c.lastWrite) > burstGap {
+		return c.writeNow(p)
+	}
 	if c.pending == nil {
 		c.pending = (*coalesceBufs.Get().(*[]byte))[:0]
 	}
@@ -80,6 +85,68 @@ func (c *coalescing) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// burstGap: a Write this long after the previous write(2) is not part of
+// a burst and goes out at once, on the caller's goroutine: at a low rate
+// every packet would otherwise wait for a flusher goroutine to be
+// scheduled (a hand-off that, on a busy box, costs milliseconds).
+const burstGap = time.Millisecond
+
+// writeNow writes p on the caller's goroutine; c.mu is held and is held
+// again on return. What other goroutines Write meanwhile gathers for a
+// flusher.
+func (c *coalescing) writeNow(p []byte) (int, error) {
+	c.flushing = true
+	timeout := c.timeoutLocked()
+	c.mu.Unlock()
+	err := c.writeOut(p, timeout)
+	c.mu.Lock()
+	c.lastWrite = time.Now()
+	if err != nil {
+		c.fail(err)
+		c.flushing = false
+		c.space.Broadcast()
+		return 0, err
+	}
+	if len(c.pending) > 0 {
+		go c.flush() // still flushing
+	} else {
+		c.flushing = false
+		c.space.Broadcast()
+	}
+	return len(p), nil
+}
+
+// timeoutLocked is the bound of the next write(2); c.mu is held.
+func (c *coalescing) timeoutLocked() time.Duration {
+	timeout := c.wto
+	if timeout <= 0 {
+		timeout = c.timeout
+	}
+	if c.closed {
+		timeout = min(timeout, closeFlushTimeout)
+	}
+	return timeout
+}
+
+// writeOut writes buf to the socket within timeout.
+func (c *coalescing) writeOut(buf []byte, timeout time.Duration) error {
+	if timeout > 0 {
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+			return err
+		}
+	}
+	_, err := c.Conn.Write(buf)
+	return err
+}
+
+// fail keeps the first write error and closes the socket; c.mu is held.
+func (c *coalescing) fail(err error) {
+	if c.err == nil {
+		c.err = err
+		_ = c.Conn.Close()
+	}
+}
+
 // flush writes the pending bytes until there are none left.
 func (c *coalescing) flush() {
 	var spare []byte
@@ -87,28 +154,16 @@ func (c *coalescing) flush() {
 	for len(c.pending) > 0 && c.err == nil {
 		buf := c.pending
 		c.pending = spare
-		timeout := c.wto
-		if timeout <= 0 {
-			timeout = c.timeout
-		}
-		if c.closed {
-			timeout = min(timeout, closeFlushTimeout)
-		}
+		timeout := c.timeoutLocked()
 		c.mu.Unlock()
 
-		var err error
-		if timeout > 0 {
-			err = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
-		}
-		if err == nil {
-			_, err = c.Conn.Write(buf)
-		}
+		err := c.writeOut(buf, timeout)
 
 		c.mu.Lock()
+		c.lastWrite = time.Now()
 		spare = buf[:0]
-		if err != nil && c.err == nil {
-			c.err = err
-			_ = c.Conn.Close()
+		if err != nil {
+			c.fail(err)
 		}
 		c.space.Broadcast()
 	}

@@ -86,15 +86,18 @@ func (c *coalescing) idle() bool {
 	return !c.flushing && c.pending == nil
 }
 
-// Packets written while the socket is busy go out together, in order, in
-// the next write; the flusher is gone once everything is out.
+// The first packet after a pause goes out at once, on the caller's
+// goroutine; packets written while the socket is busy go out together, in
+// order, in the next write; the flusher is gone once everything is out.
 func TestCoalescingGathersABurst(t *testing.T) {
 	g := &gatedConn{gate: make(chan struct{}), entered: make(chan struct{}, 1)}
 	c := newCoalescing(g, time.Minute)
-	if _, err := c.Write([]byte("p1")); err != nil {
-		t.Fatal(err)
-	}
-	<-g.entered // the flusher is in write(2) with p1
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.Write([]byte("p1"))
+		first <- err
+	}()
+	<-g.entered // the first Write is in write(2) with p1
 	g.mu.Lock()
 	gate := g.gate
 	g.gate = nil
@@ -107,6 +110,9 @@ func TestCoalescingGathersABurst(t *testing.T) {
 		want.WriteString(p)
 	}
 	close(gate) // p1's write(2) returns
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
 	testutil.Eventually(t, 10*time.Second, c.idle, "the flusher finished")
 	got := g.got()
 	if len(got) != 2 || string(got[0]) != "p1" || string(got[1]) != want.String() {
@@ -119,8 +125,8 @@ func TestCoalescingWriteErrorSticks(t *testing.T) {
 	boom := errors.New("connection reset")
 	g := &gatedConn{failWith: boom}
 	c := newCoalescing(g, time.Minute)
-	if _, err := c.Write([]byte("p1")); err != nil {
-		t.Fatal(err) // the failure is not known yet
+	if _, err := c.Write([]byte("p1")); !errors.Is(err, boom) { // written at once
+		t.Fatalf("first write: %v, want %v", err, boom)
 	}
 	testutil.Eventually(t, 10*time.Second, c.idle, "the flusher finished")
 	if _, err := c.Write([]byte("p2")); !errors.Is(err, boom) {
@@ -143,9 +149,11 @@ func TestCoalescingStuckSocket(t *testing.T) {
 	if err := c.SetWriteDeadline(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Write([]byte("first")); err != nil {
-		t.Fatal(err)
-	}
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.Write([]byte("first"))
+		first <- err
+	}()
 	<-g.entered
 	big := make([]byte, maxPending)
 	if _, err := c.Write(big); err != nil { // fills the pending buffer
@@ -172,6 +180,9 @@ func TestCoalescingStuckSocket(t *testing.T) {
 		t.Error("a Write blocked on a full buffer succeeded after Close")
 	}
 	close(g.gate)
+	if err := <-first; err == nil {
+		t.Error("the write stuck until after Close succeeded")
+	}
 	if _, err := c.Write([]byte("after")); err == nil {
 		t.Error("Write after Close succeeded")
 	}
