@@ -615,10 +615,7 @@ func (g *Gateway) Snapshot() Snapshot {
 	bs := b.Stats()
 	s.LocalClients = int(bs.ClientsConnected)
 	s.BrokerMessages = bs.MessagesIn
-	for _, st := range m.Statuses() {
-		s.Sessions[st.State]++
-		s.Sent += st.Sent
-	}
+	s.Sessions, s.Sent = m.Summary()
 	s.Spool = q.Totals()
 	return s
 }
