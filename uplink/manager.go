@@ -44,6 +44,8 @@ type Manager struct {
 	runCtx context.Context
 	wg     sync.WaitGroup // running sessions and the express sweeper
 	live   atomic.Int64   // running sessions, for the stop report
+
+	connects atomic.Uint64 // cloud connections made (CONNACK accepted)
 }
 
 type phase int
@@ -327,6 +329,10 @@ func checkFilter(id secrets.DeviceID, f string) error {
 	}
 	return nil
 }
+
+// Connects returns the number of cloud connections made so far (each
+// accepted CONNACK), for callers that watch for bursts of them.
+func (m *Manager) Connects() uint64 { return m.connects.Load() }
 
 // Status returns the status of one device.
 func (m *Manager) Status(id secrets.DeviceID) (SessionStatus, bool) {

@@ -389,6 +389,7 @@ func (s *session) closeConn(c *conn) {
 
 // serve runs a connected session until it fails or ctx ends.
 func (s *session) serve(ctx context.Context, c *conn) error {
+	s.m.connects.Add(1)
 	s.updateStatus(func(st *SessionStatus) {
 		st.Connects++
 		st.LastConnect = c.connectedAt
