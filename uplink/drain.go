@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -52,34 +52,111 @@ func (f *flight) finished() bool {
 	}
 }
 
-// publisher calls paho's Publish for one connection, in order, on its own
-// goroutine: paho's Publish hands the packet over an unbuffered channel
-// and can block for WriteTimeout (during a slow write, or for good when the
-// connection drops in between), and the drain loop must stay responsive.
-// After the first Publish that fails at once nothing more is published on
-// the connection, so nothing can overtake a message that was never sent.
+// publisher calls paho's Publish for one connection, in order, on a
+// goroutine of its own: paho's Publish hands the packet over an unbuffered
+// channel and can block for WriteTimeout (during a slow write, or for good
+// when the connection drops in between), and the drain loop must stay
+// responsive. After the first Publish that fails at once nothing more is
+// published on the connection, so nothing can overtake a message that was
+// never sent.
+//
+// The goroutine exists only while there is work: send starts it, and it
+// ends publisherLinger after the last message (at once after close). An
+// idle connection — most of a large fleet, most of the time — costs no
+// goroutine and no stack here.
 type publisher struct {
-	c    *conn
-	reqs chan *flight
-	stop atomic.Bool
+	c *conn
+
+	mu      sync.Mutex
+	queue   []*flight     // handed over, not yet taken by the goroutine
+	wake    chan struct{} // capacity 1; set while the goroutine runs
+	running bool
+	stopped bool
+	failed  bool // a Publish failed at once: refuse the rest
 }
 
-func startPublisher(c *conn, window int) *publisher {
-	p := &publisher{c: c, reqs: make(chan *flight, window)}
-	go p.run()
-	return p
+// publisherLinger is how long the publisher's goroutine waits for more work
+// before it ends, so that a steady stream of messages does not start one
+// goroutine per message.
+const publisherLinger = time.Second
+
+func newPublisher(c *conn) *publisher { return &publisher{c: c} }
+
+// send queues f; its ready channel closes once paho took or refused it.
+// It never blocks.
+func (p *publisher) send(f *flight) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.queue = append(p.queue, f)
+	if p.running {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	p.running = true
+	p.wake = make(chan struct{}, 1)
+	go p.run(p.wake)
 }
 
-func (p *publisher) run() {
-	failed := false
-	for f := range p.reqs {
-		if failed || p.stop.Load() || p.c.isLost() || !p.c.client.IsConnectionOpen() {
+// next takes the next flight, or returns nil and ends the goroutine's turn
+// (running false) when there is none and it may end: stopped, or idle once
+// more after lingering.
+func (p *publisher) next(mayEnd bool) (f *flight, stopped, failed bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.queue) > 0 {
+		f = p.queue[0]
+		p.queue[0] = nil
+		p.queue = p.queue[1:]
+		return f, p.stopped, p.failed
+	}
+	p.queue = nil // no backing array kept while idle
+	if mayEnd || p.stopped {
+		p.running, p.wake = false, nil
+	}
+	return nil, p.stopped, p.failed
+}
+
+func (p *publisher) run(wake chan struct{}) {
+	var linger *time.Timer
+	defer func() {
+		if linger != nil {
+			linger.Stop()
+		}
+	}()
+	mayEnd := false
+	for {
+		f, stopped, failed := p.next(mayEnd)
+		if f == nil {
+			if mayEnd || stopped {
+				return
+			}
+			if linger == nil {
+				linger = time.NewTimer(publisherLinger)
+			} else {
+				linger.Reset(publisherLinger)
+			}
+			select {
+			case <-wake:
+			case <-linger.C:
+				mayEnd = true
+			}
+			continue
+		}
+		mayEnd = false
+		if failed || stopped || p.c.isLost() || !p.c.client.IsConnectionOpen() {
 			f.tok = doneToken{errNotPublished}
 		} else {
 			f.tok = p.c.client.Publish(f.topic, f.qos, false, f.payload)
 			select {
 			case <-f.tok.Done():
-				failed = f.tok.Error() != nil
+				if f.tok.Error() != nil {
+					p.mu.Lock()
+					p.failed = true
+					p.mu.Unlock()
+				}
 			default:
 			}
 		}
@@ -88,10 +165,18 @@ func (p *publisher) run() {
 	}
 }
 
-// close stops the publisher; a Publish in progress ends within WriteTimeout.
+// close stops the publisher: what is still queued is refused, and a
+// Publish in progress ends within WriteTimeout.
 func (p *publisher) close() {
-	p.stop.Store(true)
-	close(p.reqs)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stopped = true
+	if p.running {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // doneToken is a completed mqtt.Token carrying err.
@@ -166,7 +251,7 @@ func (s *session) newDrainer(c *conn, subs *subSync) *drainer {
 	window := s.m.cfg.Window
 	return &drainer{
 		s: s, c: c, subs: subs,
-		pub:      startPublisher(c, window+expressWindow),
+		pub:      newPublisher(c),
 		q:        s.m.cfg.Queue,
 		id:       s.dev.ID,
 		clk:      s.m.clk,
@@ -377,7 +462,7 @@ func (d *drainer) skipTimeCritical(l *lane, m spool.Message, now time.Time) bool
 func (d *drainer) publishExpress(it *expressItem, now time.Time) {
 	m := it.msg
 	f := &flight{seq: m.Seq, topic: m.Topic, qos: min(m.QoS, 1), payload: m.Payload, ready: make(chan struct{}), item: it}
-	d.pub.reqs <- f // never blocks: at most window+expressWindow flights exist
+	d.pub.send(f)
 	if len(d.inflight) == 0 {
 		d.lastAck = now
 	}
@@ -433,7 +518,7 @@ func (d *drainer) publish(l *lane, m spool.Message, now time.Time) {
 	resent := d.ls.resent(l, m.Seq, &d.s.sl.maxPublished)
 	l.take()
 	f := &flight{seq: m.Seq, topic: m.Topic, qos: min(m.QoS, 1), payload: m.Payload, ready: make(chan struct{})}
-	d.pub.reqs <- f // never blocks: at most window+expressWindow flights exist
+	d.pub.send(f)
 	if len(d.inflight) == 0 {
 		d.lastAck = now
 	}

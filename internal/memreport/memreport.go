@@ -287,6 +287,14 @@ func scaleHeapSample(count, size, rate int64) (int64, int64) {
 	return int64(float64(count) * scale), int64(float64(size) * scale)
 }
 
+// Goroutines counts the goroutines by part now (without the rest of Take's
+// work, and without collecting garbage).
+func Goroutines() map[string]int {
+	r := Report{GoroutinesByPart: map[string]int{}}
+	goroutinesByPart(&r)
+	return r.GoroutinesByPart
+}
+
 func goroutinesByPart(r *Report) {
 	var recs []runtime.StackRecord
 	n, _ := runtime.GoroutineProfile(nil)

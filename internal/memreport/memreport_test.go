@@ -58,10 +58,15 @@ func TestTake(t *testing.T) {
 		keep[i] = make([]byte, 4096)
 	}
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	var wg, started sync.WaitGroup
+	started.Add(n)
 	for range n {
-		wg.Go(func() { <-stop })
+		wg.Go(func() {
+			started.Done()
+			<-stop
+		})
 	}
+	started.Wait() // a goroutine not yet started shows only its entry function
 	r := Take()
 	close(stop)
 	wg.Wait()
