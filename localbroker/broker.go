@@ -27,7 +27,7 @@ const (
 	DefaultUnixSocketMode  os.FileMode = 0o660
 	DefaultMaxPacketSize   uint32      = 256 << 10
 	DefaultMaxClients      int64       = 20000
-	DefaultWritesPending               = 256
+	DefaultWritesPending               = 32
 	DefaultMaxInflight     uint16      = 128
 	DefaultSessionExpiry               = time.Hour
 	DefaultConnectTimeout              = 15 * time.Second
@@ -64,7 +64,12 @@ type Config struct {
 
 	MaxPacketSize uint32 // largest packet accepted, checked before allocation (default 256 KiB)
 	MaxClients    int64  // connections beyond this are refused with CONNACK 3 (default 20000)
-	WritesPending int    // outbound queue per client; beyond it messages are dropped and counted (default 256)
+	// WritesPending bounds each client's queue of outbound packets; beyond
+	// it messages are dropped and counted (default 32). Only mochi's
+	// fan-out uses the queue — admin replies, wills; Deliver, PUBACKs and
+	// resent downlinks write directly — and it costs 8 bytes a slot per
+	// connection whether used or not.
+	WritesPending int
 	MaxInflight   uint16 // unacknowledged outbound QoS 1 messages per client (default 128)
 	// SessionExpiry caps how long a persistent session (3.1.1 clean=false,
 	// or an MQTT 5 session expiry) outlives its connection (default 1h).
@@ -275,6 +280,13 @@ func New(cfg Config) (*Broker, error) {
 	}, nil
 }
 
+// clientReadBuffer is the size of mochi's read buffer per connection
+// (mochi's default is 2 KiB). Devices send small packets and few at a
+// time; a larger packet is read through the buffer in pieces or, past its
+// size, straight into the packet. It is held for the life of every
+// connection, idle or not.
+const clientReadBuffer = 1024
+
 // capabilities derives mochi's capabilities from the configuration.
 func (b *Broker) capabilities() *mqtt.Capabilities {
 	caps := mqtt.NewDefaultServerCapabilities()
@@ -319,9 +331,10 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 
 	srv := mqtt.New(&mqtt.Options{
-		Capabilities:           b.capabilities(),
-		Logger:                 slog.New(&mochiHandler{inner: b.log.Handler(), limit: b.limit}),
-		SysTopicResendInterval: 60, // $SYS is readable by nobody here; keep the ReadMemStats tick rare
+		Capabilities:            b.capabilities(),
+		ClientNetReadBufferSize: clientReadBuffer,
+		Logger:                  slog.New(&mochiHandler{inner: b.log.Handler(), limit: b.limit}),
+		SysTopicResendInterval:  60, // $SYS is readable by nobody here; keep the ReadMemStats tick rare
 	})
 	rs := &runState{
 		srv:       srv,
