@@ -33,6 +33,10 @@ type gatewaySetup struct {
 	ConnectRate  float64
 	ConnectBurst int
 	DeviceRate   float64 // messages/s per device, 0 = unlimited
+	// Profiles makes the child write memory reports on SIGUSR1
+	// (EDGEGW_PROFILE_DIR=profileDir) and dump its goroutines with their
+	// stack pointers on SIGQUIT (GOTRACEBACK=system).
+	Profiles bool
 }
 
 func (g gatewaySetup) stateDir() string    { return filepath.Join(g.Dir, "state") }
@@ -122,7 +126,20 @@ func (g gatewaySetup) seedRegistry(devs []device) error {
 // broker accepts connections; ready is the time from exec to then.
 func startGateway(ctx context.Context, exe string, g gatewaySetup, echo io.Writer) (c *child, ready time.Duration, err error) {
 	start := time.Now()
-	c, err = startChild("edgegw", exe, []string{"run", "-config", g.configPath()}, []string{"GOTRACEBACK=all"}, echo)
+	env := []string{"GOTRACEBACK=all"}
+	if g.Profiles {
+		if err := os.MkdirAll(g.profileDir(), 0o700); err != nil {
+			return nil, 0, fmt.Errorf("start gateway: %w", err)
+		}
+		// The heap profile samples every 64 KiB allocated instead of 512, so
+		// that the split by part holds at a few thousand devices.
+		debug := "memprofilerate=65536"
+		if cur := os.Getenv("GODEBUG"); cur != "" {
+			debug = cur + "," + debug
+		}
+		env = []string{"GOTRACEBACK=system", "EDGEGW_PROFILE_DIR=" + g.profileDir(), "GODEBUG=" + debug}
+	}
+	c, err = startChild("edgegw", exe, []string{"run", "-config", g.configPath()}, env, echo)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -78,16 +78,30 @@ func heapPart(stk []uintptr) string {
 	}
 }
 
-// goroutinePart attributes a goroutine to the library it runs in: a
-// goroutine with paho frames is paho's even while it reads through an
-// edgegw net.Conn wrapper; then mochi; then the innermost edgegw part.
+// goroutinePart attributes a goroutine to the part it runs in (see
+// GoroutinePart).
 func goroutinePart(stk []uintptr) string {
+	var funcs []string
 	frames := runtime.CallersFrames(stk)
-	own := ""
-	mochi := false
 	for {
 		f, more := frames.Next()
-		switch p := partOf(f.Function); p {
+		funcs = append(funcs, f.Function)
+		if !more {
+			return GoroutinePart(funcs)
+		}
+	}
+}
+
+// GoroutinePart attributes a goroutine, given the functions on its stack
+// (innermost first, as runtime.Frame.Function or a traceback names them),
+// to the library it runs in: a goroutine with paho frames is paho's even
+// while it reads through an edgegw net.Conn wrapper; then mochi; then the
+// innermost edgegw part; else PartOther.
+func GoroutinePart(funcs []string) string {
+	own := ""
+	mochi := false
+	for _, fn := range funcs {
+		switch p := partOf(fn); p {
 		case PartPaho:
 			return PartPaho
 		case PartMochi:
@@ -97,9 +111,6 @@ func goroutinePart(stk []uintptr) string {
 			if own == "" {
 				own = p
 			}
-		}
-		if !more {
-			break
 		}
 	}
 	switch {
@@ -133,6 +144,10 @@ type Report struct {
 	// after a garbage collection.
 	HeapByPart      map[string]uint64 `json:"heapByPart"`
 	HeapProfileRate int               `json:"heapProfileRate"`
+	// DescriptorBytes is the live heap of goroutine descriptors (the
+	// runtime's g structures, which it keeps for reuse after a goroutine
+	// ends); it is not in HeapByPart.
+	DescriptorBytes uint64 `json:"descriptorBytes"`
 	// GoroutinesByPart counts goroutines by part.
 	GoroutinesByPart map[string]int `json:"goroutinesByPart"`
 	// TopHeap are the largest allocation sites by in-use bytes.
@@ -226,6 +241,10 @@ func heapByPart(r *Report) {
 			continue
 		}
 		stk := rec.Stack()
+		if isDescriptor(stk) {
+			r.DescriptorBytes += uint64(bytes)
+			continue
+		}
 		part := heapPart(stk)
 		r.HeapByPart[part] += uint64(bytes)
 		fn := siteFunction(stk, part)
@@ -243,6 +262,20 @@ func heapByPart(r *Report) {
 	sort.Slice(r.TopHeap, func(i, j int) bool { return r.TopHeap[i].Bytes > r.TopHeap[j].Bytes })
 	if len(r.TopHeap) > 25 {
 		r.TopHeap = r.TopHeap[:25]
+	}
+}
+
+// isDescriptor reports whether an allocation is a goroutine descriptor.
+func isDescriptor(stk []uintptr) bool {
+	frames := runtime.CallersFrames(stk)
+	for {
+		f, more := frames.Next()
+		if f.Function == "runtime.malg" {
+			return true
+		}
+		if !more {
+			return false
+		}
 	}
 }
 

@@ -78,6 +78,9 @@ func TestTake(t *testing.T) {
 	if r.HeapByPart[PartEdgegw] < n*4096 {
 		t.Errorf("heap by part %v: want at least %d bytes under %s", r.HeapByPart, n*4096, PartEdgegw)
 	}
+	if r.DescriptorBytes < n*300 { // a runtime.g is several hundred bytes
+		t.Errorf("goroutine descriptors %d bytes for at least %d goroutines", r.DescriptorBytes, n)
+	}
 	if r.Classes["heap/stacks"] == 0 || r.Classes["total"] == 0 || r.Goroutines < n {
 		t.Errorf("runtime figures missing: %+v", r)
 	}
@@ -99,5 +102,25 @@ func TestWriteFiles(t *testing.T) {
 	}
 	if r.Goroutines == 0 || len(r.Classes) == 0 {
 		t.Errorf("report read back empty: %+v", r)
+	}
+}
+
+func TestGoroutinePart(t *testing.T) {
+	for _, tt := range []struct {
+		funcs []string
+		want  string
+	}{
+		// paho's reader, reading through edgegw's connection wrapper
+		{[]string{"runtime.gopark", "github.com/edgegw/edgegw/uplink.(*pooledReader).Read", "github.com/eclipse/paho.mqtt.golang/packets.ReadPacket",
+			"github.com/eclipse/paho%2emqtt%2egolang.startIncoming.func1"}, PartPaho},
+		// mochi's reader, started by edgegw's listener
+		{[]string{"runtime.gopark", "github.com/mochi-mqtt/server/v2.(*Client).Read", "github.com/edgegw/edgegw/localbroker.(*listener).handle"}, PartMochi},
+		{[]string{"runtime.gopark", "runtime.selectgo", "github.com/edgegw/edgegw/uplink.(*drainer).wait", "github.com/edgegw/edgegw/uplink.(*Manager).startLocked.func1"}, PartUplink},
+		{[]string{"runtime.gopark", "os/signal.loop"}, PartOther},
+		{nil, PartOther},
+	} {
+		if got := GoroutinePart(tt.funcs); got != tt.want {
+			t.Errorf("GoroutinePart(%q) = %q, want %q", tt.funcs, got, tt.want)
+		}
 	}
 }
