@@ -251,16 +251,14 @@ func (s *session) newDrainer(c *conn, subs *subSync) *drainer {
 	window := s.m.cfg.Window
 	return &drainer{
 		s: s, c: c, subs: subs,
-		pub:      newPublisher(c),
-		q:        s.m.cfg.Queue,
-		id:       s.dev.ID,
-		clk:      s.m.clk,
-		window:   window,
-		stall:    s.m.cfg.StallTimeout,
-		ls:       s.newLanes(),
-		inflight: make([]*flight, 0, window),
-		ex:       s.sl.ex,
-		laneSent: make(map[uint64]struct{}),
+		pub:    newPublisher(c),
+		q:      s.m.cfg.Queue,
+		id:     s.dev.ID,
+		clk:    s.m.clk,
+		window: window,
+		stall:  s.m.cfg.StallTimeout,
+		ls:     s.newLanes(),
+		ex:     s.sl.ex,
 	}
 }
 
@@ -453,6 +451,9 @@ func (d *drainer) skipTimeCritical(l *lane, m spool.Message, now time.Time) bool
 		l.take()
 		d.s.m.dropExpired(d.s.sl, m, class, age)
 		return true
+	}
+	if d.laneSent == nil { // most connections never see a time-critical message
+		d.laneSent = make(map[uint64]struct{})
 	}
 	d.laneSent[m.Seq] = struct{}{}
 	return false
@@ -692,16 +693,16 @@ func (s *session) delivered(c *conn, seq uint64, inflight int, now time.Time) {
 // block for WriteTimeout, so each operation runs on its own goroutine and
 // delivers its completed token on result.
 type subSync struct {
-	applied map[string]byte // what the cloud has (or refused) on this connection
+	applied map[string]byte // what the cloud has (or refused) on this connection; nil while empty
 	busy    bool            // an operation is in progress
-	result  chan mqtt.Token // capacity 1; nil channel semantics are not used
+	result  chan mqtt.Token // capacity 1; made by the first operation (nil blocks: no result to wait for)
 	sub     map[string]byte
 	unsub   []string
 }
 
-func newSubSync() *subSync {
-	return &subSync{applied: make(map[string]byte), result: make(chan mqtt.Token, 1)}
-}
+// newSubSync returns an empty subSync: most devices mirror no subscription,
+// and an idle connection then holds neither map nor channel for it.
+func newSubSync() *subSync { return &subSync{} }
 
 // syncSubs starts the next operation that brings the cloud's subscriptions
 // to the device's, if any is needed and none is in progress.
@@ -728,6 +729,9 @@ func (s *session) syncSubs(c *conn, ss *subSync) {
 		}
 	}
 	ss.busy, ss.sub, ss.unsub = true, sub, unsub
+	if ss.result == nil {
+		ss.result = make(chan mqtt.Token, 1)
+	}
 	client, result := c.client, ss.result
 	go func() {
 		var tok mqtt.Token
@@ -755,6 +759,9 @@ func (s *session) finishSubs(ss *subSync, tok mqtt.Token) error {
 	var result map[string]byte
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
 		result = st.Result()
+	}
+	if ss.applied == nil && len(ss.sub) > 0 {
+		ss.applied = make(map[string]byte, len(ss.sub))
 	}
 	for f, q := range ss.sub {
 		if rc, ok := result[f]; ok && rc == 0x80 {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -58,7 +59,7 @@ type session struct {
 	dev         Device
 	ep          *endpoint
 	lim         DialectLimits
-	log         *slog.Logger
+	log         deviceLog
 	ctx         context.Context
 	cancel      context.CancelFunc
 	done        chan struct{}
@@ -73,12 +74,12 @@ func newSession(m *Manager, sl *slot, parent context.Context) *session {
 	ctx, cancel := context.WithCancel(parent)
 	return &session{
 		m: m, sl: sl, dev: sl.dev, ep: sl.ep, lim: sl.lim,
-		log:         m.log.With("device", sl.id.String()),
+		log:         deviceLog{l: m.log, id: sl.id},
 		ctx:         ctx,
 		cancel:      cancel,
 		done:        make(chan struct{}),
 		subsChanged: make(chan struct{}, 1),
-		act:         newActWatch(),
+		act:         newActWatchFor(sl.dev),
 		notify:      m.cfg.Queue.Notify(sl.id),
 	}
 }
@@ -327,10 +328,20 @@ func (s *session) clientOptions(ctx context.Context, c *conn, u *url.URL, creds 
 	opts.SetConnectTimeout(cfg.ConnectTimeout)
 	opts.SetWriteTimeout(cfg.WriteTimeout)
 	opts.SetCustomOpenConnectionFn(s.dialFor(ctx, c))
+	// paho dials only through dialFor, so the dialer, HTTP headers and
+	// WebSocket options it allocates for every client go unused — yet stay
+	// with the client for its life. One idle dialer for all (paho wants
+	// one), and none of the rest.
+	opts.SetDialer(unusedDialer)
+	opts.HTTPHeaders, opts.WebsocketOptions = nil, nil
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.setLost(err) })
 	opts.SetDefaultPublishHandler(mode.onMessage)
 	return opts
 }
+
+// unusedDialer stands in for paho's dialer, which dialFor replaces; paho
+// only reads it.
+var unusedDialer = &net.Dialer{Timeout: 30 * time.Second}
 
 // awaitConnack sends c's CONNECT and waits for the CONNACK, the end of ctx
 // or a backstop timer (paho bounds the attempt by connectTimeout itself). A
@@ -464,4 +475,33 @@ func (sl *slot) subsSnapshot() map[string]byte {
 		m[f] = q
 	}
 	return m
+}
+
+// deviceLog logs for one device's session: every line carries the device,
+// as m.log.With("device", id) would. A logger from With keeps its own copy
+// of the handler's state, a few hundred bytes per device held for good,
+// for the handful of lines a session logs a day; this one adds the device
+// to each line instead.
+type deviceLog struct {
+	l  *slog.Logger
+	id secrets.DeviceID
+}
+
+func (d deviceLog) Debug(msg string, args ...any) { d.log(slog.LevelDebug, msg, args) }
+func (d deviceLog) Info(msg string, args ...any)  { d.log(slog.LevelInfo, msg, args) }
+func (d deviceLog) Warn(msg string, args ...any)  { d.log(slog.LevelWarn, msg, args) }
+func (d deviceLog) Error(msg string, args ...any) { d.log(slog.LevelError, msg, args) }
+
+func (d deviceLog) log(level slog.Level, msg string, args []any) {
+	ctx := context.Background()
+	h := d.l.Handler()
+	if !h.Enabled(ctx, level) {
+		return
+	}
+	var pcs [1]uintptr
+	runtime.Callers(3, pcs[:]) // the caller of Debug, Info, …
+	r := slog.NewRecord(time.Now(), level, msg, pcs[0])
+	r.AddAttrs(slog.String("device", d.id.String()))
+	r.Add(args...)
+	_ = h.Handle(ctx, r)
 }
