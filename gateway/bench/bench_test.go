@@ -522,3 +522,15 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
+
+func TestSettleWatch(t *testing.T) {
+	w := newSettleWatch()
+	since := time.Date(2026, 12, 7, 20, 52, 40, 0, time.UTC)
+	w.line(`time=2026-12-07T20:52:30.100Z level=INFO msg="cloud session up" device=a/b attempt=1`)
+	w.line(`time=2026-12-07T20:52:39.500Z level=INFO msg="returned memory after a burst of connections" heap_before=1 heap_after=1 released=0 took=1ms allocated=5`)
+	w.line(`time=2026-12-07T20:52:42.811Z level=INFO msg="returned memory after a burst of connections" heap_before=9 heap_after=3 released=2 took=120ms allocated=123456789`)
+	ev, ok, err := w.wait(t.Context(), since, time.Second)
+	if err != nil || !ok || ev.allocated != 123456789 || !ev.at.Equal(since.Add(2811*time.Millisecond)) {
+		t.Fatalf("settle %+v, %v, %v", ev, ok, err)
+	}
+}

@@ -16,21 +16,23 @@ import (
 )
 
 // Where a gateway's memory goes, measured three ways in the child itself:
-//   - gateway.status's runtime section (runtime/metrics): heap objects,
-//     free heap, stacks, the runtime's own, goroutines;
 //   - the memory report edgegw run writes on SIGUSR1 when
-//     EDGEGW_PROFILE_DIR is set (internal/memreport): the live heap by the
-//     part of the code that allocated it, after a collection, and the
-//     goroutine descriptors;
+//     EDGEGW_PROFILE_DIR is set (internal/memreport): the runtime's memory
+//     classes (runtime/metrics, read first: heap objects, free heap,
+//     stacks, the runtime's own), then the live heap by the part of the
+//     code that allocated it, after a collection, and the goroutine
+//     descriptors;
 //   - the goroutine dump of SIGQUIT with GOTRACEBACK=system, which gives
 //     every goroutine's frames and stack pointers: its part, and the stack
 //     it needs at least (Go exposes no goroutine's stack size).
 
 // MemorySample is one gateway's memory, in bytes.
 type MemorySample struct {
-	RSS        int64            `json:"rss"`
-	Goroutines int              `json:"goroutines"` // counted in the dump
-	Runtime    adminapi.Runtime `json:"runtime"`
+	RSS        int64 `json:"rss"`
+	Goroutines int   `json:"goroutines"` // counted in the dump
+	// Runtime is what the memory report read before its collection (in
+	// gateway.status's form; Settles is not set).
+	Runtime adminapi.Runtime `json:"runtime"`
 	// LiveHeapByPart and DescriptorBytes come from the memory report.
 	LiveHeapByPart  map[string]uint64 `json:"liveHeapByPart"`
 	DescriptorBytes uint64            `json:"descriptorBytes"`
@@ -71,39 +73,102 @@ func (c *child) memReport(ctx context.Context, dir string, n int) (memreport.Rep
 }
 
 // sampleMemory measures a running gateway child and ends it (the
-// goroutine dump makes it exit): RSS and the runtime first, then the
-// memory report, then the dump.
-func sampleMemory(ctx context.Context, gw *child, g gatewaySetup) (MemorySample, error) {
+// goroutine dump makes it exit): RSS first, then the memory report, then
+// the dump. Nothing else is asked of the child on the way, so that nothing
+// the measurement allocates is measured.
+func sampleMemory(ctx context.Context, gw *child, g gatewaySetup) (MemorySample, memreport.Report, error) {
 	var s MemorySample
 	m, err := gw.mem()
 	if err != nil {
-		return s, err
+		return s, memreport.Report{}, err
 	}
 	s.RSS = m.RSS
-	st, err := gatewayStatus(ctx, g)
-	if err != nil {
-		return s, err
-	}
-	s.Runtime = st.Runtime
-	return finishSample(ctx, gw, g, s)
-}
-
-// finishSample adds the memory report and the goroutine dump to s.
-func finishSample(ctx context.Context, gw *child, g gatewaySetup, s MemorySample) (MemorySample, error) {
 	r, err := gw.memReport(ctx, g.profileDir(), 1)
 	if err != nil {
-		return s, err
+		return s, r, err
 	}
+	s.Runtime = runtimeOf(r)
 	s.LiveHeapByPart, s.DescriptorBytes = r.HeapByPart, r.DescriptorBytes
 	d, err := gw.dumpGoroutines(2 * time.Minute)
 	if err != nil {
-		return s, err
+		return s, r, err
 	}
 	if d.withSP == 0 {
-		return s, errors.New("the goroutine dump has no stack pointers (GOTRACEBACK=system)")
+		return s, r, errors.New("the goroutine dump has no stack pointers (GOTRACEBACK=system)")
 	}
 	s.Goroutines, s.GoroutinesByPart, s.StackByPart = d.count, d.byPart, d.stackByPart
-	return s, nil
+	return s, r, nil
+}
+
+// runtimeOf puts a memory report's classes in gateway.status's form.
+func runtimeOf(r memreport.Report) adminapi.Runtime {
+	c := r.Classes
+	rt := adminapi.Runtime{
+		Goroutines:        r.Goroutines,
+		HeapObjectsBytes:  c["heap/objects"],
+		HeapFreeBytes:     c["heap/free"] + c["heap/unused"],
+		HeapReleasedBytes: c["heap/released"],
+		StackBytes:        c["heap/stacks"] + c["os-stacks"],
+		TotalBytes:        c["total"],
+		GCCycles:          r.GCCycles,
+		AllocBytes:        r.AllocBytes,
+	}
+	rt.OtherBytes = rt.TotalBytes - min(rt.TotalBytes, rt.HeapObjectsBytes+rt.HeapFreeBytes+rt.HeapReleasedBytes+rt.StackBytes)
+	return rt
+}
+
+// settleWatch follows the gateway's log for its settles (gateway/memory.go
+// logs one at info each time it returns a burst's memory).
+type settleWatch struct {
+	ch chan settleEvent
+}
+
+type settleEvent struct {
+	at        time.Time // the gateway's clock
+	allocated uint64    // heap allocated since the gateway started
+}
+
+const settleMsg = `msg="returned memory after a burst of connections"`
+
+func newSettleWatch() *settleWatch { return &settleWatch{ch: make(chan settleEvent, 16)} }
+
+// line is the child's line watcher (slog's text format).
+func (w *settleWatch) line(s string) {
+	if !strings.Contains(s, settleMsg) {
+		return
+	}
+	var ev settleEvent
+	for _, f := range strings.Fields(s) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "time":
+			ev.at, _ = time.Parse(time.RFC3339Nano, v)
+		case "allocated":
+			ev.allocated, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	select {
+	case w.ch <- ev:
+	default:
+	}
+}
+
+// wait returns the first settle after since, or false after limit.
+func (w *settleWatch) wait(ctx context.Context, since time.Time, limit time.Duration) (settleEvent, bool, error) {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for {
+		select {
+		case ev := <-w.ch:
+			if ev.at.After(since) {
+				return ev, true, nil
+			}
+		case <-t.C:
+			return settleEvent{}, false, nil
+		case <-ctx.Done():
+			return settleEvent{}, false, ctx.Err()
+		}
+	}
 }
 
 // goroutineDump is what a SIGQUIT dump tells: goroutines by part and,

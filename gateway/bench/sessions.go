@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgegw/edgegw/gateway/adminapi"
+	"github.com/edgegw/edgegw/internal/memreport"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
 
@@ -172,7 +172,7 @@ func baselineGateway(ctx context.Context, e *env, transport string, pki *benchPK
 		return baseline{}, err
 	}
 	defer gw.kill()
-	mem, err := sampleMemory(ctx, gw, g)
+	mem, _, err := sampleMemory(ctx, gw, g)
 	return baseline{rss: mem.RSS, goroutines: mem.Goroutines, mem: mem}, err
 }
 
@@ -197,8 +197,9 @@ func sessionsFleet(ctx context.Context, e *env, n int, transport string, pki *be
 	if err != nil {
 		return fl, err
 	}
+	settles := newSettleWatch()
 	g := gatewaySetup{Dir: dir, Admin: e.socket(name), Local: local, Cloud: sim.addr, ConnectRate: o.ConnectRate, ConnectBurst: o.ConnectBurst,
-		Profiles: true}
+		Profiles: true, LogLevel: "info", Watch: settles.line}
 	if transport == transportTLS {
 		// The simulator's certificate must verify against the run's CA
 		// the way edgegw checks it.
@@ -246,16 +247,16 @@ func sessionsFleet(ctx context.Context, e *env, n int, transport string, pki *be
 	e.logf("%d devices over %s: connected locally in %s; idle for %v", n, transport, fmtSeconds(time.Since(start)), o.Idle)
 
 	// The gateway returns the connect burst's memory once the burst is
-	// over (gateway/memory.go): measure after that.
+	// over (gateway/memory.go): measure after that. Its log says when.
 	localDone := time.Now()
-	st0, settled, err := waitSettled(ctx, g, localDone, time.Minute)
+	settle, settled, err := settles.wait(ctx, localDone, time.Minute)
 	if err != nil {
 		return fl, err
 	}
 	fl.Settled = settled
 	if settled {
-		fl.SettleSeconds = st0.Runtime.LastSettle.Sub(localDone).Seconds()
-		e.logf("%d devices over %s: memory returned %s after the devices connected", n, transport, fmtSeconds(st0.Runtime.LastSettle.Sub(localDone)))
+		fl.SettleSeconds = settle.at.Sub(localDone).Seconds()
+		e.logf("%d devices over %s: memory returned %s after the devices connected", n, transport, fmtSeconds(settle.at.Sub(localDone)))
 	} else {
 		e.logf("%d devices over %s: no memory returned within a minute of the devices connecting", n, transport)
 	}
@@ -290,23 +291,13 @@ func sessionsFleet(ctx context.Context, e *env, n int, transport string, pki *be
 	}
 	fl.RSSMiB, fl.PeakRSSMiB, fl.Threads = mib(m.RSS), mib(m.HWM), m.Threads
 	fl.RSSPerDeviceKiB = float64(m.RSS-base.rss) / 1024 / float64(n)
-	// Two status calls back to back: the second tells what one costs, so
-	// that the idle allocation rate leaves the first out.
-	st1, err := gatewayStatus(ctx, g)
+	var rep memreport.Report
+	fl.Memory, rep, err = sampleMemory(ctx, gw, g)
 	if err != nil {
 		return fl, err
 	}
-	idle := st1.Runtime.AllocBytes - min(st0.Runtime.AllocBytes, st1.Runtime.AllocBytes)
-	st2, err := gatewayStatus(ctx, g)
-	if err != nil {
-		return fl, err
-	}
-	call := st2.Runtime.AllocBytes - min(st1.Runtime.AllocBytes, st2.Runtime.AllocBytes)
-	fl.IdleAllocKiBPerSecond = float64(idle-min(idle, call)) / 1024 / time.Since(t0).Seconds()
-
-	fl.Memory, err = finishSample(ctx, gw, g, MemorySample{RSS: m.RSS, Runtime: st1.Runtime})
-	if err != nil {
-		return fl, err
+	if settled && rep.Time.After(settle.at) {
+		fl.IdleAllocKiBPerSecond = float64(rep.AllocBytes-min(settle.allocated, rep.AllocBytes)) / 1024 / rep.Time.Sub(settle.at).Seconds()
 	}
 	fl.Goroutines = fl.Memory.Goroutines
 	fl.GoroutinesPerDevice = float64(fl.Goroutines-base.goroutines) / float64(n)
@@ -314,29 +305,6 @@ func sessionsFleet(ctx context.Context, e *env, n int, transport string, pki *be
 	e.logf("%d devices over %s: RSS %.0f MiB (%.1f KiB/device), %d goroutines (%.1f/device), idle CPU %.1f%% of a core",
 		n, transport, fl.RSSMiB, fl.RSSPerDeviceKiB, fl.Goroutines, fl.GoroutinesPerDevice, fl.IdleCPUPercent)
 	return fl, nil
-}
-
-// waitSettled polls gateway.status until the gateway has returned memory
-// after since, or for at most limit; it returns the last status.
-func waitSettled(ctx context.Context, g gatewaySetup, since time.Time, limit time.Duration) (*adminapi.Status, bool, error) {
-	deadline := time.Now().Add(limit)
-	for {
-		st, err := gatewayStatus(ctx, g)
-		if err != nil {
-			return nil, false, err
-		}
-		if st.Runtime.Settles > 0 && st.Runtime.LastSettle.After(since) {
-			return st, true, nil
-		}
-		if time.Now().After(deadline) {
-			return st, false, nil
-		}
-		select {
-		case <-time.After(time.Second):
-		case <-ctx.Done():
-			return nil, false, ctx.Err()
-		}
-	}
 }
 
 // transportName is a transport as the table names it.
@@ -426,9 +394,10 @@ func (r *SessionsResult) table() Table {
 	t.Notes = append(t.Notes, fmt.Sprintf("edgegw runs as a child process: devices connect to it over plain TCP (keepalive 300 s); its cloud sessions "+
 		"(keepalive 300 s) use %s. The cloud simulator is another child process and the devices live in the benchmark process. "+
 		"Per-device figures subtract an edgegw with an empty registry configured for the same transport (%s). "+
-		"Goroutines are counted from a SIGQUIT dump of the child; edgegw's CPU from /proc; the Go figures from gateway.status (runtime/metrics). "+
-		"Every figure after the connect burst is taken once the gateway has returned the burst's memory (it does so 5 s after a burst of connections), "+
-		"then over the idle window. The idle allocation rate leaves out the status calls.",
+		"Goroutines are counted from a SIGQUIT dump of the child; edgegw's CPU from /proc; the Go figures from runtime/metrics in the child "+
+		"(the memory report edgegw run writes on SIGUSR1 with EDGEGW_PROFILE_DIR, read before the report collects garbage). "+
+		"Every figure after the connect burst is taken once the gateway has returned the burst's memory (it does so, and logs it, 5 s after a burst of connections), "+
+		"then over the idle window; nothing else is asked of the gateway until RSS is read. The idle allocation rate runs from that settle to the report.",
 		strings.Join(transports, ", or "), strings.Join(bases, "; ")))
 	return t
 }
@@ -473,6 +442,6 @@ func (r *SessionsResult) breakdownTable() Table {
 		"smallest power of two of 2 KiB or more that holds its frames and the stack guard; Go does not expose the stack a goroutine "+
 		"has, so what stacks hold beyond that (grown during a connect and not shrunk back, free room in stack spans) is its own row. "+
 		"Goroutines: a goroutine with paho frames is paho's, then mochi's, then that of the innermost edgegw package. "+
-		"Garbage, free heap and metadata come from gateway.status (runtime/metrics) just before the report; the rows add up to the RSS per device.")
+		"Garbage, free heap and metadata come from runtime/metrics as the report starts; the rows add up to the RSS per device.")
 	return t
 }
