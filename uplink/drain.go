@@ -544,31 +544,102 @@ func (d *drainer) wait(ctx context.Context) error {
 		// message must be seen at once, not after the backlog.
 		notifyC = d.s.notify
 	}
-	select {
-	case <-ctx.Done():
+	var woke wakeup
+	var tok mqtt.Token
+	if doneC == nil && stallC == nil && !d.rateTimer.armed && !d.readTimer.armed {
+		woke, tok = d.waitIdle(ctx, notifyC, expressC)
+	} else {
+		woke, tok = d.waitBusy(ctx, doneC, notifyC, expressC, stallC)
+	}
+	switch woke {
+	case wokeStop:
 		d.quiesce()
 		return ctx.Err()
-	case <-d.c.lost:
+	case wokeLost:
 		return d.c.lostErr
-	case <-doneC:
-	case <-notifyC:
+	case wokeNotify:
 		d.ls.fresh.exhausted = false
-	case <-expressC:
-	case <-d.rateTimer.c():
+	case wokeRate:
 		d.rateTimer.armed = false
-	case <-d.readTimer.c():
+	case wokeRead:
 		d.readTimer.armed, d.readErr, d.ls.fresh.exhausted = false, false, false
-	case <-stallC:
+	case wokeStall:
 		return d.stalled()
-	case <-d.s.subsChanged:
+	case wokeSubs:
 		d.s.syncSubs(d.c, d.subs)
-	case tok := <-d.subs.result:
+	case wokeSubResult:
 		if err := d.s.finishSubs(d.subs, tok); err != nil {
 			return err
 		}
 		d.s.syncSubs(d.c, d.subs)
 	}
 	return nil
+}
+
+// wakeup is what ended a wait.
+type wakeup int
+
+const (
+	wokeStop wakeup = iota
+	wokeLost
+	wokeToken // the oldest flight progressed
+	wokeNotify
+	wokeExpress
+	wokeRate
+	wokeRead
+	wokeStall
+	wokeSubs
+	wokeSubResult
+)
+
+// waitIdle is the wait of a drain with nothing in flight and no timer
+// armed — where an idle session spends its life — with only the cases
+// that can happen then, so that its frame, on the stack of every idle
+// session, stays small (see run).
+func (d *drainer) waitIdle(ctx context.Context, notifyC, expressC <-chan struct{}) (wakeup, mqtt.Token) {
+	select {
+	case <-ctx.Done():
+		return wokeStop, nil
+	case <-d.c.lost:
+		return wokeLost, nil
+	case <-notifyC:
+		return wokeNotify, nil
+	case <-expressC:
+		return wokeExpress, nil
+	case <-d.s.subsChanged:
+		return wokeSubs, nil
+	case tok := <-d.subs.result:
+		return wokeSubResult, tok
+	}
+}
+
+// waitBusy is the wait of a drain with messages in flight or a timer
+// armed.
+//
+//go:noinline
+func (d *drainer) waitBusy(ctx context.Context, doneC, notifyC, expressC <-chan struct{}, stallC <-chan time.Time) (wakeup, mqtt.Token) {
+	select {
+	case <-ctx.Done():
+		return wokeStop, nil
+	case <-d.c.lost:
+		return wokeLost, nil
+	case <-doneC:
+		return wokeToken, nil
+	case <-notifyC:
+		return wokeNotify, nil
+	case <-expressC:
+		return wokeExpress, nil
+	case <-d.rateTimer.c():
+		return wokeRate, nil
+	case <-d.readTimer.c():
+		return wokeRead, nil
+	case <-stallC:
+		return wokeStall, nil
+	case <-d.s.subsChanged:
+		return wokeSubs, nil
+	case tok := <-d.subs.result:
+		return wokeSubResult, tok
+	}
 }
 
 // armStall returns the stall timer's channel while messages are in flight
