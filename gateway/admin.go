@@ -370,5 +370,6 @@ func (g *Gateway) status() (adminapi.Status, error) {
 	st.Spool = totalsView(q.Totals())
 	bs := b.Stats()
 	st.Local = adminapi.Local{Clients: bs.ClientsConnected, MessagesIn: bs.MessagesIn, Refused: bs.ConnectsRefused}
+	st.Runtime = g.runtimeStatus()
 	return st, nil
 }

@@ -66,6 +66,13 @@ type Options struct {
 	// durable spool, which waits for it (spool.Options.BeforeCommit): a
 	// seam for tests that hold a commit back. Leave it nil.
 	BeforeSpoolCommit func()
+	// SettleMinBurst and SettleQuiet say when a burst of connections is
+	// over and the memory it left is returned to the OS: after at least
+	// SettleMinBurst local and cloud connections (default 32), SettleQuiet
+	// with at most one new connection a second (default 5 s). See
+	// memory.go.
+	SettleMinBurst int
+	SettleQuiet    time.Duration
 }
 
 // Gateway is one edgegw instance: registry, local broker, spool and cloud
@@ -104,6 +111,10 @@ type Gateway struct {
 	// registryLost counts the registry records a salvage at start could
 	// not recover (metrics).
 	registryLost atomic.Uint64
+
+	// Memory returned after bursts of connections (memory.go).
+	settles    atomic.Int64
+	lastSettle atomic.Int64 // unix nanoseconds
 }
 
 // versionString is the version of this build when Options has none.
@@ -244,6 +255,8 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		// after the steps' run, so it runs before them).
 		watch := startRunner(ctx, g.watchCerts)
 		defer func() { _ = watch.stop() }()
+		settle := startRunner(ctx, g.settleMemory)
+		defer func() { _ = settle.stop() }()
 		close(g.ready)
 	case <-local.done:
 		return fmt.Errorf("local broker: %w", local.result())
@@ -624,10 +637,7 @@ func (g *Gateway) Snapshot() Snapshot {
 	bs := b.Stats()
 	s.LocalClients = int(bs.ClientsConnected)
 	s.BrokerMessages = bs.MessagesIn
-	for _, st := range m.Statuses() {
-		s.Sessions[st.State]++
-		s.Sent += st.Sent
-	}
+	s.Sessions, s.Sent = m.Summary()
 	s.Spool = q.Totals()
 	return s
 }

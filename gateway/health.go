@@ -217,17 +217,15 @@ func (o *observer) serveReadyz(w http.ResponseWriter, _ *http.Request) {
 	g.mu.Unlock()
 	body := "ready\n"
 	if m != nil {
-		sts := m.Statuses()
-		up := 0
-		for _, st := range sts {
-			if st.State == uplink.StateConnected {
-				up++
-			}
+		byState, _ := m.Summary()
+		all := 0
+		for _, n := range byState {
+			all += n
 		}
-		if len(sts) == 0 {
+		if all == 0 {
 			body += "cloud: no device sessions\n"
 		} else {
-			body += fmt.Sprintf("cloud: %d of %d device sessions connected\n", up, len(sts))
+			body += fmt.Sprintf("cloud: %d of %d device sessions connected\n", byState[uplink.StateConnected], all)
 		}
 	}
 	if q != nil {

@@ -23,9 +23,8 @@ import (
 // mu keeps Deliver from handing out the freed id meanwhile.
 type idStash struct {
 	mu     sync.Mutex
-	held   bool // mu is held by the stash, from OnPacketRead to OnPacketProcessed
-	parked packets.Packet
-	has    bool // parked holds a downlink to restore
+	held   bool            // mu is held by the stash, from OnPacketRead to OnPacketProcessed
+	parked *packets.Packet // a downlink to restore; a pointer, as a Packet is most of a KiB and rarely needed
 }
 
 // stashCollidingID sets aside the in-flight downlink whose id pk reuses.
@@ -50,7 +49,7 @@ func (b *Broker) stashCollidingID(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	cl.State.Inflight.Delete(pk.PacketID)
-	c.ids.parked, c.ids.has, c.ids.held = parked, true, true
+	c.ids.parked, c.ids.held = &parked, true
 	b.stats.idCollisions.Add(1)
 }
 
@@ -63,9 +62,9 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
 	if c == nil || !c.ids.held {
 		return
 	}
-	if c.ids.has {
-		cl.State.Inflight.Set(c.ids.parked)
-		c.ids.parked, c.ids.has = packets.Packet{}, false
+	if c.ids.parked != nil {
+		cl.State.Inflight.Set(*c.ids.parked)
+		c.ids.parked = nil
 	}
 	c.ids.held = false
 	c.ids.mu.Unlock()

@@ -120,6 +120,16 @@ func newActWatch() *actWatch {
 	return &actWatch{kick: make(chan struct{}, 1), changed: make(chan struct{})}
 }
 
+// newActWatchFor returns the watch of a session for dev: a device that has
+// its deviceSecret (almost all of them) gets one that has already ended,
+// with no channels of its own — nothing kicks or waits on it.
+func newActWatchFor(dev Device) *actWatch {
+	if dev.Secret.IsZero() {
+		return newActWatch()
+	}
+	return &actWatch{changed: closedCh, secret: dev.Secret, ended: true}
+}
+
 func (w *actWatch) signal() {
 	close(w.changed)
 	w.changed = make(chan struct{})

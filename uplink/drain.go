@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -52,34 +52,111 @@ func (f *flight) finished() bool {
 	}
 }
 
-// publisher calls paho's Publish for one connection, in order, on its own
-// goroutine: paho's Publish hands the packet over an unbuffered channel
-// and can block for WriteTimeout (during a slow write, or for good when the
-// connection drops in between), and the drain loop must stay responsive.
-// After the first Publish that fails at once nothing more is published on
-// the connection, so nothing can overtake a message that was never sent.
+// publisher calls paho's Publish for one connection, in order, on a
+// goroutine of its own: paho's Publish hands the packet over an unbuffered
+// channel and can block for WriteTimeout (during a slow write, or for good
+// when the connection drops in between), and the drain loop must stay
+// responsive. After the first Publish that fails at once nothing more is
+// published on the connection, so nothing can overtake a message that was
+// never sent.
+//
+// The goroutine exists only while there is work: send starts it, and it
+// ends publisherLinger after the last message (at once after close). An
+// idle connection — most of a large fleet, most of the time — costs no
+// goroutine and no stack here.
 type publisher struct {
-	c    *conn
-	reqs chan *flight
-	stop atomic.Bool
+	c *conn
+
+	mu      sync.Mutex
+	queue   []*flight     // handed over, not yet taken by the goroutine
+	wake    chan struct{} // capacity 1; set while the goroutine runs
+	running bool
+	stopped bool
+	failed  bool // a Publish failed at once: refuse the rest
 }
 
-func startPublisher(c *conn, window int) *publisher {
-	p := &publisher{c: c, reqs: make(chan *flight, window)}
-	go p.run()
-	return p
+// publisherLinger is how long the publisher's goroutine waits for more work
+// before it ends, so that a steady stream of messages does not start one
+// goroutine per message.
+const publisherLinger = time.Second
+
+func newPublisher(c *conn) *publisher { return &publisher{c: c} }
+
+// send queues f; its ready channel closes once paho took or refused it.
+// It never blocks.
+func (p *publisher) send(f *flight) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.queue = append(p.queue, f)
+	if p.running {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	p.running = true
+	p.wake = make(chan struct{}, 1)
+	go p.run(p.wake)
 }
 
-func (p *publisher) run() {
-	failed := false
-	for f := range p.reqs {
-		if failed || p.stop.Load() || p.c.isLost() || !p.c.client.IsConnectionOpen() {
+// next takes the next flight, or returns nil and ends the goroutine's turn
+// (running false) when there is none and it may end: stopped, or idle once
+// more after lingering.
+func (p *publisher) next(mayEnd bool) (f *flight, stopped, failed bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.queue) > 0 {
+		f = p.queue[0]
+		p.queue[0] = nil
+		p.queue = p.queue[1:]
+		return f, p.stopped, p.failed
+	}
+	p.queue = nil // no backing array kept while idle
+	if mayEnd || p.stopped {
+		p.running, p.wake = false, nil
+	}
+	return nil, p.stopped, p.failed
+}
+
+func (p *publisher) run(wake chan struct{}) {
+	var linger *time.Timer
+	defer func() {
+		if linger != nil {
+			linger.Stop()
+		}
+	}()
+	mayEnd := false
+	for {
+		f, stopped, failed := p.next(mayEnd)
+		if f == nil {
+			if mayEnd || stopped {
+				return
+			}
+			if linger == nil {
+				linger = time.NewTimer(publisherLinger)
+			} else {
+				linger.Reset(publisherLinger)
+			}
+			select {
+			case <-wake:
+			case <-linger.C:
+				mayEnd = true
+			}
+			continue
+		}
+		mayEnd = false
+		if failed || stopped || p.c.isLost() || !p.c.client.IsConnectionOpen() {
 			f.tok = doneToken{errNotPublished}
 		} else {
 			f.tok = p.c.client.Publish(f.topic, f.qos, false, f.payload)
 			select {
 			case <-f.tok.Done():
-				failed = f.tok.Error() != nil
+				if f.tok.Error() != nil {
+					p.mu.Lock()
+					p.failed = true
+					p.mu.Unlock()
+				}
 			default:
 			}
 		}
@@ -88,10 +165,18 @@ func (p *publisher) run() {
 	}
 }
 
-// close stops the publisher; a Publish in progress ends within WriteTimeout.
+// close stops the publisher: what is still queued is refused, and a
+// Publish in progress ends within WriteTimeout.
 func (p *publisher) close() {
-	p.stop.Store(true)
-	close(p.reqs)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stopped = true
+	if p.running {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // doneToken is a completed mqtt.Token carrying err.
@@ -166,16 +251,14 @@ func (s *session) newDrainer(c *conn, subs *subSync) *drainer {
 	window := s.m.cfg.Window
 	return &drainer{
 		s: s, c: c, subs: subs,
-		pub:      startPublisher(c, window+expressWindow),
-		q:        s.m.cfg.Queue,
-		id:       s.dev.ID,
-		clk:      s.m.clk,
-		window:   window,
-		stall:    s.m.cfg.StallTimeout,
-		ls:       s.newLanes(),
-		inflight: make([]*flight, 0, window),
-		ex:       s.sl.ex,
-		laneSent: make(map[uint64]struct{}),
+		pub:    newPublisher(c),
+		q:      s.m.cfg.Queue,
+		id:     s.dev.ID,
+		clk:    s.m.clk,
+		window: window,
+		stall:  s.m.cfg.StallTimeout,
+		ls:     s.newLanes(),
+		ex:     s.sl.ex,
 	}
 }
 
@@ -369,6 +452,9 @@ func (d *drainer) skipTimeCritical(l *lane, m spool.Message, now time.Time) bool
 		d.s.m.dropExpired(d.s.sl, m, class, age)
 		return true
 	}
+	if d.laneSent == nil { // most connections never see a time-critical message
+		d.laneSent = make(map[uint64]struct{})
+	}
 	d.laneSent[m.Seq] = struct{}{}
 	return false
 }
@@ -377,7 +463,7 @@ func (d *drainer) skipTimeCritical(l *lane, m spool.Message, now time.Time) bool
 func (d *drainer) publishExpress(it *expressItem, now time.Time) {
 	m := it.msg
 	f := &flight{seq: m.Seq, topic: m.Topic, qos: min(m.QoS, 1), payload: m.Payload, ready: make(chan struct{}), item: it}
-	d.pub.reqs <- f // never blocks: at most window+expressWindow flights exist
+	d.pub.send(f)
 	if len(d.inflight) == 0 {
 		d.lastAck = now
 	}
@@ -433,7 +519,7 @@ func (d *drainer) publish(l *lane, m spool.Message, now time.Time) {
 	resent := d.ls.resent(l, m.Seq, &d.s.sl.maxPublished)
 	l.take()
 	f := &flight{seq: m.Seq, topic: m.Topic, qos: min(m.QoS, 1), payload: m.Payload, ready: make(chan struct{})}
-	d.pub.reqs <- f // never blocks: at most window+expressWindow flights exist
+	d.pub.send(f)
 	if len(d.inflight) == 0 {
 		d.lastAck = now
 	}
@@ -458,31 +544,102 @@ func (d *drainer) wait(ctx context.Context) error {
 		// message must be seen at once, not after the backlog.
 		notifyC = d.s.notify
 	}
-	select {
-	case <-ctx.Done():
+	var woke wakeup
+	var tok mqtt.Token
+	if doneC == nil && stallC == nil && !d.rateTimer.armed && !d.readTimer.armed {
+		woke, tok = d.waitIdle(ctx, notifyC, expressC)
+	} else {
+		woke, tok = d.waitBusy(ctx, doneC, notifyC, expressC, stallC)
+	}
+	switch woke {
+	case wokeStop:
 		d.quiesce()
 		return ctx.Err()
-	case <-d.c.lost:
+	case wokeLost:
 		return d.c.lostErr
-	case <-doneC:
-	case <-notifyC:
+	case wokeNotify:
 		d.ls.fresh.exhausted = false
-	case <-expressC:
-	case <-d.rateTimer.c():
+	case wokeRate:
 		d.rateTimer.armed = false
-	case <-d.readTimer.c():
+	case wokeRead:
 		d.readTimer.armed, d.readErr, d.ls.fresh.exhausted = false, false, false
-	case <-stallC:
+	case wokeStall:
 		return d.stalled()
-	case <-d.s.subsChanged:
+	case wokeSubs:
 		d.s.syncSubs(d.c, d.subs)
-	case tok := <-d.subs.result:
+	case wokeSubResult:
 		if err := d.s.finishSubs(d.subs, tok); err != nil {
 			return err
 		}
 		d.s.syncSubs(d.c, d.subs)
 	}
 	return nil
+}
+
+// wakeup is what ended a wait.
+type wakeup int
+
+const (
+	wokeStop wakeup = iota
+	wokeLost
+	wokeToken // the oldest flight progressed
+	wokeNotify
+	wokeExpress
+	wokeRate
+	wokeRead
+	wokeStall
+	wokeSubs
+	wokeSubResult
+)
+
+// waitIdle is the wait of a drain with nothing in flight and no timer
+// armed — where an idle session spends its life — with only the cases
+// that can happen then, so that its frame, on the stack of every idle
+// session, stays small (see run).
+func (d *drainer) waitIdle(ctx context.Context, notifyC, expressC <-chan struct{}) (wakeup, mqtt.Token) {
+	select {
+	case <-ctx.Done():
+		return wokeStop, nil
+	case <-d.c.lost:
+		return wokeLost, nil
+	case <-notifyC:
+		return wokeNotify, nil
+	case <-expressC:
+		return wokeExpress, nil
+	case <-d.s.subsChanged:
+		return wokeSubs, nil
+	case tok := <-d.subs.result:
+		return wokeSubResult, tok
+	}
+}
+
+// waitBusy is the wait of a drain with messages in flight or a timer
+// armed.
+//
+//go:noinline
+func (d *drainer) waitBusy(ctx context.Context, doneC, notifyC, expressC <-chan struct{}, stallC <-chan time.Time) (wakeup, mqtt.Token) {
+	select {
+	case <-ctx.Done():
+		return wokeStop, nil
+	case <-d.c.lost:
+		return wokeLost, nil
+	case <-doneC:
+		return wokeToken, nil
+	case <-notifyC:
+		return wokeNotify, nil
+	case <-expressC:
+		return wokeExpress, nil
+	case <-d.rateTimer.c():
+		return wokeRate, nil
+	case <-d.readTimer.c():
+		return wokeRead, nil
+	case <-stallC:
+		return wokeStall, nil
+	case <-d.s.subsChanged:
+		return wokeSubs, nil
+	case tok := <-d.subs.result:
+		return wokeSubResult, tok
+	}
 }
 
 // armStall returns the stall timer's channel while messages are in flight
@@ -607,16 +764,16 @@ func (s *session) delivered(c *conn, seq uint64, inflight int, now time.Time) {
 // block for WriteTimeout, so each operation runs on its own goroutine and
 // delivers its completed token on result.
 type subSync struct {
-	applied map[string]byte // what the cloud has (or refused) on this connection
+	applied map[string]byte // what the cloud has (or refused) on this connection; nil while empty
 	busy    bool            // an operation is in progress
-	result  chan mqtt.Token // capacity 1; nil channel semantics are not used
+	result  chan mqtt.Token // capacity 1; made by the first operation (nil blocks: no result to wait for)
 	sub     map[string]byte
 	unsub   []string
 }
 
-func newSubSync() *subSync {
-	return &subSync{applied: make(map[string]byte), result: make(chan mqtt.Token, 1)}
-}
+// newSubSync returns an empty subSync: most devices mirror no subscription,
+// and an idle connection then holds neither map nor channel for it.
+func newSubSync() *subSync { return &subSync{} }
 
 // syncSubs starts the next operation that brings the cloud's subscriptions
 // to the device's, if any is needed and none is in progress.
@@ -643,6 +800,9 @@ func (s *session) syncSubs(c *conn, ss *subSync) {
 		}
 	}
 	ss.busy, ss.sub, ss.unsub = true, sub, unsub
+	if ss.result == nil {
+		ss.result = make(chan mqtt.Token, 1)
+	}
 	client, result := c.client, ss.result
 	go func() {
 		var tok mqtt.Token
@@ -670,6 +830,9 @@ func (s *session) finishSubs(ss *subSync, tok mqtt.Token) error {
 	var result map[string]byte
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
 		result = st.Result()
+	}
+	if ss.applied == nil && len(ss.sub) > 0 {
+		ss.applied = make(map[string]byte, len(ss.sub))
 	}
 	for f, q := range ss.sub {
 		if rc, ok := result[f]; ok && rc == 0x80 {

@@ -244,16 +244,32 @@ func dial(ctx context.Context, u *url.URL, tlsCfg *tls.Config, timeout time.Dura
 // reads straight from the net.Conn and takes a packet's fixed header a byte
 // at a time, so an unbuffered PUBACK costs three system calls. Only paho's
 // one reader goroutine reads (the CONNACK before it, from the same buffer).
+//
+// The buffer costs memory on every cloud session, and most sessions are
+// idle most of the time, their reader waiting for the next packet. So:
+//   - a TLS connection gets no buffer of ours: crypto/tls reads whole
+//     records and hands them out from its own buffer;
+//   - a TCP connection gets a pooledReader (readbuf_unix.go), which waits
+//     for data without a buffer and borrows one from a pool only while it
+//     holds unread bytes;
+//   - anything else (WebSocket, a wrapped test connection, other systems)
+//     gets a bufio.Reader of readBufferSize for its whole life.
 type readBuffered struct {
 	net.Conn
 	r *bufio.Reader
 }
 
 // readBufferSize holds dozens of acknowledgements; larger reads (a big
-// downlink payload) bypass the buffer. It is paid per cloud session.
+// downlink payload) bypass the buffer.
 const readBufferSize = 1024
 
 func newReadBuffered(nc net.Conn) net.Conn {
+	if _, ok := nc.(*tls.Conn); ok {
+		return nc
+	}
+	if c := newPooledReader(nc); c != nil {
+		return c
+	}
 	return &readBuffered{Conn: nc, r: bufio.NewReaderSize(nc, readBufferSize)}
 }
 

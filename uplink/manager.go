@@ -9,7 +9,6 @@ import (
 	"net"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +44,8 @@ type Manager struct {
 	runCtx context.Context
 	wg     sync.WaitGroup // running sessions and the express sweeper
 	live   atomic.Int64   // running sessions, for the stop report
+
+	connects atomic.Uint64 // cloud connections made (CONNACK accepted)
 }
 
 type phase int
@@ -329,6 +330,10 @@ func checkFilter(id secrets.DeviceID, f string) error {
 	return nil
 }
 
+// Connects returns the number of cloud connections made so far (each
+// accepted CONNACK), for callers that watch for bursts of them.
+func (m *Manager) Connects() uint64 { return m.connects.Load() }
+
 // Status returns the status of one device.
 func (m *Manager) Status(id secrets.DeviceID) (SessionStatus, bool) {
 	m.mu.Lock()
@@ -355,10 +360,48 @@ func (m *Manager) Statuses() []SessionStatus {
 			out = append(out, st)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		return strings.Compare(out[i].Device.String(), out[j].Device.String()) < 0
-	})
+	// Each device's name once, not once per comparison.
+	keys := make([]string, len(out))
+	for i := range out {
+		keys[i] = out[i].Device.String()
+	}
+	sort.Sort(statusesByDevice{out, keys})
 	return out
+}
+
+// statusesByDevice sorts statuses by their device names, keys.
+type statusesByDevice struct {
+	st   []SessionStatus
+	keys []string
+}
+
+func (s statusesByDevice) Len() int           { return len(s.st) }
+func (s statusesByDevice) Less(i, j int) bool { return s.keys[i] < s.keys[j] }
+func (s statusesByDevice) Swap(i, j int) {
+	s.st[i], s.st[j] = s.st[j], s.st[i]
+	s.keys[i], s.keys[j] = s.keys[j], s.keys[i]
+}
+
+// Summary counts the sessions by state and sums the messages they sent:
+// what Statuses tells in aggregate, without copying or sorting each
+// device's status (the gateway's periodic status line asks for it).
+func (m *Manager) Summary() (byState map[State]int, sent uint64) {
+	m.mu.Lock()
+	slots := make([]*slot, 0, len(m.slots))
+	for _, sl := range m.slots {
+		slots = append(slots, sl)
+	}
+	m.mu.Unlock()
+	byState = map[State]int{}
+	for _, sl := range slots {
+		sl.statMu.Lock()
+		if sl.st.Device == sl.id {
+			byState[sl.st.State]++
+			sent += sl.st.Sent
+		}
+		sl.statMu.Unlock()
+	}
+	return byState, sent
 }
 
 func (sl *slot) status() (SessionStatus, bool) {

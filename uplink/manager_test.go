@@ -214,3 +214,34 @@ func TestManySessions(t *testing.T) {
 		run(t, mq.url, func(secrets.DeviceID, secrets.Secret) {}, false)
 	})
 }
+
+// TestSummaryMatchesStatuses checks Summary against Statuses, and that
+// Statuses are sorted by device.
+func TestSummaryMatchesStatuses(t *testing.T) {
+	cloud := startMochi(t, secrets.Aliyun)
+	r := newRig(t, cloud.url)
+	const n = 5
+	for i := range n {
+		d := testDevice(n - 1 - i) // added in reverse order
+		cloud.register(d.ID, d.Secret)
+		r.add(d)
+		r.q.appendN(t, d.ID, userTopic(d.ID), 1, i+1)
+	}
+	if by, sent := r.m.Summary(); by[StateIdle] != n || sent != 0 {
+		t.Fatalf("before Run: %v, %d sent", by, sent)
+	}
+	startManager(t, r.m)
+	for i := range n {
+		r.waitStatus(testDevice(i).ID, "all sent", func(st SessionStatus) bool { return st.Sent == uint64(n-i) })
+	}
+	by, sent := r.m.Summary()
+	sts := r.m.Statuses()
+	if by[StateConnected] != n || len(by) != 1 || sent != n*(n+1)/2 || len(sts) != n {
+		t.Fatalf("summary %v, %d sent; %d statuses", by, sent, len(sts))
+	}
+	for i, st := range sts {
+		if st.Device != testDevice(i).ID {
+			t.Errorf("status %d is %s, want %s", i, st.Device, testDevice(i).ID)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"runtime/trace"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/edgegw/edgegw/gateway"
 	"github.com/edgegw/edgegw/gateway/config"
+	"github.com/edgegw/edgegw/internal/memreport"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/systemd"
 )
@@ -82,6 +84,11 @@ func runDaemon(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wri
 		}
 		defer stop()
 		log.Warn("debug: writing an execution trace until exit (EDGEGW_TRACE)", "file", path)
+	}
+	if dir := os.Getenv("EDGEGW_PROFILE_DIR"); dir != "" {
+		stop := profileOnSignal(log, dir)
+		defer stop()
+		log.Warn("debug: SIGUSR1 writes a memory report and heap and goroutine profiles (EDGEGW_PROFILE_DIR)", "dir", dir)
 	}
 
 	notify := systemd.NewNotifier(log)
@@ -244,4 +251,45 @@ func startCPUProfile(path string) (stop func(), err error) {
 		pprof.StopCPUProfile()
 		_ = f.Close()
 	}, nil
+}
+
+// profileOnSignal writes memory-N.json, heap-N.pb.gz and goroutine-N.pb.gz
+// (N = 1, 2, …) to dir on every SIGUSR1, then a CPU profile of the next
+// 10 s (cpu-N.pb.gz), until stop is called: a debugging
+// aid for the field and for `edgegw bench sessions` (its gateway child
+// inherits the environment), enabled only by EDGEGW_PROFILE_DIR. The
+// report (internal/memreport) attributes heap and goroutines to paho,
+// mochi and edgegw's own packages; `go tool pprof` reads the profiles.
+func profileOnSignal(log *slog.Logger, dir string) (stop func()) {
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	done := make(chan struct{})
+	go func() {
+		for n := 1; ; n++ {
+			select {
+			case <-usr1:
+			case <-done:
+				return
+			}
+			if err := memreport.WriteFiles(dir, n); err != nil {
+				log.Error("debug: write memory report (EDGEGW_PROFILE_DIR)", "err", err)
+				continue
+			}
+			log.Info("debug: memory report written (EDGEGW_PROFILE_DIR)", "dir", dir, "n", n)
+			// Then what the process does meanwhile: a CPU profile of the
+			// next 10 s (none while EDGEGW_CPUPROFILE runs one).
+			path := filepath.Join(dir, fmt.Sprintf("cpu-%d.pb.gz", n))
+			if stopCPU, err := startCPUProfile(path); err == nil {
+				select {
+				case <-time.After(10 * time.Second):
+				case <-done:
+				}
+				stopCPU()
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(usr1)
+		close(done)
+	}
 }

@@ -19,6 +19,36 @@ type Status struct {
 	Cloud    Cloud          `json:"cloud"`
 	Spool    Totals         `json:"spool"`
 	Local    Local          `json:"local"`
+	Runtime  Runtime        `json:"runtime"`
+}
+
+// Runtime is the gateway process as the Go runtime sees it
+// (runtime/metrics), in bytes unless named otherwise.
+type Runtime struct {
+	Goroutines int `json:"goroutines"`
+	// HeapObjectsBytes holds heap objects: live ones and garbage not yet
+	// collected.
+	HeapObjectsBytes uint64 `json:"heapObjectsBytes"`
+	// HeapFreeBytes is heap the process holds without objects in it:
+	// free space in partly used spans and free pages not yet returned.
+	HeapFreeBytes uint64 `json:"heapFreeBytes"`
+	// HeapReleasedBytes is heap returned to the OS (not resident).
+	HeapReleasedBytes uint64 `json:"heapReleasedBytes"`
+	// StackBytes holds goroutine stacks, including free space in their
+	// spans.
+	StackBytes uint64 `json:"stackBytes"`
+	// OtherBytes is the runtime's own: span and GC metadata, profiling,
+	// caches.
+	OtherBytes uint64 `json:"otherBytes"`
+	// TotalBytes is everything the runtime mapped (released included).
+	TotalBytes uint64 `json:"totalBytes"`
+	GCCycles   uint64 `json:"gcCycles"`
+	// AllocBytes counts the heap allocated since the start.
+	AllocBytes uint64 `json:"allocBytes"`
+	// Settles counts the times memory was returned to the OS after a burst
+	// of connections, LastSettle is the last.
+	Settles    int64     `json:"settles"`
+	LastSettle time.Time `json:"lastSettle,omitzero"`
 }
 
 // DeviceCounts counts the registry's devices.

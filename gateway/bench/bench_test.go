@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgegw/edgegw/gateway/adminapi"
 
 	"github.com/edgegw/edgegw/gateway/config"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
@@ -465,8 +468,80 @@ func TestGoroutineDumpCounting(t *testing.T) {
 		"goroutine 7 gp=0xc000 m=nil [select, 2 minutes]:\nfoo(...)\n\t/y.go:2\ncreated by bar in goroutine 1\n\t/z.go:3 +0x4\n"
 	l.Write([]byte(dump[:40]))
 	l.Write([]byte(dump[40:]))
-	if got := l.goroutineCount(); got != 2 {
+	if got := l.goroutineDump().count; got != 2 {
 		t.Errorf("counted %d goroutines, want 2", got)
+	}
+}
+
+// TestGoroutineDumpStacks reads a GOTRACEBACK=system dump: goroutines by
+// part, and the stack each needs from its stack pointers.
+func TestGoroutineDumpStacks(t *testing.T) {
+	l := &lineLog{}
+	l.resetGoroutines()
+	dump := `SIGQUIT: quit
+PC=0x497be1 m=0 sigcode=0
+
+goroutine 0 gp=0x13bf3e0 m=0 mp=0x13c07a0 [idle]:
+runtime.futex(0x13c08f8, 0x80, 0x0, 0x0, 0x0, 0x0)
+	/usr/local/go/src/runtime/sys_linux_amd64.s:569 +0x21 fp=0x7fffd7c638c0 sp=0x7fffd7c638b8 pc=0x497be1
+
+goroutine 21 gp=0x300d27980780 m=nil [chan receive]:
+runtime.gopark(0x0?, 0x0?, 0x0?, 0x0?, 0x0?)
+	/usr/local/go/src/runtime/proc.go:462 +0xce fp=0x300d2793efa8 sp=0x300d2793ef88 pc=0x48e54e
+github.com/eclipse/paho%2emqtt%2egolang.startComms.func1()
+	/root/go/pkg/mod/github.com/eclipse/paho.mqtt.golang@v1.5.1/net.go:300 +0x1b fp=0x300d2793efe0 sp=0x300d2793efa8 pc=0x831535
+runtime.goexit({})
+	/usr/local/go/src/runtime/asm_amd64.s:1771 +0x1 fp=0x300d2793efe8 sp=0x300d2793efe0 pc=0x496081
+created by github.com/eclipse/paho%2emqtt%2egolang.startComms in goroutine 20
+	/root/go/pkg/mod/github.com/eclipse/paho.mqtt.golang@v1.5.1/net.go:290 +0x1a
+
+goroutine 22 gp=0x300d27980781 m=nil [IO wait]:
+runtime.gopark(0x0?, 0x0?, 0x0?, 0x0?, 0x0?)
+	/usr/local/go/src/runtime/proc.go:462 +0xce fp=0x300d279bb0a8 sp=0x300d279bb088 pc=0x48e54e
+github.com/mochi-mqtt/server/v2.(*Client).Read(0x300d2791aa08, 0x300d279bbea0)
+	/root/go/pkg/mod/github.com/mochi-mqtt/server/v2@v2.7.9/clients.go:375 +0x7f fp=0x300d279bbec0 sp=0x300d279bb0a8 pc=0x8134bf
+github.com/edgegw/edgegw/localbroker.(*listener).handle(0x300d27a458c0, {0xd66918, 0x300d27986010})
+	/work/localbroker/listeners.go:352 +0x144 fp=0x300d279bbfe0 sp=0x300d279bbec0 pc=0x8432c4
+runtime.goexit({})
+	/usr/local/go/src/runtime/asm_amd64.s:1771 +0x1 fp=0x300d279bbfe8 sp=0x300d279bbfe0 pc=0x496081
+
+rax    0x0
+rip    0x497be1
+`
+	l.Write([]byte(dump))
+	d := l.goroutineDump()
+	if d.count != 2 || d.withSP != 2 {
+		t.Fatalf("dump: %+v", d)
+	}
+	// paho's goroutine uses 0x60 bytes: 2 KiB. mochi's reader uses 0xf78
+	// (about 4 KiB) plus the guard: 8 KiB.
+	if d.byPart["paho"] != 1 || d.stackByPart["paho"] != 2048 || d.byPart["mochi"] != 1 || d.stackByPart["mochi"] != 8192 {
+		t.Errorf("by part %v, stacks %v", d.byPart, d.stackByPart)
+	}
+}
+
+func TestBreakdownAddsUp(t *testing.T) {
+	b := MemorySample{RSS: 20 << 20, Runtime: adminapi.Runtime{HeapObjectsBytes: 4 << 20, StackBytes: 1 << 20, TotalBytes: 8 << 20, OtherBytes: 2 << 20, HeapFreeBytes: 1 << 20},
+		LiveHeapByPart: map[string]uint64{"edgegw": 1 << 20}, GoroutinesByPart: map[string]int{"edgegw": 10}, StackByPart: map[string]int64{"edgegw": 40 << 10}}
+	f := MemorySample{RSS: 120 << 20, Runtime: adminapi.Runtime{HeapObjectsBytes: 44 << 20, StackBytes: 41 << 20, TotalBytes: 102 << 20, OtherBytes: 5 << 20,
+		HeapFreeBytes: 11 << 20, HeapReleasedBytes: 1 << 20},
+		LiveHeapByPart:   map[string]uint64{"edgegw": 3 << 20, "paho": 10 << 20, "mochi": 8 << 20, "uplink": 6 << 20},
+		DescriptorBytes:  5 << 20,
+		GoroutinesByPart: map[string]int{"edgegw": 10, "paho": 10000, "mochi": 2000, "uplink": 1000},
+		StackByPart:      map[string]int64{"edgegw": 40 << 10, "paho": 20000 << 10, "mochi": 12000 << 10, "uplink": 4000 << 10}}
+	br := breakdown(f, b, 1000)
+	sum := br.StackSlackKiB + br.GarbageKiB + br.FreeHeapKiB + br.RuntimeKiB + br.OutsideKiB
+	for _, p := range br.Parts {
+		sum += p.TotalKiB()
+	}
+	if math.Abs(sum-br.RSSKiB) > 1e-9 || br.RSSKiB != 100*1024/1000.0 {
+		t.Errorf("parts add up to %.3f KiB, RSS %.3f KiB: %+v", sum, br.RSSKiB, br)
+	}
+	if p := br.Parts[0]; p.Goroutines != 10 || p.StackKiB != 20 {
+		t.Errorf("paho %+v", p)
+	}
+	if p := br.Parts[2]; p.Goroutines != 1 || p.StackKiB != 4 { // edgegw's own: uplink + the baseline's cancelled out
+		t.Errorf("edgegw %+v", p)
 	}
 }
 
@@ -479,4 +554,16 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
+}
+
+func TestSettleWatch(t *testing.T) {
+	w := newSettleWatch()
+	since := time.Date(2026, 12, 7, 20, 52, 40, 0, time.UTC)
+	w.line(`time=2026-12-07T20:52:30.100Z level=INFO msg="cloud session up" device=a/b attempt=1`)
+	w.line(`time=2026-12-07T20:52:39.500Z level=INFO msg="returned memory after a burst of connections" heap_before=1 heap_after=1 released=0 took=1ms allocated=5`)
+	w.line(`time=2026-12-07T20:52:42.811Z level=INFO msg="returned memory after a burst of connections" heap_before=9 heap_after=3 released=2 took=120ms allocated=123456789`)
+	ev, ok, err := w.wait(t.Context(), since, time.Second)
+	if err != nil || !ok || ev.allocated != 123456789 || !ev.at.Equal(since.Add(2811*time.Millisecond)) {
+		t.Fatalf("settle %+v, %v, %v", ev, ok, err)
+	}
 }

@@ -95,23 +95,31 @@ func (c *child) kill() {
 }
 
 // goroutines makes a Go child dump its goroutines (SIGQUIT, with
-// GOTRACEBACK=all in its environment) and counts them. The child exits.
+// GOTRACEBACK=all or system in its environment) and counts them. The child
+// exits.
 func (c *child) goroutines(limit time.Duration) (int, error) {
+	d, err := c.dumpGoroutines(limit)
+	return d.count, err
+}
+
+// dumpGoroutines is goroutines, also returning what the dump tells by part
+// (with GOTRACEBACK=system, which prints each frame's stack pointers).
+func (c *child) dumpGoroutines(limit time.Duration) (goroutineDump, error) {
 	c.out.resetGoroutines()
 	if err := c.cmd.Process.Signal(syscall.SIGQUIT); err != nil {
-		return 0, fmt.Errorf("signal %s for a goroutine dump: %w", c.name, err)
+		return goroutineDump{}, fmt.Errorf("signal %s for a goroutine dump: %w", c.name, err)
 	}
 	select {
 	case <-c.done:
 	case <-time.After(limit):
 		c.kill()
-		return 0, fmt.Errorf("goroutine dump of %s: no exit within %v", c.name, limit)
+		return goroutineDump{}, fmt.Errorf("goroutine dump of %s: no exit within %v", c.name, limit)
 	}
-	n := c.out.goroutineCount()
-	if n == 0 {
-		return 0, fmt.Errorf("goroutine dump of %s: no goroutines in its output (exit: %v)", c.name, c.err)
+	d := c.out.goroutineDump()
+	if d.count == 0 {
+		return d, fmt.Errorf("goroutine dump of %s: no goroutines in its output (exit: %v)", c.name, c.err)
 	}
-	return n, nil
+	return d, nil
 }
 
 // cpu returns the child's user+system CPU time so far.
@@ -131,6 +139,8 @@ type lineLog struct {
 	last     []string
 	gor      int
 	counting bool
+	dump     goroutineDump
+	cur      dumpedGoroutine
 	watchers []func(line string)
 }
 
@@ -160,8 +170,15 @@ func (l *lineLog) Write(p []byte) (int, error) {
 
 func (l *lineLog) line(s string) {
 	if l.counting && strings.HasPrefix(s, "goroutine ") && goroutineHeader.MatchString(s) {
-		l.gor++
+		l.dump.add(l.cur)
+		l.cur = dumpedGoroutine{started: true, system: strings.HasPrefix(s, "goroutine 0 ")}
+		if !l.cur.system {
+			l.gor++
+		}
 		return
+	}
+	if l.counting && l.cur.frame(s) {
+		return // stack frames of the dump
 	}
 	if l.counting && (strings.HasPrefix(s, "\t") || strings.Contains(s, "(...)") || strings.HasPrefix(s, "created by ") || s == "") {
 		return // stack frames of the dump
@@ -183,12 +200,18 @@ func (l *lineLog) resetGoroutines() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.gor, l.counting = 0, true
+	l.dump, l.cur = goroutineDump{}, dumpedGoroutine{}
 }
 
-func (l *lineLog) goroutineCount() int {
+// goroutineDump returns what the last dump told.
+func (l *lineLog) goroutineDump() goroutineDump {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.gor
+	l.dump.add(l.cur)
+	l.cur = dumpedGoroutine{}
+	d := l.dump
+	d.count = l.gor
+	return d
 }
 
 func (l *lineLog) lastLine() string {

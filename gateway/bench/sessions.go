@@ -9,12 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgegw/edgegw/internal/memreport"
 	"github.com/edgegw/edgegw/uplink/cloudsim"
 )
 
 var sessionsScenario = scenario{
 	Scenario: Scenario{Name: "sessions", Summary: "fleets of idle devices, each with its local connection and its cloud session up " +
-		"(plain TCP and TLS): RSS and goroutines per device, idle CPU, time to bring every session up"},
+		"(plain TCP and TLS): RSS and goroutines per device and where they go, idle CPU, time to bring every session up"},
 	defaults: func(o *Options) {
 		if len(o.Sessions) == 0 {
 			o.Sessions = []int{1000, 5000, 9000}
@@ -56,9 +57,10 @@ type SessionsResult struct {
 
 // SessionBaseline is an edgegw with an empty registry.
 type SessionBaseline struct {
-	Transport  string  `json:"transport"`
-	RSSMiB     float64 `json:"rssMiB"`
-	Goroutines int     `json:"goroutines"`
+	Transport  string       `json:"transport"`
+	RSSMiB     float64      `json:"rssMiB"`
+	Goroutines int          `json:"goroutines"`
+	Memory     MemorySample `json:"memory"`
 }
 
 // SessionFleet is one fleet size over one cloud transport.
@@ -90,6 +92,19 @@ type SessionFleet struct {
 	Threads             int     `json:"threads"`
 	// IdleCPUPercent is edgegw's CPU over the idle window, in % of one core.
 	IdleCPUPercent float64 `json:"idleCpuPercent"`
+	// Settled says the gateway returned the connect burst's memory to the
+	// OS (gateway.status runtime.settles), SettleSeconds after the last
+	// device had connected. The idle window and every memory figure come
+	// after it.
+	Settled       bool    `json:"settled"`
+	SettleSeconds float64 `json:"settleSeconds,omitempty"`
+	// IdleAllocKiBPerSecond is the heap edgegw allocated per second while
+	// idle: garbage the heap grows by until the next collection.
+	IdleAllocKiBPerSecond float64 `json:"idleAllocKiBPerSecond"`
+	// Memory is the gateway's memory at the end of the idle window;
+	// PerDevice what each device costs, by part, against the baseline.
+	Memory    MemorySample `json:"memory"`
+	PerDevice Breakdown    `json:"perDevice"`
 }
 
 func runSessions(ctx context.Context, e *env) (any, []Table, error) {
@@ -111,7 +126,7 @@ func runSessions(ctx context.Context, e *env) (any, []Table, error) {
 			return nil, nil, fmt.Errorf("baseline over %s: %w", t, err)
 		}
 		bases[t] = base
-		res.Baselines = append(res.Baselines, SessionBaseline{Transport: t, RSSMiB: mib(base.rss), Goroutines: base.goroutines})
+		res.Baselines = append(res.Baselines, SessionBaseline{Transport: t, RSSMiB: mib(base.rss), Goroutines: base.goroutines, Memory: base.mem})
 		e.logf("baseline over %s (no devices): RSS %.1f MiB, %d goroutines", t, mib(base.rss), base.goroutines)
 	}
 
@@ -124,13 +139,14 @@ func runSessions(ctx context.Context, e *env) (any, []Table, error) {
 			res.Fleets = append(res.Fleets, fl)
 		}
 	}
-	return res, []Table{res.table()}, nil
+	return res, []Table{res.table(), res.breakdownTable()}, nil
 }
 
 // baseline is what an edgegw with an empty registry holds.
 type baseline struct {
 	rss        int64
 	goroutines int
+	mem        MemorySample
 }
 
 // baselineGateway measures an edgegw with an empty registry whose cloud
@@ -141,7 +157,7 @@ func baselineGateway(ctx context.Context, e *env, transport string, pki *benchPK
 		return baseline{}, err
 	}
 	g := gatewaySetup{Dir: e.subdir("sessions-baseline-" + transport), Admin: e.socket("baseline-" + transport), Local: local,
-		Cloud: "127.0.0.1:1", ConnectRate: 1, ConnectBurst: 1}
+		Cloud: "127.0.0.1:1", ConnectRate: 1, ConnectBurst: 1, Profiles: true}
 	if transport == transportTLS {
 		g.CloudTLS, g.CloudCA = true, pki.CAFile
 	}
@@ -156,12 +172,8 @@ func baselineGateway(ctx context.Context, e *env, transport string, pki *benchPK
 		return baseline{}, err
 	}
 	defer gw.kill()
-	m, err := gw.mem()
-	if err != nil {
-		return baseline{}, err
-	}
-	n, err := gw.goroutines(time.Minute)
-	return baseline{rss: m.RSS, goroutines: n}, err
+	mem, _, err := sampleMemory(ctx, gw, g)
+	return baseline{rss: mem.RSS, goroutines: mem.Goroutines, mem: mem}, err
 }
 
 // sessionsFleet measures n idle devices whose cloud sessions use
@@ -185,7 +197,9 @@ func sessionsFleet(ctx context.Context, e *env, n int, transport string, pki *be
 	if err != nil {
 		return fl, err
 	}
-	g := gatewaySetup{Dir: dir, Admin: e.socket(name), Local: local, Cloud: sim.addr, ConnectRate: o.ConnectRate, ConnectBurst: o.ConnectBurst}
+	settles := newSettleWatch()
+	g := gatewaySetup{Dir: dir, Admin: e.socket(name), Local: local, Cloud: sim.addr, ConnectRate: o.ConnectRate, ConnectBurst: o.ConnectBurst,
+		Profiles: true, LogLevel: "info", Watch: settles.line}
 	if transport == transportTLS {
 		// The simulator's certificate must verify against the run's CA
 		// the way edgegw checks it.
@@ -232,12 +246,19 @@ func sessionsFleet(ctx context.Context, e *env, n int, transport string, pki *be
 	fl.LocalSeconds = time.Since(start).Seconds()
 	e.logf("%d devices over %s: connected locally in %s; idle for %v", n, transport, fmtSeconds(time.Since(start)), o.Idle)
 
-	// Let the connection bursts settle (GC, buffers) before measuring.
-	settle := min(2*time.Second, o.Idle/2)
-	select {
-	case <-time.After(settle):
-	case <-ctx.Done():
-		return fl, ctx.Err()
+	// The gateway returns the connect burst's memory once the burst is
+	// over (gateway/memory.go): measure after that. Its log says when.
+	localDone := time.Now()
+	settle, settled, err := settles.wait(ctx, localDone, time.Minute)
+	if err != nil {
+		return fl, err
+	}
+	fl.Settled = settled
+	if settled {
+		fl.SettleSeconds = settle.at.Sub(localDone).Seconds()
+		e.logf("%d devices over %s: memory returned %s after the devices connected", n, transport, fmtSeconds(settle.at.Sub(localDone)))
+	} else {
+		e.logf("%d devices over %s: no memory returned within a minute of the devices connecting", n, transport)
 	}
 	cpu0, err := gw.cpu()
 	if err != nil {
@@ -270,10 +291,17 @@ func sessionsFleet(ctx context.Context, e *env, n int, transport string, pki *be
 	}
 	fl.RSSMiB, fl.PeakRSSMiB, fl.Threads = mib(m.RSS), mib(m.HWM), m.Threads
 	fl.RSSPerDeviceKiB = float64(m.RSS-base.rss) / 1024 / float64(n)
-	if fl.Goroutines, err = gw.goroutines(2 * time.Minute); err != nil {
+	var rep memreport.Report
+	fl.Memory, rep, err = sampleMemory(ctx, gw, g)
+	if err != nil {
 		return fl, err
 	}
+	if settled && rep.Time.After(settle.at) {
+		fl.IdleAllocKiBPerSecond = float64(rep.AllocBytes-min(settle.allocated, rep.AllocBytes)) / 1024 / rep.Time.Sub(settle.at).Seconds()
+	}
+	fl.Goroutines = fl.Memory.Goroutines
 	fl.GoroutinesPerDevice = float64(fl.Goroutines-base.goroutines) / float64(n)
+	fl.PerDevice = breakdown(fl.Memory, base.mem, n)
 	e.logf("%d devices over %s: RSS %.0f MiB (%.1f KiB/device), %d goroutines (%.1f/device), idle CPU %.1f%% of a core",
 		n, transport, fl.RSSMiB, fl.RSSPerDeviceKiB, fl.Goroutines, fl.GoroutinesPerDevice, fl.IdleCPUPercent)
 	return fl, nil
@@ -313,7 +341,34 @@ func (r *SessionsResult) table() Table {
 		return fmt.Sprintf("%s (%.1f)", commas(int64(f.Goroutines)), f.GoroutinesPerDevice)
 	})
 	row("OS threads", func(f SessionFleet) string { return strconv.Itoa(f.Threads) })
+	row("connect burst's memory returned", func(f SessionFleet) string {
+		if !f.Settled {
+			return "no"
+		}
+		return "after " + secs(f.SettleSeconds)
+	})
 	row(fmt.Sprintf("idle CPU over %gs, %% of one core", r.IdleSeconds), func(f SessionFleet) string { return fmt.Sprintf("%.2f", f.IdleCPUPercent) })
+	row("heap allocated while idle, KiB/s", func(f SessionFleet) string { return fmt.Sprintf("%.0f", f.IdleAllocKiBPerSecond) })
+	base := func(tr string) MemorySample {
+		for _, b := range r.Baselines {
+			if b.Transport == tr {
+				return b.Memory
+			}
+		}
+		return MemorySample{}
+	}
+	perDev := func(f SessionFleet, v func(MemorySample) uint64) string {
+		return fmt.Sprintf("%.1f", (float64(v(f.Memory))-float64(v(base(f.Transport))))/1024/float64(f.Devices))
+	}
+	row("Go heap objects per device, KiB", func(f SessionFleet) string {
+		return perDev(f, func(m MemorySample) uint64 { return m.Runtime.HeapObjectsBytes })
+	})
+	row("Go goroutine stacks per device, KiB", func(f SessionFleet) string {
+		return perDev(f, func(m MemorySample) uint64 { return m.Runtime.StackBytes })
+	})
+	row("Go heap held free per device, KiB", func(f SessionFleet) string {
+		return perDev(f, func(m MemorySample) uint64 { return m.Runtime.HeapFreeBytes })
+	})
 
 	var transports, bases []string
 	for _, tr := range r.Transports {
@@ -339,7 +394,54 @@ func (r *SessionsResult) table() Table {
 	t.Notes = append(t.Notes, fmt.Sprintf("edgegw runs as a child process: devices connect to it over plain TCP (keepalive 300 s); its cloud sessions "+
 		"(keepalive 300 s) use %s. The cloud simulator is another child process and the devices live in the benchmark process. "+
 		"Per-device figures subtract an edgegw with an empty registry configured for the same transport (%s). "+
-		"Goroutines are counted from a SIGQUIT dump of the child; edgegw's CPU from /proc.",
+		"Goroutines are counted from a SIGQUIT dump of the child; edgegw's CPU from /proc; the Go figures from runtime/metrics in the child "+
+		"(the memory report edgegw run writes on SIGUSR1 with EDGEGW_PROFILE_DIR, read before the report collects garbage). "+
+		"Every figure after the connect burst is taken once the gateway has returned the burst's memory (it does so, and logs it, 5 s after a burst of connections), "+
+		"then over the idle window; nothing else is asked of the gateway until RSS is read. The idle allocation rate runs from that settle to the report.",
 		strings.Join(transports, ", or "), strings.Join(bases, "; ")))
+	return t
+}
+
+// breakdownTable says where each KiB per device goes.
+func (r *SessionsResult) breakdownTable() Table {
+	t := Table{
+		Title:  "sessions: where each device's memory goes, KiB per device (goroutines per device)",
+		Header: []string{"part"},
+	}
+	for _, f := range r.Fleets {
+		t.Header = append(t.Header, fmt.Sprintf("%s devices, cloud over %s", commas(int64(f.Devices)), transportName(f.Transport)))
+	}
+	row := func(name string, fn func(Breakdown) string) {
+		cells := []string{name}
+		for _, f := range r.Fleets {
+			cells = append(cells, fn(f.PerDevice))
+		}
+		t.Rows = append(t.Rows, cells)
+	}
+	for i, bp := range breakdownParts {
+		row(bp.name, func(b Breakdown) string {
+			if i >= len(b.Parts) {
+				return ""
+			}
+			p := b.Parts[i]
+			return fmt.Sprintf("%.1f: heap %.1f + stacks %.1f (%.1f)", p.TotalKiB(), p.HeapKiB, p.StackKiB, p.Goroutines)
+		})
+	}
+	kib := func(v float64) string { return fmt.Sprintf("%.1f", v) }
+	row("stacks beyond the goroutines' need", func(b Breakdown) string { return kib(b.StackSlackKiB) })
+	row("garbage not yet collected", func(b Breakdown) string { return kib(b.GarbageKiB) })
+	row("heap held free (room in spans, pages not yet returned)", func(b Breakdown) string { return kib(b.FreeHeapKiB) })
+	row("runtime metadata", func(b Breakdown) string { return kib(b.RuntimeKiB) })
+	row("outside the Go runtime", func(b Breakdown) string { return kib(b.OutsideKiB) })
+	row("RSS per device", func(b Breakdown) string { return kib(b.RSSKiB) })
+	t.Notes = append(t.Notes, "Each figure is (fleet − baseline) / devices, measured in the gateway child at the end of the idle window. "+
+		"Heap: the live heap after a collection by the code that allocated it (the heap profile edgegw run writes on SIGUSR1 with "+
+		"EDGEGW_PROFILE_DIR, attributed to the innermost frame of paho, mochi or edgegw; an allocation by the standard library on "+
+		"behalf of edgegw, such as a socket, counts as edgegw's), plus the goroutine descriptors shared out by goroutine count. "+
+		"Stacks: the stack each goroutine needs at least, from its stack pointers in a SIGQUIT dump (GOTRACEBACK=system): the "+
+		"smallest power of two of 2 KiB or more that holds its frames and the stack guard; Go does not expose the stack a goroutine "+
+		"has, so what stacks hold beyond that (grown during a connect and not shrunk back, free room in stack spans) is its own row. "+
+		"Goroutines: a goroutine with paho frames is paho's, then mochi's, then that of the innermost edgegw package. "+
+		"Garbage, free heap and metadata come from runtime/metrics as the report starts; the rows add up to the RSS per device.")
 	return t
 }

@@ -60,7 +60,9 @@ type BrokerConfig struct {
 	MaxPacketSize ByteSize `toml:"max_packet_size"`
 	// MaxClients bounds concurrent client connections.
 	MaxClients int `toml:"max_clients"`
-	// WritesPending bounds each client's queue of outbound packets.
+	// WritesPending bounds each client's queue of outbound packets (what
+	// the broker fans out: admin replies, wills; downlinks are written
+	// directly).
 	WritesPending int `toml:"writes_pending"`
 	// UnixSocketMode is the file mode of unix:// listener sockets.
 	UnixSocketMode FileMode `toml:"unix_socket_mode"`
@@ -205,7 +207,7 @@ func Default() *Config {
 			Auth:             []string{AuthSigned, AuthPassword, AuthCert},
 			MaxPacketSize:    256 * KiB,
 			MaxClients:       20000,
-			WritesPending:    256,
+			WritesPending:    32,
 			UnixSocketMode:   0o660,
 			SessionExpiry:    Duration(time.Hour),
 			MaxSubscriptions: 100,
