@@ -226,6 +226,17 @@ func appendPuback(buf []byte, s *ackSlot, mods packets.Mods) []byte {
 	if s.code == 0 || !s.v5 {
 		return append(buf, packets.Puback<<4, 2, byte(s.id>>8), byte(s.id))
 	}
+	return appendPubackCode(buf, s, mods)
+}
+
+// appendPubackCode encodes an MQTT 5 PUBACK with a reason code. It is its
+// own function, kept out of line, because its packets.Packet (over a
+// kilobyte) would otherwise be in appendPuback's frame: the short-lived
+// ack writer goroutine then had to grow its stack for every success too
+// (newstack/copystack were 5 % of edgegw's CPU at a fixed 5,000 msg/s).
+//
+//go:noinline
+func appendPubackCode(buf []byte, s *ackSlot, mods packets.Mods) []byte {
 	code, ok := pubackCodes[s.code]
 	if !ok {
 		code = packets.ErrUnspecifiedError

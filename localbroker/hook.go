@@ -279,12 +279,12 @@ func (c *conn) publishAllowed(topic string) bool {
 // PUBACK (it has no negative one), and QoS 0 is dropped. The PUBACK takes
 // its turn in the connection's ack queue, behind the publishes still
 // waiting for the sink.
-func (h *hook) refuseTopic(cl *mqtt.Client, c *conn, pk packets.Packet) (packets.Packet, error) {
+func (h *hook) refuseTopic(cl *mqtt.Client, c *conn, pk *packets.Packet) error {
 	h.b.stats.pubDenied.Add(1)
 	h.b.logDevice("acl-publish", c.id.DeviceID, slog.LevelWarn, "publish refused: topic outside the device's namespace; acknowledged and dropped",
 		"device", c.id.String(), "client", logsafe.Clip(c.clientID), "topic", logsafe.Clip(pk.TopicName), "qos", pk.FixedHeader.Qos, "remote", c.remote)
 	if pk.FixedHeader.Qos == 0 {
-		return pk, packets.CodeSuccessIgnore
+		return packets.CodeSuccessIgnore
 	}
 	v5 := cl.Properties.ProtocolVersion == 5
 	ticket, ok := c.acks.enter(int(h.b.cfg.MaxInflight), h.b.stopping, true, pk.PacketID, v5)
@@ -295,7 +295,7 @@ func (h *hook) refuseTopic(cl *mqtt.Client, c *conn, pk packets.Packet) (packets
 		}
 		h.ackDone(c, ticket, ackReady, code)
 	}
-	return pk, errAckQueued
+	return errAckQueued
 }
 
 // OnSessionEstablished indexes the session once its CONNACK is written.
@@ -502,19 +502,30 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, packets.CodeSuccessIgnore
 	}
 	if c.id.Provision != nil {
-		return h.provisionPublish(cl, c, pk)
+		return pk, h.provisionPublish(cl, c, &pk)
 	}
 
 	if !c.publishAllowed(pk.TopicName) {
-		return h.refuseTopic(cl, c, pk)
+		return pk, h.refuseTopic(cl, c, &pk)
 	}
 	qos := pk.FixedHeader.Qos
 	ticket, ok := c.acks.enter(int(b.cfg.MaxInflight), b.stopping, qos > 0, pk.PacketID, v5)
 	if !ok {
 		return pk, errAckQueued // the connection or the broker is closing
 	}
+	h.toSink(c, &pk, ticket, v5)
+	return pk, errAckQueued
+}
+
+// toSink hands a device publish to the sink. It is OnPublish's tail, out
+// of line so that OnPublish's frame (on mochi's read goroutine, with the
+// packet it takes and returns by value) stays small.
+//
+//go:noinline
+func (h *hook) toSink(c *conn, pk *packets.Packet, ticket uint64, v5 bool) {
+	qos := pk.FixedHeader.Qos
 	topic := pk.TopicName
-	b.cfg.Sink.Publish(h.sinkCtx, Message{
+	h.b.cfg.Sink.Publish(h.sinkCtx, Message{
 		Device:   c.id,
 		ClientID: c.clientID,
 		Topic:    topic,
@@ -523,7 +534,6 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		Retain:   pk.FixedHeader.Retain,
 		Received: time.Now(),
 	}, func(err error) { h.published(c, ticket, qos, v5, topic, err) })
-	return pk, errAckQueued
 }
 
 // dropAfterWithheld ends the connection of a client whose QoS 1 publish

@@ -67,18 +67,18 @@ func (h *hook) pushProvision(cl *mqtt.Client, c *conn) {
 // reply on Provision.Reply is acknowledged and dropped, anything else is
 // acknowledged, dropped and logged as refused (closing a 3.1.1 connection
 // would only make the firmware retry). Nothing reaches the Sink.
-func (h *hook) provisionPublish(cl *mqtt.Client, c *conn, pk packets.Packet) (packets.Packet, error) {
+func (h *hook) provisionPublish(cl *mqtt.Client, c *conn, pk *packets.Packet) error {
 	if pk.TopicName == c.id.Provision.Reply {
 		h.b.log.Debug("activation: device acknowledged the push", "device", c.id.String(), "topic", logsafe.Clip(pk.TopicName))
-		return pk, packets.CodeSuccessIgnore
+		return packets.CodeSuccessIgnore
 	}
 	h.b.stats.pubDenied.Add(1)
 	h.b.logDevice("acl-publish", c.id.DeviceID, slog.LevelWarn, "publish refused: an activation connection may not publish; acknowledged and dropped",
 		"device", c.id.String(), "client", logsafe.Clip(c.clientID), "topic", logsafe.Clip(pk.TopicName), "qos", pk.FixedHeader.Qos, "remote", c.remote)
 	if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion == 5 {
-		return pk, packets.ErrNotAuthorized
+		return packets.ErrNotAuthorized
 	}
-	return pk, packets.CodeSuccessIgnore
+	return packets.CodeSuccessIgnore
 }
 
 // observer returns the Observer for events about c: none for provisioning
