@@ -453,3 +453,18 @@ func TestNonReadingDeviceDoesNotDelayOthers(t *testing.T) {
 	conn.Close()
 	<-filled
 }
+
+// An accepted device publish never takes mochi's error path: there
+// Hooks.OnPublish passes the whole packet to a Debug log call, which
+// boxes it on the heap at any log level (about 1 KB of garbage for every
+// message).
+func TestAcceptedPublishNotRejectedToMochi(t *testing.T) {
+	h := startBroker(t, nil)
+	c := connect(t, h.url(t, "tcp"), "quiet", dnA, passA)
+	for i := range 20 {
+		wait(t, c.Publish(topicA("quiet"), 1, false, []byte{byte(i)}), "publish")
+	}
+	if got := strings.Count(h.logs.String(), "publish packet rejected"); got != 0 {
+		t.Errorf("mochi logged %d publishes as rejected (each boxed its packet); want 0", got)
+	}
+}

@@ -140,7 +140,6 @@ func TestMochiHandler(t *testing.T) {
 		{"acl disconnect", slog.LevelWarn, "error processing packet", []any{"error", packets.ErrNotAuthorized, "pk", pk}, slog.LevelDebug},
 		{"other warn", slog.LevelWarn, "error processing packet", []any{"error", packets.ErrProtocolViolation, "pk", pk}, slog.LevelWarn},
 		{"quota", slog.LevelWarn, "client store quota reached", []any{"client", "c"}, slog.LevelWarn},
-		{"publish taken over", slog.LevelDebug, "publish packet rejected", []any{"packet", pk}, -100},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

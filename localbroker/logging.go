@@ -77,9 +77,6 @@ func (h *mochiHandler) Enabled(ctx context.Context, level slog.Level) bool {
 }
 
 func (h *mochiHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "publish packet rejected" {
-		return nil
-	}
 	level := r.Level
 	switch {
 	case level < slog.LevelWarn && level >= slog.LevelInfo:
