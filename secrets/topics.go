@@ -212,7 +212,8 @@ func (id DeviceID) TopicForm(d Dialect, topic string, dir Dir) (TopicForm, bool)
 	if !filter && strings.ContainsAny(topic, "+#") {
 		return TopicForm{}, false
 	}
-	segs := strings.Split(topic, "/")[1:]
+	var buf [16]string // every catalogued topic has fewer segments: no allocation
+	segs := appendSegments(buf[:0], topic[1:])
 	if !validWildcards(segs) {
 		return TopicForm{}, false
 	}
@@ -226,6 +227,21 @@ func (id DeviceID) TopicForm(d Dialect, topic string, dir Dir) (TopicForm, bool)
 		}
 	}
 	return TopicForm{}, false
+}
+
+// appendSegments appends the '/'-separated segments of s to dst, as
+// strings.Split would return them. TopicForm runs for every device
+// publish (the broker's ACL, the uplink's lanes), and strings.Split's
+// slice was 3 % of the bytes the forwarding benchmark allocated.
+func appendSegments(dst []string, s string) []string {
+	for {
+		i := strings.IndexByte(s, '/')
+		if i < 0 {
+			return append(dst, s)
+		}
+		dst = append(dst, s[:i])
+		s = s[i+1:]
+	}
 }
 
 // MayPublish reports whether device id may publish on the concrete topic
