@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/edgegw/edgegw/internal/testutil"
 	"github.com/edgegw/edgegw/secrets"
 	"github.com/edgegw/edgegw/uplink/spool"
@@ -40,6 +42,35 @@ func TestDrainCoalescesWrites(t *testing.T) {
 		t.Errorf("%d writes to the cloud socket for %d publishes: none coalesced", w, n)
 	} else {
 		t.Logf("%d writes for %d publishes", w, n)
+	}
+}
+
+// paho's store keeps nothing: every attempt is a new client with a clean
+// session, the spool resends what the cloud did not acknowledge, and
+// paho's store only cost a formatted key and map entry per publish.
+func TestPahoStoreKeepsNothing(t *testing.T) {
+	cloud := startMochi(t, secrets.Aliyun)
+	r := newRig(t, cloud.url)
+	stores := make(chan mqtt.Store, 8)
+	r.m.newClient = func(o *mqtt.ClientOptions) mqtt.Client {
+		stores <- o.Store
+		return mqtt.NewClient(o)
+	}
+	dev := testDevice(1)
+	cloud.register(dev.ID, dev.Secret)
+	r.q.appendN(t, dev.ID, userTopic(dev.ID), 1, 3)
+	r.add(dev)
+	startManager(t, r.m)
+	r.waitStatus(dev.ID, "all acknowledged", func(st SessionStatus) bool { return st.Sent == 3 })
+	st := <-stores
+	if st == nil {
+		t.Fatal("no store in paho's options: paho makes a MemoryStore")
+	}
+	pub := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	pub.Qos, pub.MessageID = 1, 7
+	st.Put("o.7", pub)
+	if keys := st.All(); len(keys) != 0 || st.Get("o.7") != nil {
+		t.Errorf("paho's store kept %v", keys)
 	}
 }
 

@@ -353,6 +353,17 @@ func (s *session) dialCloud(ctx context.Context, creds secrets.Credentials, mode
 	return c, nil
 }
 
+// noStore is a paho store that keeps nothing (see clientOptions).
+type noStore struct{}
+
+func (noStore) Open()                             {}
+func (noStore) Put(string, packets.ControlPacket) {}
+func (noStore) Get(string) packets.ControlPacket  { return nil }
+func (noStore) All() []string                     { return nil }
+func (noStore) Del(string)                        {}
+func (noStore) Close()                            {}
+func (noStore) Reset()                            {}
+
 // clientOptions returns paho's options for attempt c to u: MQTT 3.1.1, a
 // clean session, and none of paho's own reconnects or retries (the session
 // reconnects with fresh credentials and its own backoff, and mirrors the
@@ -382,6 +393,11 @@ func (s *session) clientOptions(ctx context.Context, c *conn, u *url.URL, creds 
 	// one), and none of the rest.
 	opts.SetDialer(unusedDialer)
 	opts.HTTPHeaders, opts.WebsocketOptions = nil, nil
+	// paho keeps every publish in flight in its store, under a key it
+	// formats, to resend after one of its own reconnects. There are none:
+	// each attempt is a new client with a clean session, and what the
+	// cloud did not acknowledge is sent again from the spool.
+	opts.SetStore(noStore{})
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.setLost(err) })
 	opts.SetDefaultPublishHandler(mode.onMessage)
 	return opts
