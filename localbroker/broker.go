@@ -29,7 +29,7 @@ const (
 	DefaultUnixSocketMode  os.FileMode = 0o660
 	DefaultMaxPacketSize   uint32      = 256 << 10
 	DefaultMaxClients      int64       = 20000
-	DefaultWritesPending               = 32
+	DefaultWritesPending               = 128
 	DefaultMaxInflight     uint16      = 128
 	DefaultSessionExpiry               = time.Hour
 	DefaultConnectTimeout              = 15 * time.Second
@@ -67,7 +67,7 @@ type Config struct {
 	MaxPacketSize uint32 // largest packet accepted, checked before allocation (default 256 KiB)
 	MaxClients    int64  // connections beyond this are refused with CONNACK 3 (default 20000)
 	// WritesPending bounds each client's queue of outbound packets; beyond
-	// it messages are dropped and counted (default 32). Only mochi's
+	// it messages are dropped and counted (default 128). Only mochi's
 	// fan-out uses the queue — admin replies, wills; Deliver, PUBACKs and
 	// resent downlinks write directly — and it costs 8 bytes a slot per
 	// connection whether used or not.

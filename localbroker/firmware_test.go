@@ -59,8 +59,17 @@ func TestServerSubscribedDelivery(t *testing.T) {
 	connect(t, url, "plain", dnA, passA, withDefaultHandler(plain))
 
 	set := "/sys/" + pk1 + "/" + dnA + "/thing/service/property/set"
-	if err := h.b.Deliver(idA.DeviceID, set, []byte(`{"id":"1"}`), 1); err != nil {
-		t.Fatalf("Deliver to a server-subscribed session: %v", err)
+	// paho returns at the CONNACK; the broker indexes the session just
+	// after it (OnSessionEstablished), so the first Deliver may find
+	// none yet and is retried until one takes it (an error means nothing
+	// was delivered, so no duplicate).
+	var derr error
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		derr = h.b.Deliver(idA.DeviceID, set, []byte(`{"id":"1"}`), 1)
+		return derr == nil
+	}, "a Deliver to the server-subscribed session taken")
+	if derr != nil {
+		t.Fatalf("Deliver to a server-subscribed session: %v", derr)
 	}
 	if m := recv(t, ss, "server-subscribed session"); m.Topic() != set || m.Qos() != 1 {
 		t.Fatalf("got %q at QoS %d, want %q at QoS 1", m.Topic(), m.Qos(), set)

@@ -207,7 +207,7 @@ func Default() *Config {
 			Auth:             []string{AuthSigned, AuthPassword, AuthCert},
 			MaxPacketSize:    256 * KiB,
 			MaxClients:       20000,
-			WritesPending:    32,
+			WritesPending:    128,
 			UnixSocketMode:   0o660,
 			SessionExpiry:    Duration(time.Hour),
 			MaxSubscriptions: 100,
