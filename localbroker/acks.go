@@ -20,7 +20,8 @@ import (
 // read goroutine, as mochi's OnPublish contract would have it, lets a
 // device have one publish in each commit however many it has in flight.
 // So OnPublish hands the message to the sink, records the PUBACK it owes
-// in the connection's ackQueue and returns ErrRejectPacket, which makes
+// in the connection's ackQueue and returns the packet as QoS 0, ignored
+// and not retained, with no error (takenOver in hook.go), which makes
 // mochi neither acknowledge nor route the message and leaves its inflight
 // store and receive quota untouched; the ackQueue writes the PUBACKs
 // itself as the sink completes them.
@@ -50,9 +51,11 @@ import (
 //     dropped. The messages are in the spool already; the device resends
 //     what it did not see acknowledged (a duplicate, never a loss).
 
-// errAckQueued is what OnPublish returns for a device publish it has taken
-// over: packets.ErrRejectPacket, boxed once (boxing the Code on every
-// return allocates).
+// errAckQueued is what OnPublish returns on the rare paths where the ack
+// queue answers a publish without the sink (a refused topic) or nobody
+// will (the connection or the broker is closing): packets.ErrRejectPacket,
+// boxed once (boxing the Code on every return allocates). Accepted
+// publishes use takenOver instead.
 var errAckQueued error = packets.ErrRejectPacket
 
 // ackState is what a queued publish is waiting for.

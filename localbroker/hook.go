@@ -473,8 +473,9 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 // OnPublish hands every device publish to the sink. Nothing a device
 // publishes is fanned out locally: its messages go to the spool and its
 // cloud session only, as on the cloud, which never echoes a device's
-// publish back to it. The hook returns ErrRejectPacket, so mochi neither
-// acknowledges nor routes the message, and the connection's ack queue
+// publish back to it. The hook returns the packet taken over (takenOver:
+// QoS 0, ignored, no error), so mochi neither acknowledges nor routes the
+// message, and the connection's ack queue
 // writes the PUBACK once the sink reports the message durable, in the
 // order the publishes arrived (acks.go). Admin requests are acknowledged
 // by mochi (CodeSuccessIgnore: acknowledged, not delivered, not retained)
